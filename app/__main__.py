@@ -1,0 +1,34 @@
+"""``python -m app``: serve Herald on HOST:PORT with uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from app.core.config import SettingsError, load_settings
+
+# Our own shutdown watcher closes streams within 0.1 s; this is only a backstop.
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
+    from app.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+
+
+if __name__ == "__main__":
+    main()

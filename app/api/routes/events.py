@@ -1,0 +1,101 @@
+"""``/events``: subscribe (SSE) and publish."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel
+
+from app.api.deps import HubDep, SettingsDep, client_address
+from app.api.publishing import authorize_publisher, read_publish
+from app.broker.base import BrokerUnavailableError
+from app.sse.encoding import EncodingError
+from app.sse.hub import InvalidChannelError, validate_channel
+from app.sse.response import HeraldStreamResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["events"])
+
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "An endless SSE stream"}
+}
+
+
+class Published(BaseModel):
+    id: str
+    channel: str
+    subscribers: int
+
+
+def _channels(names: list[str], limit: int) -> tuple[str, ...]:
+    unique = tuple(dict.fromkeys(names))
+    if not unique:
+        raise HTTPException(422, "give at least one channel: /events?channel=a&channel=b")
+    if len(unique) > limit:
+        raise HTTPException(422, f"too many channels in one stream (limit {limit})")
+    try:
+        return tuple(validate_channel(name) for name in unique)
+    except InvalidChannelError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _stream(
+    request: Request, hub: HubDep, channels: tuple[str, ...], last_event_id: str | None
+) -> HeraldStreamResponse:
+    resume_from = request.headers.get("last-event-id") or last_event_id
+    return HeraldStreamResponse(
+        hub, channels, last_event_id=resume_from, client=client_address(request)
+    )
+
+
+@router.api_route(
+    "/events", methods=["GET", "HEAD"], response_class=HeraldStreamResponse, responses=SSE_RESPONSE
+)
+async def subscribe_many(
+    request: Request,
+    hub: HubDep,
+    settings: SettingsDep,
+    channel: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies defaults
+    last_event_id: Annotated[str | None, Query(max_length=1024)] = None,
+) -> HeraldStreamResponse:
+    """Stream several channels in one connection; one ``Last-Event-ID`` resumes them all."""
+    names = _channels(channel, settings.sse_max_channels_per_stream)
+    return _stream(request, hub, names, last_event_id)
+
+
+@router.api_route(
+    "/events/{channel:path}",
+    methods=["GET", "HEAD"],
+    response_class=HeraldStreamResponse,
+    responses=SSE_RESPONSE,
+)
+async def subscribe(
+    channel: str,
+    request: Request,
+    hub: HubDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Query(max_length=1024)] = None,
+) -> HeraldStreamResponse:
+    """Stream one channel. Resume with the ``Last-Event-ID`` header or ``?last_event_id=``."""
+    names = _channels([channel], settings.sse_max_channels_per_stream)
+    return _stream(request, hub, names, last_event_id)
+
+
+@router.post("/events/{channel:path}", status_code=202, response_model=Published)
+async def publish(channel: str, request: Request, hub: HubDep, settings: SettingsDep) -> Published:
+    """Publish one event: JSON ``{"data": <any>, "event": "name"}`` or a ``text/plain`` body."""
+    authorize_publisher(request, settings, client_address(request))
+    try:
+        validate_channel(channel)
+    except InvalidChannelError as exc:
+        raise HTTPException(422, str(exc)) from None
+    body = await read_publish(request, settings)
+    try:
+        event_id = await hub.publish(channel, body.data, body.event)
+    except EncodingError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except BrokerUnavailableError as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+    return Published(id=event_id, channel=channel, subscribers=hub.subscriber_count(channel))

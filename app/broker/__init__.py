@@ -1,0 +1,25 @@
+"""Brokers, chosen by URL scheme and imported lazily (an optional backend's
+dependencies are needed only when it is used)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from app.broker.base import Broker, BrokerUnavailableError, EventListener, Replay
+from app.core.config import Settings
+
+__all__ = ["Broker", "BrokerUnavailableError", "EventListener", "Replay", "create_broker"]
+
+
+def create_broker(settings: Settings) -> Broker:
+    scheme = urlsplit(settings.broker_url).scheme
+    if scheme == "memory":
+        from app.broker.memory import MemoryBroker
+
+        return MemoryBroker(
+            history_size=settings.sse_history_size,
+            history_max_bytes=settings.sse_history_max_bytes,
+            history_max_channels=settings.sse_history_max_channels,
+            channel_ttl_seconds=settings.sse_channel_ttl_seconds,
+        )
+    raise ValueError(f"BROKER_URL: unsupported scheme {scheme!r} (expected memory://)")

@@ -1,0 +1,84 @@
+"""``memory://``: ids, history and delivery inside this one process.
+
+Nothing to start, nothing shared: with several workers, an event published
+through one worker never reaches subscribers of another (start-up warns).
+Publishing is synchronous under the hood (no await between assigning the id,
+storing it and fanning it out), which is what makes replay-then-live exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from app.broker.base import Broker, EventListener, Replay
+from app.broker.history import HistoryStore
+from app.sse.encoding import encode_frame
+from app.sse.event import Event
+from app.sse.event_id import EventIdGenerator, format_event_id, parse_event_id
+
+__all__ = ["MemoryBroker"]
+
+
+class MemoryBroker(Broker):
+    def __init__(
+        self,
+        *,
+        history_size: int,
+        history_max_bytes: int,
+        history_max_channels: int,
+        channel_ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        ids: EventIdGenerator | None = None,
+    ) -> None:
+        self._ids = ids or EventIdGenerator()
+        self._clock = clock
+        first_ms, _ = self._ids.first
+        self.history = HistoryStore(
+            max_events=history_size,
+            max_bytes=history_max_bytes,
+            max_channels=history_max_channels,
+            ttl_seconds=channel_ttl_seconds,
+            floor=(first_ms, -1),
+        )
+        self._listener: EventListener | None = None
+
+    async def connect(self, listener: EventListener) -> None:
+        self._listener = listener
+
+    async def disconnect(self) -> None:
+        self._listener = None
+
+    async def publish(self, channel: str, body: bytes) -> Event:
+        key = self._ids.next()
+        event_id = format_event_id(key)
+        event = Event(key, event_id, channel, encode_frame(event_id, body))
+        self.history.append(event, self._clock())
+        if self._listener is not None:
+            self._listener(event)
+        return event
+
+    async def subscribe(self, channel: str) -> None:
+        self.history.add_interest(channel, self._clock())
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.history.remove_interest(channel, self._clock())
+
+    async def replay(self, channels: Sequence[str], last_event_id: str) -> Replay:
+        head = format_event_id(self._ids.last) if self._ids.last[1] >= 0 else None
+        after = parse_event_id(last_event_id)
+        if after is None or after > self._ids.last:
+            return Replay(reset=True, reason="unknown_id", head=head)
+        events = self.history.since(channels, after)
+        if events is None:
+            return Replay(reset=True, reason="history_expired", head=head)
+        return Replay(events=events)
+
+    def sweep(self, now: float) -> int:
+        return self.history.sweep(now)
+
+    def trim_history(self, keep: int) -> int:
+        return self.history.trim(keep)
+
+    def stats(self) -> dict[str, object]:
+        return {"url": "memory://", "state": "ok", "history": self.history.stats()}

@@ -1,0 +1,232 @@
+"""One open SSE stream: a bounded queue of shared events and the means to wake or close it.
+
+Design decisions (read before changing):
+
+1. The queue is a ``deque`` with an explicit cap plus one waiter future, not an
+   ``asyncio.Queue``: the writer drains everything queued in one go (one socket
+   write per batch instead of one per event), and an idle connection costs one
+   small object rather than a queue with its getter/putter deques and an Event.
+2. Queued items are references to the publisher's ``Event``; nothing is copied
+   per subscriber. ``QueueBudget`` counts the distinct bytes queues keep alive,
+   so a crowd of slow consumers cannot pin unbounded memory: over budget, any
+   connection that is already behind is treated as overflowing.
+3. Heartbeats are a flag set by the hub's single timer, not a task per
+   connection, and they never count as delivery (a ping lands in the kernel's
+   buffer even when the client is long gone, so it proves nothing).
+4. ``close()`` may come from anywhere (reaper, overflow, shutdown, client gone).
+   It wakes the writer; if the writer is stuck in a socket write to a client
+   that stopped reading, it cancels that write so the slot is freed now rather
+   than whenever the kernel gives up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from enum import StrEnum
+
+from app.sse.encoding import PING_FRAME
+from app.sse.event import Event
+from app.sse.event_id import EventKey
+
+__all__ = [
+    "ALREADY_CLOSED",
+    "DROPPED_OLDEST",
+    "MAX_BATCH_BYTES",
+    "OVERFLOWED",
+    "QUEUED",
+    "CloseReason",
+    "Connection",
+    "QueueBudget",
+]
+
+# Outcomes of Connection.push; plain ints because push runs once per subscriber per event.
+QUEUED = 0
+DROPPED_OLDEST = 1
+OVERFLOWED = 2  # this push closed the connection (policy `disconnect`)
+ALREADY_CLOSED = 3
+
+# A batch write stops growing here, so a full queue of large events is not joined
+# into one multi-megabyte buffer.
+MAX_BATCH_BYTES = 256 * 1024
+
+
+class CloseReason(StrEnum):
+    CLIENT_GONE = "client_gone"
+    IDLE = "idle"
+    OVERFLOW = "overflow"
+    SHUTDOWN = "shutdown"
+
+
+class QueueBudget:
+    """Distinct bytes of events held by any queue, against a global limit."""
+
+    __slots__ = ("bytes", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+
+    @property
+    def exceeded(self) -> bool:
+        return self.bytes > self.limit
+
+    def hold(self, event: Event) -> None:
+        if event.refs == 0:
+            self.bytes += len(event.frame)
+        event.refs += 1
+
+    def release(self, event: Event) -> None:
+        event.refs -= 1
+        if event.refs == 0:
+            self.bytes -= len(event.frame)
+
+
+def _gap_frame(dropped: int) -> bytes:
+    return b'event: gap\ndata: {"dropped":%d}\n\n' % dropped
+
+
+class Connection:
+    __slots__ = (
+        "_budget",
+        "_drop_oldest",
+        "_gap",
+        "_maxsize",
+        "_queue",
+        "_waiter",
+        "channels",
+        "client",
+        "close_reason",
+        "delivered",
+        "dropped",
+        "floor",
+        "last_delivery",
+        "opened_at",
+        "ping_due",
+        "sending",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        channels: tuple[str, ...],
+        *,
+        maxsize: int,
+        drop_oldest: bool,
+        budget: QueueBudget,
+        now: float,
+        client: str = "",
+    ) -> None:
+        self.channels = channels
+        self.client = client
+        self.opened_at = now
+        self.last_delivery = now
+        self.delivered = 0
+        self.dropped = 0
+        # Events with a key at or below `floor` were already sent by replay; skip them live.
+        self.floor: EventKey | None = None
+        self.ping_due = False
+        self.close_reason: CloseReason | None = None
+        self.writer: asyncio.Task[object] | None = None
+        self.sending = False
+        self._queue: deque[Event] = deque()
+        self._maxsize = maxsize
+        self._drop_oldest = drop_oldest
+        self._budget = budget
+        self._gap = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Connection(channels={self.channels!r}, client={self.client!r})"
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def push(self, event: Event) -> int:
+        """Queue a shared event; returns QUEUED, DROPPED_OLDEST, OVERFLOWED or ALREADY_CLOSED."""
+        if self.close_reason is not None:
+            return ALREADY_CLOSED
+        queue = self._queue
+        outcome = QUEUED
+        if len(queue) >= self._maxsize or (queue and self._budget.exceeded):
+            if not self._drop_oldest:
+                self.close(CloseReason.OVERFLOW)
+                return OVERFLOWED
+            self._budget.release(queue.popleft())
+            self._gap += 1
+            self.dropped += 1
+            outcome = DROPPED_OLDEST
+        self._budget.hold(event)
+        queue.append(event)
+        self._wake()
+        return outcome
+
+    def take(self) -> tuple[bytes, int] | None:
+        """What the writer should send next, with the number of events in it."""
+        queue = self._queue
+        if not queue and not self._gap:
+            if self.ping_due:
+                self.ping_due = False
+                return PING_FRAME, 0
+            return None
+        self.ping_due = False
+        frames: list[bytes] = []
+        if self._gap:
+            frames.append(_gap_frame(self._gap))
+            self._gap = 0
+        count = size = 0
+        release = self._budget.release
+        while queue and size < MAX_BATCH_BYTES:
+            event = queue.popleft()
+            release(event)
+            if self.floor is not None:
+                if event.key <= self.floor:
+                    continue
+                self.floor = None
+            frames.append(event.frame)
+            size += len(event.frame)
+            count += 1
+        if not frames:
+            return None
+        return (frames[0] if len(frames) == 1 else b"".join(frames)), count
+
+    async def wait(self) -> None:
+        """Sleep until there is something to send or the connection is closed."""
+        if self._queue or self._gap or self.ping_due or self.close_reason is not None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def request_ping(self) -> None:
+        if not self._queue:
+            self.ping_due = True
+            self._wake()
+
+    def close(self, reason: CloseReason) -> None:
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        self._wake()
+        if self.sending and self.writer is not None:
+            self.writer.cancel()
+
+    def discard_queue(self) -> None:
+        """Let go of every queued event (the connection is being unregistered)."""
+        release = self._budget.release
+        while self._queue:
+            release(self._queue.popleft())
+        self._gap = 0
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

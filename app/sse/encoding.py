@@ -1,0 +1,88 @@
+"""SSE wire encoding: a pure function of the event, no I/O.
+
+Herald encodes each published event once; the resulting bytes are shared by
+every subscriber's queue, so nothing here may depend on the connection.
+
+Rules (the browser's ``event.data`` must be exactly what was published):
+
+* a string goes out as itself, one ``data:`` line per line of text; the
+  browser joins them back with ``\\n``;
+* any other JSON value goes out as compact JSON (which never contains a raw
+  newline);
+* a carriage return cannot survive the trip (the SSE parser treats ``\\r`` as a
+  line end and joins lines with ``\\n``), so a string holding one is refused
+  rather than silently altered;
+* text must be valid Unicode (a lone surrogate cannot be UTF-8 encoded).
+"""
+
+from __future__ import annotations
+
+import json
+
+__all__ = [
+    "MAX_EVENT_NAME_LENGTH",
+    "PING_FRAME",
+    "EncodingError",
+    "encode_body",
+    "encode_comment",
+    "encode_frame",
+    "encode_retry",
+    "validate_event_name",
+]
+
+MAX_EVENT_NAME_LENGTH = 128
+PING_FRAME = b": ping\n\n"
+
+
+class EncodingError(ValueError):
+    """The event cannot be carried by SSE unchanged; the message says why."""
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EncodingError(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
+
+
+def validate_event_name(event: str) -> str:
+    if not event:
+        raise EncodingError("event name must not be empty")
+    if len(event) > MAX_EVENT_NAME_LENGTH:
+        raise EncodingError(f"event name is longer than {MAX_EVENT_NAME_LENGTH} characters")
+    if "\n" in event or "\r" in event:
+        raise EncodingError("event name must not contain a line break")
+    _utf8(event, "event name")
+    return event
+
+
+def encode_body(data: object, event: str | None = None) -> bytes:
+    """The ``event:`` and ``data:`` lines of one event, without id or terminator."""
+    if isinstance(data, str):
+        if "\r" in data:
+            raise EncodingError(
+                "data holds a carriage return, which SSE cannot deliver unchanged; use \\n"
+            )
+        text = data
+    else:
+        try:
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise EncodingError(f"data is not a JSON value: {exc}") from None
+    payload = b"data: " + _utf8(text, "data").replace(b"\n", b"\ndata: ") + b"\n"
+    if event is None:
+        return payload
+    return b"event: " + _utf8(validate_event_name(event), "event name") + b"\n" + payload
+
+
+def encode_frame(event_id: str, body: bytes) -> bytes:
+    """A complete event: its id line, its body and the blank line that dispatches it."""
+    return b"id: " + event_id.encode("ascii") + b"\n" + body + b"\n"
+
+
+def encode_retry(retry_ms: int) -> bytes:
+    return b"retry: %d\n\n" % retry_ms
+
+
+def encode_comment(text: str) -> bytes:
+    return b"".join(b": " + line + b"\n" for line in _utf8(text, "comment").splitlines()) + b"\n"

@@ -1,0 +1,64 @@
+"""Event ids: ``<milliseconds>-<sequence>``, the shape of a Redis Streams entry id.
+
+Ids are issued by one generator per broker, so they are ordered across every
+channel it carries. That is what lets a single ``Last-Event-ID`` (a browser keeps
+one per stream) resume a multi-channel stream exactly: replay every retained
+event of every channel whose id is greater.
+
+Parsing never raises: a ``Last-Event-ID`` comes from the client and may be
+anything; an unparseable one is treated as unknown.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+__all__ = [
+    "MAX_EVENT_ID_LENGTH",
+    "EventIdGenerator",
+    "EventKey",
+    "format_event_id",
+    "parse_event_id",
+]
+
+MAX_EVENT_ID_LENGTH = 64
+
+EventKey = tuple[int, int]
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def parse_event_id(raw: str | None) -> EventKey | None:
+    if not raw or len(raw) > MAX_EVENT_ID_LENGTH:
+        return None
+    ms, _, seq = raw.strip().partition("-")
+    seq = seq or "0"
+    if not (ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+        return None
+    return int(ms), int(seq)
+
+
+def format_event_id(key: EventKey) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+class EventIdGenerator:
+    """Monotonic ids even if the wall clock steps back (as Redis does)."""
+
+    __slots__ = ("_clock_ms", "first", "last")
+
+    def __init__(self, clock_ms: Callable[[], int] = _wall_clock_ms) -> None:
+        self._clock_ms = clock_ms
+        # Anything below `first` was issued by an earlier process (or nobody).
+        self.first: EventKey = (clock_ms(), 0)
+        self.last: EventKey = (self.first[0], -1)
+
+    def next(self) -> EventKey:
+        ms = self._clock_ms()
+        last_ms, last_seq = self.last
+        key = (last_ms, last_seq + 1) if ms <= last_ms else (ms, 0)
+        self.last = key
+        return key

@@ -1,0 +1,312 @@
+"""The hub: local connections by channel, fan-out, and the housekeeping tasks.
+
+Design decisions (read before changing):
+
+1. One encoding per event. ``publish`` encodes the body once; the broker adds
+   the id line once; every queue gets a reference to the same ``Event``.
+2. Fan-out is synchronous and never awaits: the broker's listener pushes the
+   event into each local queue in one pass. Overflow is decided right there
+   (close the stream, or drop its oldest event and mark the gap), so a slow
+   consumer never slows the others or the publisher.
+3. A subscription registers its queue *before* asking the broker for replay,
+   and records the newest replayed id as the connection's floor; live events
+   at or below it are skipped by the writer. Replay-then-live therefore has no
+   gap (registration came first) and no duplicate (the floor), for any broker.
+4. Three tasks per worker, none per connection: a heartbeat that flags every
+   connection each ``SSE_PING_SECONDS``, a reaper that closes connections with
+   no event delivered for ``SSE_IDLE_TIMEOUT_SECONDS`` (heartbeats do not
+   count: they reach the kernel even for a vanished client), and a shutdown
+   watcher that closes every stream as soon as the server is asked to exit
+   (uvicorn waits for open responses and never interrupts a stream itself).
+5. ``subscribe`` is an async context manager whose ``finally`` unregisters,
+   releases queued events, tells the broker and logs the end exactly once,
+   whatever ended the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+
+from app.broker.base import Broker, Replay
+from app.core.config import Settings
+from app.sse.connection import (
+    DROPPED_OLDEST,
+    OVERFLOWED,
+    CloseReason,
+    Connection,
+    QueueBudget,
+)
+from app.sse.encoding import encode_body
+from app.sse.event import Event
+from app.sse.event_id import parse_event_id
+from app.sse.shutdown import shutdown_requested
+
+__all__ = ["CHANNEL_PATTERN", "Hub", "InvalidChannelError", "StreamRefusedError"]
+
+logger = logging.getLogger("herald.sse")
+
+CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+SHUTDOWN_POLL_SECONDS = 0.1
+DEFAULT_RETRY_AFTER_SECONDS = 5
+
+
+class InvalidChannelError(ValueError):
+    pass
+
+
+class StreamRefusedError(Exception):
+    """A new stream cannot be opened now (answered with 503 and ``Retry-After``)."""
+
+    def __init__(self, detail: str, retry_after: int = DEFAULT_RETRY_AFTER_SECONDS) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+def validate_channel(channel: str) -> str:
+    if not CHANNEL_PATTERN.fullmatch(channel):
+        raise InvalidChannelError(
+            f"invalid channel name {channel[:140]!r}: use 1-128 letters, digits or ._:/-"
+        )
+    return channel
+
+
+@dataclass
+class HubCounters:
+    published: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    overflow_disconnects: int = 0
+    reaped: int = 0
+    opened: int = 0
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.clock = clock
+        self.started_at = clock()
+        self.budget = QueueBudget(settings.sse_queue_max_bytes)
+        self.counters = HubCounters()
+        self.closed_by_reason: Counter[str] = Counter()
+        self._channels: dict[str, set[Connection]] = {}
+        self._connections: set[Connection] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Admission checks beyond the connection cap (the memory guard adds one).
+        self.admission_checks: list[Callable[[], StreamRefusedError | None]] = []
+
+    # --- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.connect(self._fan_out)
+        self._tasks = [
+            asyncio.create_task(self._every(self.settings.sse_ping_seconds, self.heartbeat)),
+            asyncio.create_task(
+                self._every(self.settings.sse_cleanup_interval_seconds, self.cleanup)
+            ),
+            asyncio.create_task(self._watch_shutdown()),
+        ]
+
+    async def stop(self) -> None:
+        self.close_all(CloseReason.SHUTDOWN)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.broker.disconnect()
+
+    async def _every(self, seconds: float, action: Callable[[], object]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                action()
+            except Exception:  # a housekeeping bug must not stop housekeeping
+                logger.exception("hub housekeeping failed")
+
+    async def _watch_shutdown(self) -> None:
+        # Polling, not an Event: the signal arrives as a flag on another object.
+        while not shutdown_requested():  # noqa: ASYNC110
+            await asyncio.sleep(SHUTDOWN_POLL_SECONDS)
+        if self._connections:
+            logger.info("shutdown: closing %d open streams", len(self._connections))
+        self.close_all(CloseReason.SHUTDOWN)
+
+    # --- publishing ------------------------------------------------------
+
+    async def publish(self, channel: str, data: object, event: str | None = None) -> str:
+        """Publish to ``channel``; returns the event id. Raises ``EncodingError``,
+        ``InvalidChannelError`` or ``BrokerUnavailableError``."""
+        validate_channel(channel)
+        published = await self.broker.publish(channel, encode_body(data, event))
+        self.counters.published += 1
+        return published.id
+
+    def subscriber_count(self, channel: str) -> int:
+        return len(self._channels.get(channel, ()))
+
+    def _fan_out(self, event: Event) -> None:
+        subscribers = self._channels.get(event.channel)
+        if not subscribers:
+            return
+        counters = self.counters
+        for connection in subscribers:
+            outcome = connection.push(event)
+            if outcome == DROPPED_OLDEST:
+                counters.dropped += 1
+            elif outcome == OVERFLOWED:
+                counters.overflow_disconnects += 1
+
+    # --- subscribing -----------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self,
+        channels: Iterable[str],
+        last_event_id: str | None = None,
+        client: str = "",
+    ) -> AsyncIterator[tuple[Connection, Replay | None]]:
+        """Open a stream on ``channels``; yields the connection and its replay."""
+        names = tuple(dict.fromkeys(validate_channel(name) for name in channels))
+        self._admit()
+        settings = self.settings
+        connection = Connection(
+            names,
+            maxsize=settings.sse_queue_size,
+            drop_oldest=settings.sse_overflow == "drop_oldest",
+            budget=self.budget,
+            now=self.clock(),
+            client=client,
+        )
+        self._register(connection)
+        try:
+            for name in names:
+                await self.broker.subscribe(name)
+            replay = None
+            if last_event_id is not None:
+                replay = await self.broker.replay(names, last_event_id)
+                if replay.events:
+                    connection.floor = replay.events[-1].key
+                elif replay.reset and replay.head is not None:
+                    connection.floor = parse_event_id(replay.head)
+            yield connection, replay
+        finally:
+            self._unregister(connection)
+            for name in names:
+                with contextlib.suppress(Exception):
+                    await self.broker.unsubscribe(name)
+            self._log_end(connection)
+
+    def _admit(self) -> None:
+        limit = self.settings.sse_max_connections
+        if len(self._connections) >= limit:
+            raise StreamRefusedError(f"too many open streams (limit {limit}); retry later")
+        for check in self.admission_checks:
+            refusal = check()
+            if refusal is not None:
+                raise refusal
+
+    def _register(self, connection: Connection) -> None:
+        self._connections.add(connection)
+        for name in connection.channels:
+            self._channels.setdefault(name, set()).add(connection)
+        self.counters.opened += 1
+
+    def _unregister(self, connection: Connection) -> None:
+        if connection.close_reason is None:
+            # Ended without anyone closing it: the writer stopped because the
+            # client went away (or the request task was cancelled).
+            connection.close_reason = CloseReason.CLIENT_GONE
+        self._connections.discard(connection)
+        for name in connection.channels:
+            subscribers = self._channels.get(name)
+            if subscribers is not None:
+                subscribers.discard(connection)
+                if not subscribers:
+                    del self._channels[name]
+        connection.discard_queue()
+        self.counters.delivered += connection.delivered
+
+    def _log_end(self, connection: Connection) -> None:
+        reason = connection.close_reason or CloseReason.CLIENT_GONE
+        self.closed_by_reason[reason] += 1
+        logger.info(
+            "stream closed: reason=%s duration=%.1fs delivered=%d channels=%s client=%s",
+            reason,
+            self.clock() - connection.opened_at,
+            connection.delivered,
+            ",".join(connection.channels),
+            connection.client,
+        )
+
+    # --- housekeeping ----------------------------------------------------
+
+    def heartbeat(self) -> None:
+        for connection in self._connections:
+            connection.request_ping()
+
+    def reap_idle(self) -> int:
+        deadline = self.clock() - self.settings.sse_idle_timeout_seconds
+        idle = [c for c in self._connections if c.last_delivery < deadline and not c.closed]
+        for connection in idle:
+            connection.close(CloseReason.IDLE)
+        self.counters.reaped += len(idle)
+        return len(idle)
+
+    def cleanup(self) -> None:
+        reaped = self.reap_idle()
+        dropped = self.broker.sweep(self.clock())
+        if reaped or dropped:
+            logger.info(
+                "cleanup: reaped %d idle streams, dropped %d idle channels", reaped, dropped
+            )
+
+    def close_all(self, reason: CloseReason) -> int:
+        open_connections = [c for c in self._connections if not c.closed]
+        for connection in open_connections:
+            connection.close(reason)
+        return len(open_connections)
+
+    # --- introspection ---------------------------------------------------
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    def stats(self) -> dict[str, object]:
+        counters = self.counters
+        live_delivered = sum(c.delivered for c in self._connections)
+        return {
+            "connections": len(self._connections),
+            "channels": len(self._channels),
+            "queued": sum(c.queued for c in self._connections),
+            "queued_bytes": self.budget.bytes,
+            "queued_bytes_limit": self.budget.limit,
+            "published": counters.published,
+            "delivered": counters.delivered + live_delivered,
+            "dropped": counters.dropped,
+            "overflow_disconnects": counters.overflow_disconnects,
+            "reaped": counters.reaped,
+            "opened": counters.opened,
+            "closed": dict(self.closed_by_reason),
+            "broker": self.broker.stats(),
+        }

@@ -1,0 +1,178 @@
+"""The streaming response: sse-starlette's ``EventSourceResponse``, driven by the hub.
+
+Design decisions (read before changing):
+
+1. We keep sse-starlette's headers (``Cache-Control: no-store``,
+   ``X-Accel-Buffering: no``, ``Connection: keep-alive``), validation and HEAD
+   handling, but replace its per-connection task group (stream, ping, exit
+   listener, disconnect listener). The hub already owns heartbeats (one timer)
+   and shutdown (one watcher), so each stream runs just its writer, in the
+   request's own task, plus one small task waiting for ``http.disconnect``:
+   uvicorn silently drops writes to a vanished client, so only ``receive``
+   tells us it left.
+2. The subscription (registration, replay, unregistration) lives inside
+   ``__call__``, so it spans exactly the life of the response and is released
+   by the same ``finally`` whatever ends it. Refusals (connection cap, memory
+   guard) happen there too, before any byte is sent, as a 503 JSON response.
+3. The first write carries ``retry:`` and any replay; after that the writer
+   sends whatever has queued in one write (batches), or a heartbeat comment.
+4. A stream closed by the server (idle, overflow, shutdown) ends the chunked
+   body cleanly so the browser reconnects; on shutdown the last frame is a
+   jittered ``retry:`` so a crowd of clients does not come back in one instant.
+   If the client stopped reading, that last write is bounded by
+   ``FINAL_WRITE_TIMEOUT_SECONDS`` rather than awaited forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Iterable, Iterator
+
+from sse_starlette import EventSourceResponse
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from app.broker.base import Replay
+from app.sse.connection import MAX_BATCH_BYTES, CloseReason, Connection
+from app.sse.encoding import encode_retry
+from app.sse.event_id import MAX_EVENT_ID_LENGTH
+from app.sse.hub import Hub, StreamRefusedError
+
+__all__ = ["FINAL_WRITE_TIMEOUT_SECONDS", "HeraldStreamResponse", "reset_frame"]
+
+FINAL_WRITE_TIMEOUT_SECONDS = 1.0
+# On shutdown clients are told to wait retry_ms plus up to this factor more.
+SHUTDOWN_RETRY_JITTER = 1.0
+
+
+def reset_frame(replay: Replay, last_event_id: str) -> bytes:
+    data = json.dumps(
+        {"reason": replay.reason, "last_event_id": last_event_id[:MAX_EVENT_ID_LENGTH]},
+        separators=(",", ":"),
+    ).encode()
+    id_line = b"id: " + replay.head.encode("ascii") + b"\n" if replay.head else b""
+    return id_line + b"event: reset\ndata: " + data + b"\n\n"
+
+
+def _batches(frames: Iterable[bytes]) -> Iterator[bytes]:
+    batch: list[bytes] = []
+    size = 0
+    for frame in frames:
+        batch.append(frame)
+        size += len(frame)
+        if size >= MAX_BATCH_BYTES:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
+class HeraldStreamResponse(EventSourceResponse):
+    def __init__(
+        self,
+        hub: Hub,
+        channels: tuple[str, ...],
+        *,
+        last_event_id: str | None = None,
+        client: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(iter(()), ping=0, headers=headers)
+        self._hub = hub
+        self._channels = channels
+        self._last_event_id = last_event_id
+        self._client = client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"].upper() == "HEAD":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            async with self._hub.subscribe(self._channels, self._last_event_id, self._client) as (
+                connection,
+                replay,
+            ):
+                await self._stream(connection, replay, receive, send)
+        except StreamRefusedError as refusal:
+            refused = JSONResponse(
+                {"detail": refusal.detail},
+                status_code=503,
+                headers={"Retry-After": str(refusal.retry_after)},
+            )
+            await refused(scope, receive, send)
+
+    async def _stream(
+        self, connection: Connection, replay: Replay | None, receive: Receive, send: Send
+    ) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        first = [encode_retry(self._hub.settings.sse_retry_ms)]
+        if replay is not None:
+            if replay.reset:
+                first.append(reset_frame(replay, self._last_event_id or ""))
+            else:
+                first.extend(event.frame for event in replay.events)
+        watcher = asyncio.create_task(self._watch_disconnect(connection, receive))
+        connection.writer = asyncio.current_task()
+        try:
+            for chunk in _batches(first):
+                if not await self._write(connection, send, chunk):
+                    break
+            else:
+                if replay is not None:
+                    connection.delivered += len(replay.events)
+                await self._pump(connection, send)
+            await self._finish(connection, send)
+        finally:
+            connection.writer = None
+            watcher.cancel()
+
+    async def _pump(self, connection: Connection, send: Send) -> None:
+        clock = self._hub.clock
+        while not connection.closed:
+            item = connection.take()
+            if item is None:
+                await connection.wait()
+                continue
+            payload, count = item
+            if not await self._write(connection, send, payload):
+                return
+            if count:
+                connection.delivered += count
+                connection.last_delivery = clock()
+
+    @staticmethod
+    async def _write(connection: Connection, send: Send, body: bytes) -> bool:
+        """Send one chunk; False if the connection was closed while we waited on the socket."""
+        connection.sending = True
+        try:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if connection.closed and task is not None:
+                task.uncancel()  # our own close() cancelled a write stuck on a slow client
+                return False
+            raise
+        finally:
+            connection.sending = False
+        return True
+
+    async def _finish(self, connection: Connection, send: Send) -> None:
+        body = b""
+        if connection.close_reason is CloseReason.SHUTDOWN:
+            retry_ms = self._hub.settings.sse_retry_ms
+            body = encode_retry(retry_ms + int(random.random() * SHUTDOWN_RETRY_JITTER * retry_ms))
+        final = send({"type": "http.response.body", "body": body, "more_body": False})
+        # If the client stopped reading this times out; uvicorn closes the socket when we return.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(final, FINAL_WRITE_TIMEOUT_SECONDS)
+
+    @staticmethod
+    async def _watch_disconnect(connection: Connection, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                connection.close(CloseReason.CLIENT_GONE)
+                return
