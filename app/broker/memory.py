@@ -67,7 +67,9 @@ class MemoryBroker(Broker):
     async def replay(self, channels: Sequence[str], last_event_id: str) -> Replay:
         head = format_event_id(self._ids.last) if self._ids.last[1] >= 0 else None
         after = parse_event_id(last_event_id)
-        if after is None or after > self._ids.last:
+        # Garbage, an id not issued yet, or one issued before this process began
+        # (a restart): unknown here, whatever the history floors say.
+        if after is None or after > self._ids.last or after < self._ids.first:
             return Replay(reset=True, reason="unknown_id", head=head)
         events = self.history.since(channels, after)
         if events is None:

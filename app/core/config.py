@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
@@ -59,6 +59,38 @@ class Settings(BaseSettings):
     publish_token: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # --- streamed responses ---
+    cache_max_items: int = Field(default=50, ge=1)
+    cache_max_mb: float = Field(default=10, gt=0)
+    cache_ttl_seconds: float = Field(default=3600, gt=0)
+    max_input_chars: int = Field(default=8000, ge=1)
+    default_producer: str = "echo"
+    echo_delay_ms: float = Field(default=20, ge=0)
+    response_timeout_seconds: float = Field(default=120, gt=0)
+    response_retention_seconds: float = Field(default=300, gt=0)
+    response_max_runs: int = Field(default=200, ge=1)
+    response_max_kb: int = Field(default=1024, ge=1)
+    upstream_base_url: str | None = None
+    upstream_api_key: SecretStr | None = None
+    upstream_model: str = "gpt-4o-mini"
+    upstream_timeout_seconds: float = Field(default=60, gt=0)
+    max_conversations: int = Field(default=1000, ge=1)
+    max_messages: int = Field(default=10, ge=1)
+    max_content_messages: int = Field(default=5, ge=1)
+    max_content_length: int = Field(default=200, ge=1)
+
+    # --- memory guard and operator surface ---
+    memory_check_seconds: float = Field(default=5, gt=0)
+    memory_limit_mb: float | None = Field(default=None, gt=0)
+    memory_warning_percent: float = Field(default=75, gt=0, lt=100)
+    memory_critical_percent: float = Field(default=90, gt=0, le=100)
+    memory_hysteresis_percent: float = Field(default=5, ge=0)
+    memory_trend_window_seconds: float = Field(default=600, gt=0)
+    memory_leak_slope_bytes_per_s: float = Field(default=1024, ge=0)
+    admin_token: SecretStr | None = None
+    metrics_public: bool = False
+    memory_headers: bool = False
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -76,13 +108,25 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported broker scheme {scheme!r}; use one of {BROKER_SCHEMES}")
         return value
 
-    @field_validator("publish_token", mode="before")
+    @field_validator("publish_token", "admin_token", "upstream_api_key", mode="before")
     @classmethod
     def _empty_token_is_unset(cls, value: object) -> object:
         # `PUBLISH_TOKEN=` in a .env file means "not set", not "the empty token".
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.memory_warning_percent >= self.memory_critical_percent:
+            raise ValueError("MEMORY_WARNING_PERCENT must be below MEMORY_CRITICAL_PERCENT")
+        if self.max_content_messages > self.max_messages:
+            raise ValueError("MAX_CONTENT_MESSAGES must not exceed MAX_MESSAGES")
+        return self
+
+    @cached_property
+    def cache_max_bytes(self) -> int:
+        return int(self.cache_max_mb * MB)
 
     @cached_property
     def sse_queue_max_bytes(self) -> int:
@@ -109,7 +153,12 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            variable = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            if not error["loc"]:
+                # A cross-field rule: its message names the variables, and its
+                # input is every setting at once (secrets included), so not shown.
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
+            variable = str(error["loc"][0]).upper()
             shown = "" if _is_secret(variable) else f" (got {error.get('input')!r})"
             problems.append(f"{variable}: {error['msg']}{shown}")
         raise SettingsError("herald: invalid setting " + "; ".join(problems)) from None
