@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.responses.producers.fake_upstream import FakeUpstream
 from tests.support.server import ServerProcess
 
 # Short timers so behaviour that takes minutes in production shows in a second.
@@ -35,3 +36,17 @@ def herald() -> Iterator[ServerProcess]:
     server = ServerProcess(dict(FAST_TIMERS)).start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def _upstream_server() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream(_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
+    """A real fake OpenAI-compatible upstream (one per session), reset for each test."""
+    _upstream_server.reset()
+    yield _upstream_server
+    _upstream_server.reset()

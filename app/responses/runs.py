@@ -113,7 +113,9 @@ class Run:
                     continue
                 if self.finished:
                     return
-                await self._changed
+                # Shielded: a follower that disconnects is cancelled here, and must
+                # not cancel the future every other follower is waiting on.
+                await asyncio.shield(self._changed)
         finally:
             self.followers -= 1
 

@@ -71,6 +71,8 @@ class Behaviour:
     # Send this many chunks, then stall before the rest.
     stall_after: int | None = None
     stall_seconds: float = DEFAULT_STALL_SECONDS
+    # Pause between content chunks, for a slow upstream a client can join or leave midway.
+    chunk_delay_seconds: float = 0.0
     # Raw ``data:`` payloads sent after the chunks (e.g. malformed JSON).
     raw_payloads: tuple[str, ...] = ()
 
@@ -219,6 +221,8 @@ class FakeUpstream:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(receive(), behaviour.stall_seconds)
                 return
+            if index and behaviour.chunk_delay_seconds:
+                await asyncio.sleep(behaviour.chunk_delay_seconds)
             await emit(chunk_payload({"content": text}))
         for payload in behaviour.raw_payloads:
             await emit(payload)
