@@ -126,6 +126,7 @@ class HistoryStore:
         if log is not None:
             log.interest = max(0, log.interest - 1)
             log.last_activity = now
+            self._logs.move_to_end(channel)
 
     def sweep(self, now: float) -> int:
         """Drop logs with no subscribers and no activity for ``ttl_seconds``."""

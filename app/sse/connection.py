@@ -170,11 +170,7 @@ class Connection:
         """What the writer should send next, with the number of events in it."""
         queue = self._queue
         if not queue and not self._gap:
-            if self.ping_due:
-                self.ping_due = False
-                return PING_FRAME, 0
-            return None
-        self.ping_due = False
+            return self._take_ping()
         frames: list[bytes] = []
         if self._gap:
             frames.append(_gap_frame(self._gap))
@@ -192,8 +188,15 @@ class Connection:
             size += len(event.frame)
             count += 1
         if not frames:
-            return None
+            return self._take_ping()
+        self.ping_due = False
         return (frames[0] if len(frames) == 1 else b"".join(frames)), count
+
+    def _take_ping(self) -> tuple[bytes, int] | None:
+        if self.ping_due:
+            self.ping_due = False
+            return PING_FRAME, 0
+        return None
 
     async def wait(self) -> None:
         """Sleep until there is something to send or the connection is closed."""

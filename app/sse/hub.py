@@ -194,9 +194,11 @@ class Hub:
             client=client,
         )
         self._register(connection)
+        subscribed: list[str] = []
         try:
             for name in names:
                 await self.broker.subscribe(name)
+                subscribed.append(name)
             replay = None
             if last_event_id is not None:
                 replay = await self.broker.replay(names, last_event_id)
@@ -207,7 +209,7 @@ class Hub:
             yield connection, replay
         finally:
             self._unregister(connection)
-            for name in names:
+            for name in subscribed:
                 with contextlib.suppress(Exception):
                     await self.broker.unsubscribe(name)
             self._log_end(connection)

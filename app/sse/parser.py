@@ -27,6 +27,7 @@ class SSEParser:
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""
+        self._skip_lf = False
         self._started = False
         self._data: list[str] = []
         self._event = ""
@@ -36,7 +37,13 @@ class SSEParser:
         self.comments: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEMessage]:
-        text = self._pending + self._decoder.decode(chunk)
+        decoded = self._decoder.decode(chunk)
+        if self._skip_lf and decoded:
+            # The previous chunk ended in CR: a browser dispatched then; an LF
+            # right after it belongs to that CRLF, not to a new (empty) line.
+            self._skip_lf = False
+            decoded = decoded.removeprefix("\n")
+        text = self._pending + decoded
         if not self._started and text:
             self._started = True
             text = text.removeprefix("\ufeff")
@@ -51,8 +58,10 @@ class SSEParser:
             end = lf if cr == -1 else cr if lf == -1 else min(cr, lf)
             if text[end] == "\r":
                 if end + 1 == length:
-                    break  # could be the first half of CRLF: wait for more input
-                step = 2 if text[end + 1] == "\n" else 1
+                    self._skip_lf = True
+                    step = 1
+                else:
+                    step = 2 if text[end + 1] == "\n" else 1
             else:
                 step = 1
             message = self._line(text[start:end])

@@ -1,0 +1,446 @@
+"""The hub with a MemoryBroker: shared encoding, registries that cannot leak, admission,
+housekeeping with a fake clock, counters and replay floors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from app.broker.base import Replay
+from app.broker.memory import MemoryBroker
+from app.core.config import load_settings
+from app.sse.connection import CloseReason
+from app.sse.encoding import PING_FRAME
+from app.sse.event_id import parse_event_id
+from app.sse.hub import Hub, InvalidChannelError, StreamRefusedError
+
+CHANNEL_TTL = 30.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RacingBroker(MemoryBroker):
+    """Publishes one event between the hub's registration and the broker's replay,
+    the window in which a real backplane may deliver an event both ways."""
+
+    async def replay(self, channels: Sequence[str], last_event_id: str) -> Replay:
+        self.raced = await self.publish(channels[0], b"data: raced\n")
+        return await super().replay(channels, last_event_id)
+
+
+MakeHub = Callable[..., Awaitable[Hub]]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def make_hub(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[MakeHub]:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    hubs: list[Hub] = []
+
+    async def make(broker_class: type[MemoryBroker] = MemoryBroker, **overrides: object) -> Hub:
+        settings = load_settings(**overrides)
+        broker = broker_class(
+            history_size=settings.sse_history_size,
+            history_max_bytes=settings.sse_history_max_bytes,
+            history_max_channels=settings.sse_history_max_channels,
+            channel_ttl_seconds=CHANNEL_TTL,
+            clock=clock,
+        )
+        hub = Hub(settings, broker, clock=clock)
+        await hub.start()
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        await hub.stop()
+
+
+def memory_broker(hub: Hub) -> MemoryBroker:
+    assert isinstance(hub.broker, MemoryBroker)
+    return hub.broker
+
+
+def assert_registries_empty(hub: Hub, clock: FakeClock, channels: Sequence[str]) -> None:
+    assert hub.connection_count == 0
+    assert hub.channel_count == 0
+    assert all(hub.subscriber_count(name) == 0 for name in channels)
+    assert hub.budget.bytes == 0
+    assert hub.stats()["queued"] == 0
+    # Broker interest released: every channel log is now sweepable.
+    history = memory_broker(hub).history
+    assert hub.broker.sweep(clock.now + CHANNEL_TTL + 1) == len(set(channels))
+    assert history.channel_count == 0
+
+
+# --- one encoding for everyone ------------------------------------------------
+
+
+async def test_one_encoding_is_shared_by_every_subscriber(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    before = await hub.publish("news", "before")
+    async with (
+        hub.subscribe(["news"]) as (first, _),
+        hub.subscribe(["news"]) as (second, _),
+    ):
+        await hub.publish("news", {"headline": "x"})
+        sent_first = first.take()
+        sent_second = second.take()
+    assert sent_first is not None and sent_second is not None
+    assert sent_first[0] is sent_second[0]
+    # ... and it is the very frame history keeps for replay.
+    (retained,) = (await hub.broker.replay(["news"], before)).events
+    assert retained.frame is sent_first[0]
+
+
+async def test_publish_returns_the_event_id(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    async with hub.subscribe(["a"]) as (connection, _):
+        event_id = await hub.publish("a", "hello", event="greeting")
+        payload, _count = connection.take() or (b"", 0)
+    assert payload == b"id: " + event_id.encode() + b"\nevent: greeting\ndata: hello\n\n"
+
+
+# --- registries cannot leak ----------------------------------------------------
+
+
+async def test_subscribe_unregisters_everything_on_normal_exit(
+    make_hub: MakeHub, clock: FakeClock
+) -> None:
+    hub = await make_hub()
+    async with hub.subscribe(["a", "b"]) as (connection, replay):
+        assert replay is None
+        assert hub.connection_count == 1
+        assert hub.subscriber_count("a") == hub.subscriber_count("b") == 1
+        await hub.publish("a", 1)
+        await hub.publish("b", 2)
+        assert hub.budget.bytes > 0
+    assert connection.close_reason is CloseReason.CLIENT_GONE
+    assert_registries_empty(hub, clock, ["a", "b"])
+
+
+async def test_subscribe_unregisters_everything_on_exception(
+    make_hub: MakeHub, clock: FakeClock
+) -> None:
+    hub = await make_hub()
+    with pytest.raises(RuntimeError, match="writer failed"):
+        async with hub.subscribe(["a", "b"]):
+            await hub.publish("a", 1)
+            raise RuntimeError("writer failed")
+    assert_registries_empty(hub, clock, ["a", "b"])
+
+
+async def test_subscribe_unregisters_everything_on_cancellation(
+    make_hub: MakeHub, clock: FakeClock
+) -> None:
+    hub = await make_hub()
+    entered = asyncio.Event()
+
+    async def stream() -> None:
+        async with hub.subscribe(["a"]) as (connection, _):
+            entered.set()
+            while True:
+                await connection.wait()
+                connection.take()
+
+    task = asyncio.create_task(stream())
+    await entered.wait()
+    await hub.publish("a", 1)
+    task.cancel()
+    await asyncio.wait([task], timeout=1)
+    assert task.cancelled()
+    assert_registries_empty(hub, clock, ["a"])
+
+
+async def test_many_overlapping_subscriptions_leave_nothing_behind(
+    make_hub: MakeHub, clock: FakeClock
+) -> None:
+    hub = await make_hub(sse_queue_size=3)
+    channels = ["a", "b", "c"]
+
+    async def stream(index: int) -> None:
+        names = channels[: index % 3 + 1]
+        async with hub.subscribe(names):
+            await asyncio.sleep(0)
+            if index % 2:
+                raise ValueError(index)
+
+    for channel in channels:
+        await hub.publish(channel, "before")
+    results = await asyncio.gather(*(stream(i) for i in range(30)), return_exceptions=True)
+    for channel in channels * 5:  # overflow some queues on the way
+        await hub.publish(channel, "during")
+    assert sum(isinstance(result, ValueError) for result in results) == 15
+    assert_registries_empty(hub, clock, channels)
+    assert hub.closed_by_reason[CloseReason.CLIENT_GONE] == 30
+
+
+async def test_duplicate_channel_names_are_deduplicated(
+    make_hub: MakeHub, clock: FakeClock
+) -> None:
+    hub = await make_hub()
+    async with hub.subscribe(["a", "b", "a", "a"]) as (connection, _):
+        assert connection.channels == ("a", "b")
+        assert hub.subscriber_count("a") == 1
+        await hub.publish("a", 1)
+        assert connection.queued == 1
+    assert_registries_empty(hub, clock, ["a", "b"])
+
+
+# --- admission -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", "has space", "x" * 129, "emoji-🎉", "a\nb", "semi;colon"])
+async def test_invalid_channel_name_is_refused(make_hub: MakeHub, name: str) -> None:
+    hub = await make_hub()
+    with pytest.raises(InvalidChannelError):
+        async with hub.subscribe(["ok", name]):
+            pytest.fail("an invalid channel must not open a stream")
+    with pytest.raises(InvalidChannelError):
+        await hub.publish(name, 1)
+    assert hub.connection_count == 0
+    assert hub.counters.opened == 0
+    assert hub.counters.published == 0
+
+
+async def test_valid_channel_name_characters_are_accepted(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    name = "Org.team_1:room/42-" + "x" * 109
+    async with hub.subscribe([name]) as (connection, _):
+        assert connection.channels == (name,)
+
+
+async def test_connection_cap_refuses_new_streams(make_hub: MakeHub) -> None:
+    hub = await make_hub(sse_max_connections=2)
+    async with hub.subscribe(["a"]), hub.subscribe(["b"]):
+        with pytest.raises(StreamRefusedError, match="limit 2"):
+            async with hub.subscribe(["c"]):
+                pytest.fail("the cap must refuse a third stream")
+        assert hub.connection_count == 2
+        assert hub.subscriber_count("c") == 0
+    # Once a slot is free, streams are admitted again.
+    async with hub.subscribe(["c"]):
+        assert hub.connection_count == 1
+
+
+async def test_admission_check_refusal_is_raised(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    refusal = StreamRefusedError("memory pressure", retry_after=11)
+    verdict: list[StreamRefusedError | None] = [refusal]
+    hub.admission_checks.append(lambda: verdict[0])
+    with pytest.raises(StreamRefusedError) as refused:
+        async with hub.subscribe(["a"]):
+            pytest.fail("the admission check must refuse the stream")
+    assert refused.value is refusal
+    assert refused.value.retry_after == 11
+    assert hub.connection_count == 0
+    verdict[0] = None
+    async with hub.subscribe(["a"]):
+        assert hub.connection_count == 1
+
+
+# --- housekeeping ------------------------------------------------------------------
+
+
+async def test_reap_idle_closes_only_idle_connections(make_hub: MakeHub, clock: FakeClock) -> None:
+    hub = await make_hub(sse_idle_timeout_seconds=10)
+    async with hub.subscribe(["a"]) as (idle, _), hub.subscribe(["a"]) as (active, _):
+        clock.now += 5
+        await hub.publish("a", 1)
+        # What the writer does after a delivery:
+        for connection in (idle, active):
+            assert connection.take() is not None
+        active.last_delivery = clock()
+        # A ping reaches the kernel even for a vanished client: no activity.
+        hub.heartbeat()
+        assert idle.take() == (PING_FRAME, 0)
+        assert active.take() == (PING_FRAME, 0)
+
+        clock.now += 5  # exactly at the deadline: not yet idle
+        assert hub.reap_idle() == 0
+        clock.now += 1
+        assert hub.reap_idle() == 1
+        assert idle.close_reason is CloseReason.IDLE
+        assert not active.closed
+        assert hub.counters.reaped == 1
+
+        clock.now += 5
+        assert hub.reap_idle() == 1  # the idle one is not counted twice
+        assert active.close_reason is CloseReason.IDLE
+        assert hub.counters.reaped == 2
+    assert hub.closed_by_reason == {CloseReason.IDLE: 2}
+
+
+async def test_cleanup_reaps_and_sweeps_idle_channels(make_hub: MakeHub, clock: FakeClock) -> None:
+    hub = await make_hub(sse_idle_timeout_seconds=10)
+    await hub.publish("orphan", 1)
+    async with hub.subscribe(["watched"]) as (connection, _):
+        clock.now += CHANNEL_TTL + 1
+        hub.cleanup()
+        assert connection.close_reason is CloseReason.IDLE
+        assert memory_broker(hub).history.channel_count == 1  # "watched" is kept
+
+
+async def test_heartbeat_sets_ping_only_on_idle_connections(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    async with hub.subscribe(["quiet"]) as (quiet, _), hub.subscribe(["busy"]) as (busy, _):
+        await hub.publish("busy", 1)
+        hub.heartbeat()
+        assert quiet.ping_due
+        await asyncio.wait_for(quiet.wait(), 1)
+        assert quiet.take() == (PING_FRAME, 0)
+        assert not busy.ping_due
+        item = busy.take()
+        assert item is not None and item[1] == 1
+        assert busy.take() is None
+
+
+async def test_close_all_closes_every_open_connection_once(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    async with (
+        hub.subscribe(["a"]) as (first, _),
+        hub.subscribe(["b"]) as (second, _),
+        hub.subscribe(["a", "b"]) as (third, _),
+    ):
+        third.close(CloseReason.IDLE)
+        assert hub.close_all(CloseReason.SHUTDOWN) == 2
+        assert first.close_reason is second.close_reason is CloseReason.SHUTDOWN
+        assert third.close_reason is CloseReason.IDLE
+        assert hub.close_all(CloseReason.SHUTDOWN) == 0
+    assert hub.closed_by_reason == {CloseReason.SHUTDOWN: 2, CloseReason.IDLE: 1}
+
+
+# --- counters and stats --------------------------------------------------------------
+
+
+async def test_overflow_disconnects_are_counted_once_per_connection(make_hub: MakeHub) -> None:
+    hub = await make_hub(sse_queue_size=2, sse_overflow="disconnect")
+    async with hub.subscribe(["a"]) as (slow, _), hub.subscribe(["a"]) as (slower, _):
+        for i in range(6):
+            await hub.publish("a", i)
+        assert slow.close_reason is slower.close_reason is CloseReason.OVERFLOW
+        assert hub.counters.overflow_disconnects == 2
+        assert hub.counters.published == 6
+        assert hub.counters.dropped == 0
+
+
+async def test_drop_oldest_counts_each_dropped_event(make_hub: MakeHub) -> None:
+    hub = await make_hub(sse_queue_size=2, sse_overflow="drop_oldest")
+    async with hub.subscribe(["a"]) as (slow, _), hub.subscribe(["a"]) as (fast, _):
+        for i in range(5):
+            await hub.publish("a", i)
+            if i < 4:
+                fast.take()
+        assert not slow.closed
+        assert slow.dropped == 3
+        assert fast.dropped == 0
+        assert hub.counters.dropped == 3
+        assert hub.counters.overflow_disconnects == 0
+
+
+async def test_publish_without_subscribers_is_counted_and_retained(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    event_id = await hub.publish("nobody", 1)
+    assert hub.counters.published == 1
+    assert memory_broker(hub).history.stats()["events"] == 1
+    assert parse_event_id(event_id) is not None
+
+
+async def test_stats_shape(make_hub: MakeHub) -> None:
+    hub = await make_hub(sse_queue_max_mb=1)
+    async with hub.subscribe(["a", "b"]) as (connection, _):
+        await hub.publish("a", 1)
+        await hub.publish("c", 2)
+        stats = hub.stats()
+        queued_bytes = hub.budget.bytes
+        connection.delivered = 4  # as the writer would
+        assert hub.stats()["delivered"] == 4
+    assert set(stats) == {
+        "connections",
+        "channels",
+        "queued",
+        "queued_bytes",
+        "queued_bytes_limit",
+        "published",
+        "delivered",
+        "dropped",
+        "overflow_disconnects",
+        "reaped",
+        "opened",
+        "closed",
+        "broker",
+    }
+    assert stats["connections"] == 1
+    assert stats["channels"] == 2
+    assert stats["queued"] == 1
+    assert stats["queued_bytes"] == queued_bytes > 0
+    assert stats["queued_bytes_limit"] == 1024 * 1024
+    assert stats["published"] == 2
+    assert stats["opened"] == 1
+    assert stats["closed"] == {}
+    assert stats["broker"] == {
+        "url": "memory://",
+        "state": "ok",
+        "history": memory_broker(hub).history.stats(),
+    }
+    after = hub.stats()
+    assert after["delivered"] == 4  # kept after the connection is gone
+    assert after["closed"] == {"client_gone": 1}
+    assert after["connections"] == after["queued"] == after["queued_bytes"] == 0
+
+
+# --- replay floor ----------------------------------------------------------------------
+
+
+async def test_replay_floor_skips_live_duplicates(make_hub: MakeHub) -> None:
+    hub = await make_hub(broker_class=RacingBroker)
+    broker = memory_broker(hub)
+    assert isinstance(broker, RacingBroker)
+    resume_from = await hub.publish("a", "seen")
+    missed = await hub.publish("a", "missed")
+    async with hub.subscribe(["a"], last_event_id=resume_from) as (connection, replay):
+        assert replay is not None and not replay.reset
+        # The raced event arrived live *and* in the replay.
+        assert [event.id for event in replay.events] == [missed, broker.raced.id]
+        assert connection.floor == broker.raced.key
+        assert connection.queued == 1
+        assert connection.take() is None  # the live copy is skipped
+        live = await hub.publish("a", "live")
+        payload, count = connection.take() or (b"", 0)
+        assert count == 1
+        assert payload.startswith(b"id: " + live.encode() + b"\n")
+
+
+async def test_reset_replay_sets_floor_at_the_head(make_hub: MakeHub) -> None:
+    hub = await make_hub(broker_class=RacingBroker)
+    broker = memory_broker(hub)
+    assert isinstance(broker, RacingBroker)
+    await hub.publish("a", "old")
+    async with hub.subscribe(["a"], last_event_id="garbage") as (connection, replay):
+        assert replay is not None and replay.reset and replay.reason == "unknown_id"
+        assert replay.head == broker.raced.id
+        assert connection.floor == broker.raced.key
+        assert connection.take() is None  # covered by the reset, not resent
+
+
+async def test_replay_without_events_leaves_no_floor(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    newest = await hub.publish("a", 1)
+    async with hub.subscribe(["a"], last_event_id=newest) as (connection, replay):
+        assert replay == Replay()
+        assert connection.floor is None
