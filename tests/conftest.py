@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.responses.producers.fake_upstream import FakeUpstream
+from tests.support.redis_server import REDIS_SERVER, RedisServer
 from tests.support.server import ServerProcess
 
 # Short timers so behaviour that takes minutes in production shows in a second.
@@ -50,3 +52,23 @@ def upstream(_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
     _upstream_server.reset()
     yield _upstream_server
     _upstream_server.reset()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session; each Herald process gets its own key prefix."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def broker_env(request: pytest.FixtureRequest) -> Callable[[], dict[str, str]]:
+    """Environment selecting each broker in turn, for the suites that must hold on both."""
+    if request.param == "memory":
+        return lambda: {"BROKER_URL": "memory://"}
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    # A fresh key prefix per server process: tests share one Redis, not each other's history.
+    return lambda: {"BROKER_URL": redis.url, "REDIS_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}

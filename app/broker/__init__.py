@@ -22,4 +22,13 @@ def create_broker(settings: Settings) -> Broker:
             history_max_channels=settings.sse_history_max_channels,
             channel_ttl_seconds=settings.sse_channel_ttl_seconds,
         )
-    raise ValueError(f"BROKER_URL: unsupported scheme {scheme!r} (expected memory://)")
+    if scheme in ("redis", "rediss"):
+        from app.broker.redis import RedisBroker
+
+        return RedisBroker(
+            settings.broker_url,
+            history_size=settings.sse_history_size,
+            channel_ttl_seconds=settings.sse_channel_ttl_seconds,
+            key_prefix=settings.redis_key_prefix,
+        )
+    raise ValueError(f"BROKER_URL: unsupported scheme {scheme!r}")

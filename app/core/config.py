@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 MB = 1024 * 1024
-BROKER_SCHEMES = ("memory",)
+BROKER_SCHEMES = ("memory", "redis", "rediss")
 
 
 class Settings(BaseSettings):
@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     broker_url: str = "memory://"
+    redis_key_prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     # Off by default: access logs carry query strings, and EventSource clients
     # can only pass credentials there.
     access_log: bool = False
