@@ -260,3 +260,10 @@ def test_bad_setting_stops_startup_with_one_line_naming_it() -> None:
     assert "SSE_QUEUE_SIZE" in lines[0]
     assert "SSE_OVERFLOW" in lines[0]
     assert json.dumps("lots") in lines[0] or "'lots'" in lines[0]
+
+
+def test_openapi_schema_and_docs_render(herald: ServerProcess) -> None:
+    schema = httpx.get(herald.base_url + "/openapi.json")
+    assert schema.status_code == 200
+    assert "/events/{channel}" in schema.json()["paths"]
+    assert httpx.get(herald.base_url + "/docs").status_code == 200

@@ -50,8 +50,12 @@ def _stream(
     )
 
 
-@router.api_route(
-    "/events", methods=["GET", "HEAD"], response_class=HeraldStreamResponse, responses=SSE_RESPONSE
+@router.head("/events", include_in_schema=False)
+@router.get(
+    "/events",
+    status_code=200,
+    response_class=HeraldStreamResponse,
+    responses=SSE_RESPONSE,
 )
 async def subscribe_many(
     request: Request,
@@ -65,9 +69,10 @@ async def subscribe_many(
     return _stream(request, hub, names, last_event_id)
 
 
-@router.api_route(
+@router.head("/events/{channel:path}", include_in_schema=False)
+@router.get(
     "/events/{channel:path}",
-    methods=["GET", "HEAD"],
+    status_code=200,
     response_class=HeraldStreamResponse,
     responses=SSE_RESPONSE,
 )

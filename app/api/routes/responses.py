@@ -86,9 +86,9 @@ async def _frames(run: Run, start: int, retry_ms: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
-@router.api_route(
+@router.head("/{run_id}/events", include_in_schema=False)
+@router.get(
     "/{run_id}/events",
-    methods=["GET", "HEAD"],
     response_class=EventSourceResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},

@@ -1,0 +1,42 @@
+"""The gunicorn worker: uvicorn's, plus streams that close on every kind of worker exit.
+
+The trap this fixes: when a worker reaches ``--max-requests`` uvicorn's main
+loop simply ends and it starts its graceful shutdown — without setting
+``Server.should_exit`` and without any signal. sse-starlette (and our hub's
+shutdown watcher) never hear of it, so open SSE streams keep the worker alive
+until gunicorn kills it at ``--timeout``, while every EventSource reconnect
+counts as one more request. This worker registers a shutdown probe that sees
+the server draining for any reason: SIGTERM/SIGINT (gunicorn stop, SIGHUP
+reload of old workers), SIGQUIT, or max-requests.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gunicorn.arbiter import Arbiter
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+from app.sse.shutdown import register_shutdown_probe
+
+__all__ = ["HeraldWorker", "server_is_draining"]
+
+
+def server_is_draining(server: Server) -> bool:
+    if server.should_exit:
+        return True
+    limit = server.config.limit_max_requests
+    return limit is not None and server.server_state.total_requests >= limit
+
+
+class HeraldWorker(UvicornWorker):  # type: ignore[misc]  # untyped base
+    async def _serve(self) -> None:
+        # Same as UvicornWorker._serve, keeping the Server to watch it.
+        self.config.app = self.wsgi
+        server = Server(config=self.config)
+        register_shutdown_probe(lambda: server_is_draining(server))
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
