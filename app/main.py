@@ -1,4 +1,6 @@
-"""Wiring only: settings → broker → hub → responses → routes. ``app`` is the ASGI entry point."""
+"""Wiring only: settings → broker → hub → responses → memory guard → routes.
+
+``app`` is the ASGI entry point."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api.routes import events, health, responses
+from app.api.prometheus import build_registry
+from app.api.routes import admin, events, health, metrics, responses
 from app.broker import create_broker
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.logging import configure_logging
+from app.memory.guard import MemoryGuard, level_tracker
+from app.middleware.memory_headers import MemoryHeadersMiddleware
 from app.responses.producers.base import Producer
 from app.responses.service import ResponseService, build_producers
 from app.sse.hub import Hub
@@ -30,19 +35,31 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         producer_registry = build_producers(settings, list(producers))
     except ValueError as exc:
         raise SettingsError(f"herald: invalid setting {exc}") from None
+    try:
+        level_tracker(settings)
+    except ValueError as exc:
+        raise SettingsError(f"herald: invalid setting MEMORY_HYSTERESIS_PERCENT: {exc}") from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub = Hub(settings, create_broker(settings))
         service = ResponseService(settings, producer_registry)
+        guard = MemoryGuard(settings, hub, service)
         app.state.hub = hub
         app.state.responses = service
+        app.state.memory = guard
+        app.state.metrics_registry = build_registry(hub, service, guard)
         if settings.publish_token is None:
             logger.warning("PUBLISH_TOKEN is not set: only loopback clients may publish")
+        if settings.admin_token is None:
+            logger.info("ADMIN_TOKEN is not set: the admin API is off")
         await hub.start()
+        # After the hub (the guard samples its connections), before the first request.
+        await guard.start()
         try:
             yield
         finally:
+            await guard.stop()
             await service.stop()
             await hub.stop()
 
@@ -56,9 +73,13 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
+    if settings.memory_headers:
+        app.add_middleware(MemoryHeadersMiddleware)
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(responses.router)
+    app.include_router(admin.router)
+    app.include_router(metrics.router)
     return app
 
 

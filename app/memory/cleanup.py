@@ -48,6 +48,7 @@ __all__ = [
     "CleanupResult",
     "aggressive_cleanup",
     "light_cleanup",
+    "warning_history_keep",
 ]
 
 logger = logging.getLogger("herald.memory")
@@ -112,6 +113,7 @@ class _Steps:
 
 
 def warning_history_keep(history_size: int) -> int:
+    """Events per channel a light cleanup keeps."""
     return int(history_size * WARNING_HISTORY_FRACTION)
 
 

@@ -1,0 +1,365 @@
+"""``python -m app.tools.memory_report``: a running Herald's admin metrics, for people.
+
+::
+
+    python -m app.tools.memory_report --url http://127.0.0.1:8000 --token "$ADMIN_TOKEN"
+    python -m app.tools.memory_report --watch 2          # refresh every 2 s, with an RSS chart
+
+``--token`` defaults to the ``ADMIN_TOKEN`` environment variable, which keeps
+the token out of ``ps`` listings and shell history. ``--watch`` redraws the
+report every N seconds under a chart of the RSS samples it has taken, drawn
+against the server's warning and critical lines; ``--count`` stops after that
+many reports (scripts and tests), Ctrl-C at any time.
+
+Exit status: 0 when the last fetch worked, 1 when it did not (server down,
+wrong token, admin API off), 2 for bad arguments.
+
+Rendering is a set of pure functions of the metrics document, so tests check
+the exact text without a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+import httpx
+
+from app.memory.units import format_bytes
+
+__all__ = [
+    "DEFAULT_URL",
+    "METRICS_PATH",
+    "ReportError",
+    "fetch_metrics",
+    "main",
+    "render_chart",
+    "render_report",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+METRICS_PATH = "/api/admin/metrics"
+DEFAULT_TIMEOUT_SECONDS = 5.0
+CHART_HEIGHT = 8
+CHART_WIDTH = 60
+"""Samples shown (one column each); older ones scroll off the left."""
+
+# One column of the chart is a stack of full blocks topped by one of these.
+_EIGHTHS = " ▁▂▃▄▅▆▇█"
+_FULL = "█"
+_WARNING_LINE = "─"
+_CRITICAL_LINE = "━"
+_CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+Metrics = Mapping[str, Any]
+
+
+class ReportError(Exception):
+    """The metrics could not be fetched; the message is meant for the operator."""
+
+
+def fetch_metrics(
+    client: httpx.Client, url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> Metrics:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    target = url.rstrip("/") + METRICS_PATH
+    try:
+        response = client.get(target, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ReportError(f"cannot reach {target}: {exc}") from None
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ReportError(f"{target} answered {response.status_code}: {detail}")
+    metrics: Metrics = response.json()
+    return metrics
+
+
+# --- rendering -------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, seconds = divmod(seconds, 86_400)
+    hours, seconds = divmod(seconds, 3_600)
+    minutes, seconds = divmod(seconds, 60)
+    if days:
+        return f"{days}d {hours}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {seconds:02d}s"
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100.0 * part / whole:.1f} %" if whole else "n/a"
+
+
+def _joined(numbers: Sequence[object]) -> str:
+    return "/".join(str(number) for number in numbers)
+
+
+def _memory_lines(memory: Metrics) -> list[str]:
+    thresholds = memory["thresholds"]
+    trend = memory["trend"]
+    cleanups = memory["cleanups"]
+    admission = "REFUSED (503)" if memory["refusing"] else "accepted"
+    slope = float(trend["slope_bytes_per_s"])
+    lines = [
+        f"Memory     {format_bytes(memory['rss_bytes'])} of {format_bytes(memory['limit_bytes'])}"
+        f" ({memory['percent']:.1f} %, limit from {memory['limit_source']})"
+        f"   level {str(memory['level']).upper()}   health {memory['health_score']}/100",
+        f"           warning {format_bytes(thresholds['warning_bytes'])}"
+        f" ({thresholds['warning_percent']:g} %)"
+        f"   critical {format_bytes(thresholds['critical_bytes'])}"
+        f" ({thresholds['critical_percent']:g} %)"
+        f"   hysteresis {thresholds['hysteresis_percent']:g} %",
+        f"           new streams and responses: {admission} (refused so far: {memory['refused']})",
+        f"Trend      {'+' if slope >= 0 else '-'}{format_bytes(abs(slope))}/s"
+        f" over {trend['samples']} samples ({trend['window_seconds']:g} s window),"
+        f" connections {'steady' if trend['connections_steady'] else 'changing'}"
+        f"   leak suspected: {'YES' if trend['leak_suspected'] else 'no'}",
+        f"Cleanups   warning {cleanups['warning']}, critical {cleanups['critical']},"
+        f" freed {format_bytes(cleanups['freed_bytes'])} in total",
+    ]
+    last = cleanups["last"]
+    if last:
+        steps = ", ".join(f"{step} {format_bytes(size)}" for step, size in last["freed"].items())
+        lines.append(
+            f"           last: {last['level']} at {last['uptime_s']:g} s, freed"
+            f" {format_bytes(last['freed_bytes'])} ({steps}), gc {last['gc_collected']} objects,"
+            f" rss {format_bytes(last['rss_before'])} -> {format_bytes(last['rss_after'])}"
+        )
+    return lines
+
+
+def _cache_lines(cache: Metrics) -> list[str]:
+    evictions = ", ".join(f"{reason} {count}" for reason, count in cache["evictions"].items())
+    return [
+        f"Cache      {cache['items']} items (max {cache['max_items']}),"
+        f" {format_bytes(cache['bytes'])} of {format_bytes(cache['max_bytes'])};"
+        f" hits {cache['hits']}, misses {cache['misses']}"
+        f" (hit rate {100.0 * cache['hit_rate']:.1f} %)",
+        f"           evictions: {evictions}; rejected {cache['rejected']}",
+    ]
+
+
+def _sse_lines(sse: Metrics) -> list[str]:
+    lines = [
+        f"SSE        {sse['connections']} connections on {sse['channels']} channels;"
+        f" {sse['queued']} events queued ({format_bytes(sse['queued_bytes'])}"
+        f" of {format_bytes(sse['queued_bytes_limit'])})",
+        f"           published {sse['published']}, delivered {sse['delivered']},"
+        f" dropped {sse['dropped']}, overflow disconnects {sse['overflow_disconnects']},"
+        f" reaped {sse['reaped']}",
+    ]
+    history = sse.get("broker", {}).get("history")
+    if history:
+        lines.append(
+            f"           history: {history['events']} events in {history['channels']} channels,"
+            f" {format_bytes(history['bytes'])} of {format_bytes(history['max_bytes'])}"
+        )
+    return lines
+
+
+def _responses_lines(responses: Metrics) -> list[str]:
+    return [
+        f"Responses  {responses['runs']} runs ({responses['running']} running),"
+        f" {responses['followers']} followers, {format_bytes(responses['bytes'])};"
+        f" started {responses['started']}, completed {responses['completed']},"
+        f" failed {responses['failed']}, cache hits {responses['cache_hits']}"
+    ]
+
+
+def _process_lines(process: Metrics) -> list[str]:
+    gc_stats = process["gc"]
+    fds = process["open_fds"] if process["open_fds"] is not None else "n/a"
+    return [
+        f"Process    threads {process['threads']}, open fds {fds},"
+        f" gc counts {_joined(gc_stats['counts'])},"
+        f" collections {_joined(gc_stats['collections'])}"
+    ]
+
+
+def render_report(metrics: Metrics, url: str) -> str:
+    """The whole report for one ``/api/admin/metrics`` document."""
+    process = metrics["process"]
+    header = (
+        f"Herald memory report  {url}  pid {process['pid']},"
+        f" up {_duration(process['uptime_s'])}, Python {process['python']}"
+    )
+    lines = [header, ""]
+    lines += _memory_lines(metrics["memory"])
+    lines += _cache_lines(metrics["cache"])
+    lines += _sse_lines(metrics["sse"])
+    lines += _responses_lines(metrics["responses"])
+    lines += _process_lines(process)
+    return "\n".join(lines)
+
+
+def _cell(fill: float, row_bottom: int) -> str:
+    """The character of one column in the row whose bottom edge is ``row_bottom``."""
+    if fill >= row_bottom + 1:
+        return _FULL
+    if fill <= row_bottom:
+        return ""
+    return _EIGHTHS[max(1, math.floor((fill - row_bottom) * (len(_EIGHTHS) - 1)))]
+
+
+def render_chart(
+    samples: Sequence[int],
+    limit: int,
+    warning: int,
+    critical: int,
+    *,
+    height: int = CHART_HEIGHT,
+    width: int = CHART_WIDTH,
+) -> list[str]:
+    """RSS samples as columns of blocks from 0 (bottom) to ``limit`` (top).
+
+    The rows holding the warning and critical values carry a ``─`` / ``━`` line
+    where no column reaches, labelled on the right, so a climbing RSS is seen
+    approaching them. Values above the limit are drawn at the top.
+    """
+    if limit <= 0 or height <= 0:
+        return []
+    shown = list(samples)[-width:]
+    fills = [min(height, max(0.0, value / limit * height)) for value in shown]
+
+    def row_of(value: int) -> int:
+        return min(height - 1, max(0, math.floor(value / limit * height)))
+
+    critical_row = row_of(critical)
+    # Close thresholds can fall in one row; the warning line then goes one lower
+    # so both stay visible.
+    warning_row = min(row_of(warning), critical_row - 1) if critical_row > 0 else -1
+    lines = [f"{'limit ' + format_bytes(limit):>17} ┤"]
+    for row_bottom in range(height - 1, -1, -1):
+        line_char, label = "", ""
+        if row_bottom == critical_row:
+            line_char, label = _CRITICAL_LINE, f"critical {format_bytes(critical)}"
+        elif row_bottom == warning_row:
+            line_char, label = _WARNING_LINE, f"warning {format_bytes(warning)}"
+        cells = [_cell(fill, row_bottom) or line_char or " " for fill in fills]
+        cells += [line_char or " "] * (width - len(cells))
+        lines.append(f"{'':>17} ┤{''.join(cells)} {label}".rstrip())
+    lines.append(f"{'0 B':>17} └{'─' * width}")
+    return lines
+
+
+def _chart_for(samples: Sequence[int], metrics: Metrics, every: float) -> list[str]:
+    memory = metrics["memory"]
+    thresholds = memory["thresholds"]
+    title = f"RSS, last {len(samples)} samples, every {every:g} s: {format_bytes(samples[-1])}"
+    return [
+        "",
+        title,
+        *render_chart(
+            samples,
+            memory["limit_bytes"],
+            thresholds["warning_bytes"],
+            thresholds["critical_bytes"],
+        ),
+    ]
+
+
+# --- command line ------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app.tools.memory_report",
+        description="Print a running Herald's admin metrics as a readable report.",
+    )
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"server base URL ({DEFAULT_URL})")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ADMIN_TOKEN"),
+        help="admin token (default: the ADMIN_TOKEN environment variable)",
+    )
+    parser.add_argument(
+        "--watch",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="refresh every SECONDS, with an RSS chart against the warning and critical lines",
+    )
+    parser.add_argument(
+        "--count", type=_positive_int, metavar="N", help="with --watch: stop after N reports"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        help=f"HTTP timeout in seconds ({DEFAULT_TIMEOUT_SECONDS:g})",
+    )
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _watch(client: httpx.Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    samples: deque[int] = deque(maxlen=CHART_WIDTH)
+    clear = out.isatty()
+    reports = 0
+    status = 0
+    while args.count is None or reports < args.count:
+        if reports:
+            time.sleep(args.watch)
+        reports += 1
+        try:
+            metrics = fetch_metrics(client, args.url, args.token, args.timeout)
+        except ReportError as exc:
+            print(f"memory_report: {exc}", file=err, flush=True)
+            status = 1
+            continue
+        status = 0
+        samples.append(int(metrics["memory"]["rss_bytes"]))
+        text = "\n".join(
+            [render_report(metrics, args.url), *_chart_for(samples, metrics, args.watch)]
+        )
+        print((_CLEAR_SCREEN if clear else "") + text + "\n", file=out, flush=True)
+    return status
+
+
+def main(
+    argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = _parser().parse_args(argv)
+    with httpx.Client() as client:
+        if args.watch is None:
+            try:
+                metrics = fetch_metrics(client, args.url, args.token, args.timeout)
+            except ReportError as exc:
+                print(f"memory_report: {exc}", file=err)
+                return 1
+            print(render_report(metrics, args.url), file=out)
+            return 0
+        try:
+            return _watch(client, args, out, err)
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

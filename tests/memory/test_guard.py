@@ -1,0 +1,487 @@
+"""The memory guard driven by an injected RSS source and clock, against a real hub
+(MemoryBroker) and response service: levels, cleanups, refusal and the trend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.broker.memory import MemoryBroker
+from app.core.config import SettingsError, load_settings
+from app.main import create_app
+from app.memory.cleanup import CRITICAL_HISTORY_KEEP
+from app.memory.guard import (
+    MEMORY_RETRY_AFTER_SECONDS,
+    REFUSAL_DETAIL,
+    TREND_WARMUP_SECONDS,
+    MemoryGuard,
+)
+from app.memory.levels import MemoryLevel
+from app.memory.limits import MemoryLimit
+from app.responses.service import ResponseService, build_producers
+from app.sse.hub import Hub, StreamRefusedError
+
+MB = 1024 * 1024
+LIMIT = MemoryLimit(bytes=100 * MB, source="setting")
+HISTORY_SIZE = 40
+CACHE_TTL = 60.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeRss:
+    """An RSS source whose reading the test sets, as a percentage of LIMIT."""
+
+    def __init__(self) -> None:
+        self.bytes = 10 * MB
+        self.reads = 0
+
+    def set_percent(self, percent: float) -> None:
+        self.bytes = int(LIMIT.bytes * percent / 100)
+
+    def __call__(self) -> int:
+        self.reads += 1
+        return self.bytes
+
+
+class Parts:
+    def __init__(self, hub: Hub, service: ResponseService, guard: MemoryGuard) -> None:
+        self.hub = hub
+        self.service = service
+        self.guard = guard
+
+    @property
+    def history_events(self) -> int:
+        assert isinstance(self.hub.broker, MemoryBroker)
+        return len(self.hub.broker.history)
+
+    def at(self, percent: float) -> MemoryLevel | None:
+        """Set RSS to ``percent`` of the limit and take one sample."""
+        rss = self.guard._rss_source
+        assert isinstance(rss, FakeRss)
+        rss.set_percent(percent)
+        return self.guard.check()
+
+
+MakeParts = Callable[..., Awaitable[Parts]]
+
+
+class RecordingHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def memory_log() -> Iterator[list[logging.LogRecord]]:
+    """Records of the guard's logger ("herald" does not propagate to the root logger)."""
+    logger = logging.getLogger("herald.memory")
+    handler = RecordingHandler()
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+
+
+def logged(records: list[logging.LogRecord], text: str) -> list[str]:
+    return [record.getMessage() for record in records if text in record.getMessage()]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def make_parts(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[MakeParts]:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    hubs: list[Hub] = []
+    services: list[ResponseService] = []
+
+    async def make(rss: Callable[[], int] | None = None, **overrides: object) -> Parts:
+        settings = load_settings(
+            **{
+                "sse_history_size": HISTORY_SIZE,
+                "cache_ttl_seconds": CACHE_TTL,
+                "echo_delay_ms": 0,
+                **overrides,
+            }
+        )
+        broker = MemoryBroker(
+            history_size=settings.sse_history_size,
+            history_max_bytes=settings.sse_history_max_bytes,
+            history_max_channels=settings.sse_history_max_channels,
+            channel_ttl_seconds=settings.sse_channel_ttl_seconds,
+            clock=clock,
+        )
+        hub = Hub(settings, broker, clock=clock)
+        await hub.start()
+        hubs.append(hub)
+        service = ResponseService(settings, build_producers(settings), clock=clock)
+        services.append(service)
+        guard = MemoryGuard(
+            settings,
+            hub,
+            service,
+            rss_source=rss or FakeRss(),
+            clock=clock,
+            limit=LIMIT,
+            release_heap=lambda: True,
+        )
+        return Parts(hub, service, guard)
+
+    yield make
+    for service in services:
+        await service.stop()
+    for hub in hubs:
+        await hub.stop()
+
+
+async def fill(parts: Parts, clock: FakeClock) -> None:
+    """An expired cache entry, ten live ones, and full histories on two channels."""
+    cache = parts.service.cache
+    cache.set("stale", "old answer")
+    clock.now += CACHE_TTL + 1
+    for index in range(10):
+        cache.set(f"key-{index}", "answer " * 20)
+    for index in range(HISTORY_SIZE):
+        await parts.hub.publish("alpha", {"n": index})
+        await parts.hub.publish("beta", {"n": index})
+    assert parts.history_events == 2 * HISTORY_SIZE
+
+
+async def finished_run(parts: Parts) -> None:
+    created = parts.service.create("hello there")
+    assert created.run.task is not None
+    await created.run.task
+    assert created.run.finished
+
+
+# --- levels and hysteresis -------------------------------------------------------
+
+
+async def test_levels_follow_rss_with_hysteresis(make_parts: MakeParts) -> None:
+    parts = await make_parts()  # thresholds 75 / 90, hysteresis 5
+    assert parts.at(50) is None
+    assert parts.at(76) is MemoryLevel.WARNING
+    assert parts.at(74) is None  # inside the band: no flapping back to normal
+    assert parts.at(76) is None
+    assert parts.at(69) is MemoryLevel.NORMAL
+    assert parts.at(91) is MemoryLevel.CRITICAL
+    assert parts.at(86) is None  # still critical until under 85
+    assert parts.at(84) is MemoryLevel.WARNING
+    assert parts.at(90) is MemoryLevel.CRITICAL
+    assert parts.at(10) is MemoryLevel.NORMAL
+    assert parts.guard.level is MemoryLevel.NORMAL
+    assert parts.guard.snapshot()["transitions"] == {"normal": 2, "warning": 2, "critical": 2}
+
+
+async def test_percent_is_rss_over_the_limit(make_parts: MakeParts) -> None:
+    parts = await make_parts()
+    parts.at(42.5)
+    snapshot = parts.guard.snapshot()
+    assert snapshot["percent"] == pytest.approx(42.5, abs=0.01)
+    assert snapshot["rss_bytes"] == int(LIMIT.bytes * 0.425)
+    assert snapshot["limit_bytes"] == LIMIT.bytes
+    assert snapshot["limit_source"] == "setting"
+
+
+# --- warning: light cleanup --------------------------------------------------------
+
+
+async def test_entering_warning_runs_the_light_cleanup(
+    make_parts: MakeParts, clock: FakeClock, memory_log: list[logging.LogRecord]
+) -> None:
+    parts = await make_parts()
+    await fill(parts, clock)
+    cache = parts.service.cache
+    assert parts.at(80) is MemoryLevel.WARNING
+
+    stats = cache.stats()
+    assert stats.evictions["ttl"] == 1  # the expired entry went first
+    assert stats.items == 5  # then half of the ten live ones
+    assert stats.evictions["pressure"] == 5
+    assert parts.history_events == 2 * (HISTORY_SIZE // 2)
+    assert parts.guard.refusal() is None  # warning never refuses
+    assert parts.guard.cleanups[MemoryLevel.WARNING] == 1
+    last = parts.guard.last_cleanup
+    assert last is not None and last["level"] == "warning"
+    freed = last["freed"]
+    assert isinstance(freed, dict)
+    assert freed["cache_expired"] > 0
+    assert freed["cache_shrunk"] > 0
+    assert freed["history_trimmed"] > 0
+    assert parts.guard.freed_bytes == sum(freed.values())
+    assert logged(memory_log, "memory cleanup (warning): freed")
+
+
+async def test_staying_in_warning_does_not_clean_up_again(
+    make_parts: MakeParts, clock: FakeClock
+) -> None:
+    parts = await make_parts()
+    parts.at(80)
+    await fill(parts, clock)
+    for _ in range(3):
+        parts.at(80)
+    assert parts.service.cache.items == 11  # untouched by the later samples
+    assert parts.guard.cleanups[MemoryLevel.WARNING] == 1
+
+
+# --- critical: aggressive cleanup and refusal ----------------------------------------
+
+
+async def test_entering_critical_runs_the_aggressive_cleanup(
+    make_parts: MakeParts, clock: FakeClock, memory_log: list[logging.LogRecord]
+) -> None:
+    parts = await make_parts()
+    await fill(parts, clock)
+    await finished_run(parts)
+    assert len(parts.service.runs) == 1
+    assert parts.at(95) is MemoryLevel.CRITICAL
+
+    assert parts.service.cache.items == 0
+    assert parts.history_events == 2 * CRITICAL_HISTORY_KEEP
+    assert len(parts.service.runs) == 0  # finished runs forgotten
+    assert parts.guard.cleanups[MemoryLevel.CRITICAL] == 1
+    assert parts.guard.cleanups[MemoryLevel.WARNING] == 0  # straight to critical: one cleanup
+    last = parts.guard.last_cleanup
+    assert last is not None
+    assert last["level"] == "critical"
+    assert last["heap_released"] is True
+    freed = last["freed"]
+    assert isinstance(freed, dict)
+    assert freed["cache_cleared"] > 0 and freed["history_trimmed"] > 0
+    assert freed["runs_trimmed"] > 0
+    assert logged(memory_log, "memory cleanup (critical): freed")
+    assert logged(memory_log, "refusing new streams")
+
+
+async def test_critical_refuses_new_streams_and_responses(make_parts: MakeParts) -> None:
+    parts = await make_parts()
+    await parts.guard.start()
+    try:
+        parts.at(95)
+        with pytest.raises(StreamRefusedError) as refused_stream:
+            async with parts.hub.subscribe(["news"]):
+                pass
+        with pytest.raises(StreamRefusedError) as refused_response:
+            parts.service.create("hello")
+    finally:
+        await parts.guard.stop()
+    for refusal in (refused_stream.value, refused_response.value):
+        assert refusal.retry_after == MEMORY_RETRY_AFTER_SECONDS
+        assert refusal.detail == REFUSAL_DETAIL
+    assert parts.hub.connection_count == 0
+    assert len(parts.service.runs) == 0
+    assert parts.guard.refused == 2
+
+
+async def test_refusal_is_lifted_only_back_under_warning(make_parts: MakeParts) -> None:
+    parts = await make_parts()
+    await parts.guard.start()
+    try:
+        parts.at(95)
+        assert parts.at(84) is MemoryLevel.WARNING
+        assert parts.guard.refusing  # under critical is not enough
+        with pytest.raises(StreamRefusedError):
+            parts.service.create("hello")
+        assert parts.at(69) is MemoryLevel.NORMAL
+        assert not parts.guard.refusing
+        async with parts.hub.subscribe(["news"]) as (connection, _):
+            assert not connection.closed
+        assert not parts.service.create("hello").cached
+    finally:
+        await parts.guard.stop()
+
+
+async def test_open_streams_are_not_cut_at_critical(make_parts: MakeParts) -> None:
+    parts = await make_parts()
+    await parts.guard.start()
+    try:
+        async with parts.hub.subscribe(["news"]) as (connection, _):
+            parts.at(99)
+            assert parts.guard.refusing
+            await parts.hub.publish("news", "still here")
+            assert not connection.closed
+            taken = connection.take()
+            assert taken is not None and b"still here" in taken[0]
+    finally:
+        await parts.guard.stop()
+
+
+async def test_falling_to_warning_runs_no_light_cleanup(
+    make_parts: MakeParts, clock: FakeClock
+) -> None:
+    parts = await make_parts()
+    parts.at(95)
+    await fill(parts, clock)
+    parts.at(84)
+    assert parts.guard.cleanups == {MemoryLevel.CRITICAL: 1}
+    assert parts.service.cache.items == 11
+
+
+async def test_each_entry_into_critical_cleans_up_once(
+    make_parts: MakeParts, clock: FakeClock
+) -> None:
+    parts = await make_parts()
+    for _ in range(2):
+        await fill(parts, clock)
+        parts.at(95)
+        parts.at(97)
+        assert parts.service.cache.items == 0
+        parts.at(10)
+    assert parts.guard.cleanups[MemoryLevel.CRITICAL] == 2
+
+
+async def test_a_failing_cleanup_step_does_not_stop_the_others(
+    make_parts: MakeParts, clock: FakeClock, memory_log: list[logging.LogRecord]
+) -> None:
+    parts = await make_parts()
+    await fill(parts, clock)
+
+    def broken(keep: int) -> int:
+        raise RuntimeError("history is broken")
+
+    parts.hub.broker.trim_history = broken  # type: ignore[method-assign]
+    parts.at(95)
+    assert parts.service.cache.items == 0  # the step after the failing one still ran
+    last = parts.guard.last_cleanup
+    assert last is not None and last["failed"] == ["history_trimmed"]
+    assert logged(memory_log, "history_trimmed failed")
+
+
+# --- the sampling task ----------------------------------------------------------------
+
+
+async def test_start_samples_at_once_and_registers_the_refusal(make_parts: MakeParts) -> None:
+    rss = FakeRss()
+    rss.set_percent(95)
+    parts = await make_parts(rss, memory_check_seconds=3600)
+    await parts.guard.start()
+    try:
+        assert parts.guard.level is MemoryLevel.CRITICAL  # before any interval passed
+        assert parts.hub.admission_checks == [parts.guard._check_refusal]
+        assert parts.service.admission_checks == [parts.guard._check_refusal]
+    finally:
+        await parts.guard.stop()
+    assert parts.hub.admission_checks == []
+    assert parts.service.admission_checks == []
+
+
+async def test_the_task_samples_every_interval_until_stopped(make_parts: MakeParts) -> None:
+    rss = FakeRss()
+    parts = await make_parts(rss, memory_check_seconds=0.01)
+    await parts.guard.start()
+    await asyncio.sleep(0.2)
+    await parts.guard.stop()
+    sampled = rss.reads
+    assert sampled >= 5
+    await asyncio.sleep(0.05)
+    assert rss.reads == sampled
+
+
+async def test_a_failing_probe_is_logged_and_sampling_goes_on(
+    make_parts: MakeParts, memory_log: list[logging.LogRecord]
+) -> None:
+    calls = 0
+
+    def flaky() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError("proc is gone")
+        return 95 * MB
+
+    parts = await make_parts(flaky, memory_check_seconds=0.01)
+    await parts.guard.start()
+    await asyncio.sleep(0.1)
+    await parts.guard.stop()
+    assert calls >= 4
+    assert parts.guard.level is MemoryLevel.CRITICAL
+    assert logged(memory_log, "memory check failed")
+
+
+# --- leak suspicion -----------------------------------------------------------------
+
+
+async def test_steady_growth_with_steady_connections_is_a_suspected_leak(
+    make_parts: MakeParts, clock: FakeClock, memory_log: list[logging.LogRecord]
+) -> None:
+    slope = 10 * 1024  # bytes per second
+    rss = FakeRss()
+    parts = await make_parts(rss, memory_check_seconds=5)
+    # Warm-up samples climb steeply but are not held against the process.
+    for _ in range(int(TREND_WARMUP_SECONDS // 5)):
+        rss.bytes += 1 * MB
+        parts.guard.check()
+        clock.now += 5
+    assert parts.guard.trend_report().samples == 0
+    for _ in range(20):
+        clock.now += 5
+        rss.bytes += slope * 5
+        parts.guard.check()
+    trend = parts.guard.snapshot()["trend"]
+    assert isinstance(trend, dict)
+    assert trend["leak_suspected"] is True
+    assert trend["slope_bytes_per_s"] == pytest.approx(slope)
+    # Logged once when it starts, not on every sample after.
+    assert len(logged(memory_log, "memory leak suspected")) == 1
+
+
+async def test_growth_that_follows_connections_is_not_a_leak(
+    make_parts: MakeParts, clock: FakeClock
+) -> None:
+    rss = FakeRss()
+    parts = await make_parts(rss, memory_check_seconds=5)
+    clock.now += TREND_WARMUP_SECONDS
+    async with contextlib.AsyncExitStack() as streams:
+        for _ in range(20):
+            await streams.enter_async_context(parts.hub.subscribe(["load"]))
+            clock.now += 5
+            rss.bytes += 50 * 1024
+            parts.guard.check()
+    trend = parts.guard.trend_report()
+    assert trend.slope_bytes_per_s > 1024
+    assert not trend.connections_steady
+    assert not trend.leak_suspected
+
+
+# --- health score and wiring ----------------------------------------------------------
+
+
+async def test_health_score_follows_the_level(make_parts: MakeParts) -> None:
+    parts = await make_parts()
+    parts.at(0)
+    assert parts.guard.health_score() == 100
+    parts.at(37.5)
+    assert parts.guard.health_score() == 75
+    parts.at(80)
+    assert parts.guard.health_score() == 50 - round(40 * 5 / 15)
+    parts.at(95)
+    assert parts.guard.health_score() == 10
+
+
+def test_hysteresis_wider_than_the_warning_line_fails_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(memory_warning_percent=50, memory_hysteresis_percent=60)
+    with pytest.raises(SettingsError, match="MEMORY_HYSTERESIS_PERCENT"):
+        create_app(settings)
