@@ -25,7 +25,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Annotated
 
@@ -33,6 +32,7 @@ from fastapi import Depends, HTTPException, Request
 
 from app.api.deps import SettingsDep, client_address
 from app.api.publishing import bearer_token
+from app.core.security import secret_matches
 
 __all__ = [
     "ADMIN_DISABLED_DETAIL",
@@ -77,7 +77,7 @@ def require_admin(request: Request, settings: SettingsDep) -> None:
             headers={"WWW-Authenticate": "Bearer"},
         )
     how, token = presented
-    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+    if not secret_matches(token, expected):
         logger.warning(
             "admin: wrong token (%s) from %s for %s", how, client_address(request), request.url.path
         )

@@ -8,7 +8,6 @@ unless every check passed.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from fastapi import HTTPException, Request
 
 from app.core.config import Settings
+from app.core.security import secret_matches
 
 __all__ = ["PublishRequest", "authorize_publisher", "bearer_token", "is_loopback", "read_publish"]
 
@@ -57,7 +57,7 @@ def authorize_publisher(request: Request, settings: Settings, client: str) -> No
             "missing publish token: send Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+    if not secret_matches(token, expected):
         raise HTTPException(403, "invalid publish token")
 
 

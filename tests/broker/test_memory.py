@@ -9,14 +9,7 @@ from app.broker.memory import MemoryBroker
 from app.sse.encoding import encode_body, encode_frame
 from app.sse.event import Event
 from app.sse.event_id import EventIdGenerator, format_event_id, parse_event_id
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 class FakeMsClock:
@@ -43,7 +36,7 @@ def make_broker(
         history_max_bytes=history_max_bytes,
         history_max_channels=history_max_channels,
         channel_ttl_seconds=ttl,
-        clock=clock or FakeClock(),
+        clock=clock or FakeClock(0.0),
         ids=EventIdGenerator(clock_ms=FakeMsClock()),
     )
 
@@ -145,7 +138,7 @@ async def test_id_from_before_this_process_resets_with_reason_unknown_id() -> No
         history_max_bytes=1 << 30,
         history_max_channels=100,
         channel_ttl_seconds=60,
-        clock=FakeClock(),
+        clock=FakeClock(0.0),
         ids=ids,
     )
     events = await publish_many(broker, "aa")
@@ -171,7 +164,7 @@ async def test_id_older_than_retained_history_resets_with_reason_history_expired
 
 
 async def test_id_older_than_a_dropped_channel_resets_with_reason_history_expired() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     broker = make_broker(ttl=10, clock=clock)
     events = await publish_many(broker, "ab")
     clock.now = 11
@@ -184,7 +177,7 @@ async def test_id_older_than_a_dropped_channel_resets_with_reason_history_expire
 
 
 async def test_subscribed_channel_survives_the_sweep_until_unsubscribed() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     broker = make_broker(ttl=10, clock=clock)
     await broker.subscribe("a")
     await broker.publish("a", encode_body(1))

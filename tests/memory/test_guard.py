@@ -25,19 +25,12 @@ from app.memory.levels import MemoryLevel
 from app.memory.limits import MemoryLimit
 from app.responses.service import ResponseService, build_producers
 from app.sse.hub import Hub, StreamRefusedError
+from tests.support.clock import FakeClock
 
 MB = 1024 * 1024
 LIMIT = MemoryLimit(bytes=100 * MB, source="setting")
 HISTORY_SIZE = 40
 CACHE_TTL = 60.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeRss:

@@ -8,22 +8,10 @@ import pytest
 
 from app.responses.cache import CacheStats, ResponseCache, make_cache_key
 from app.responses.producers.base import Message
+from tests.support.clock import FakeClock
 
 # A 64-hex key, like the ones make_cache_key produces, costs this many bytes.
 KEY_BYTES = 64
-
-
-class FakeClock:
-    """A clock the test advances by hand, so TTL tests never sleep."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def entry_size(key: str, value: str) -> int:

@@ -8,14 +8,7 @@ import json
 import pytest
 
 from app.responses.runs import Run, RunRegistry, RunsFullError, RunState
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 async def collect(run: Run, start: int = 0) -> list[bytes]:

@@ -16,16 +16,9 @@ from app.sse.connection import CloseReason
 from app.sse.encoding import PING_FRAME
 from app.sse.event_id import parse_event_id
 from app.sse.hub import Hub, InvalidChannelError, StreamRefusedError
+from tests.support.clock import FakeClock
 
 CHANNEL_TTL = 30.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class RacingBroker(MemoryBroker):
