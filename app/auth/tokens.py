@@ -1,0 +1,96 @@
+"""Verifying JWTs: signature, algorithm, ``exp``/``nbf``; then the grants they carry.
+
+The algorithm is pinned by configuration, never taken from the token alone:
+``JWT_SECRET`` admits HS256 only, ``JWT_PUBLIC_KEY`` admits RS256 (an RSA key)
+or ES256 (an EC key) only, and each key is used only for its own family. So
+``alg: none`` is refused, and so is the classic confusion of signing HS256 with
+the public key as the HMAC secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from pydantic import SecretStr
+
+from app.auth.grants import Grants
+
+__all__ = ["DEFAULT_LEEWAY_SECONDS", "InvalidTokenError", "TokenVerifier"]
+
+DEFAULT_LEEWAY_SECONDS = 30.0
+MAX_TOKEN_LENGTH = 8192
+
+
+class InvalidTokenError(Exception):
+    """Malformed, badly signed, expired or not yet valid; the message is client-safe."""
+
+
+@dataclass(frozen=True)
+class _Key:
+    algorithm: str
+    material: object
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        *,
+        secret: SecretStr | None = None,
+        public_key: str | None = None,
+        leeway_seconds: float = DEFAULT_LEEWAY_SECONDS,
+    ) -> None:
+        self._keys: dict[str, _Key] = {}
+        if secret is not None:
+            self._keys["HS256"] = _Key("HS256", secret.get_secret_value().encode())
+        if public_key:
+            loaded = load_pem_public_key(public_key.encode())
+            if isinstance(loaded, rsa.RSAPublicKey):
+                self._keys["RS256"] = _Key("RS256", loaded)
+            elif isinstance(loaded, ec.EllipticCurvePublicKey):
+                self._keys["ES256"] = _Key("ES256", loaded)
+            else:
+                raise ValueError("JWT_PUBLIC_KEY must be an RSA or EC public key in PEM")
+        self.leeway_seconds = leeway_seconds
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    @property
+    def algorithms(self) -> list[str]:
+        return sorted(self._keys)
+
+    def verify(self, token: str) -> Grants:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidTokenError("token too long")
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError:
+            raise InvalidTokenError("malformed token") from None
+        key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
+        if key is None:
+            raise InvalidTokenError(
+                f"token algorithm not accepted here (accepted: {', '.join(self.algorithms)})"
+            )
+        try:
+            claims = jwt.decode(
+                token,
+                key.material,  # type: ignore[arg-type]
+                algorithms=[key.algorithm],
+                leeway=self.leeway_seconds,
+                options={"require": [], "verify_aud": False},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidTokenError("token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidTokenError("token is not valid yet (nbf)") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidTokenError("token signature is invalid") from None
+        except jwt.PyJWTError:
+            raise InvalidTokenError("malformed token") from None
+        if not isinstance(claims, dict):
+            raise InvalidTokenError("malformed token")
+        return Grants.from_claims(claims)
