@@ -51,7 +51,7 @@ class Broker(ABC):
     async def disconnect(self) -> None: ...
 
     @abstractmethod
-    async def publish(self, channel: str, body: bytes) -> Event:
+    async def publish(self, channel: str, body: bytes, private: bool = False) -> Event:
         """Assign an id, retain the event for replay and deliver it to every subscribed process."""
 
     @abstractmethod

@@ -49,10 +49,10 @@ class MemoryBroker(Broker):
     async def disconnect(self) -> None:
         self._listener = None
 
-    async def publish(self, channel: str, body: bytes) -> Event:
+    async def publish(self, channel: str, body: bytes, private: bool = False) -> Event:
         key = self._ids.next()
         event_id = format_event_id(key)
-        event = Event(key, event_id, channel, encode_frame(event_id, body))
+        event = Event(key, event_id, channel, encode_frame(event_id, body), private)
         self.history.append(event, self._clock())
         if self._listener is not None:
             self._listener(event)

@@ -64,6 +64,7 @@ COMMAND_TIMEOUT_SECONDS = 5.0
 BACKOFF_INITIAL_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 BODY_FIELD = b"b"
+PRIVATE_FIELD = b"p"  # present (b"1") on private events only
 
 
 def redact_url(url: str) -> str:
@@ -74,6 +75,14 @@ def redact_url(url: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _event(entry_id: bytes, channel: str, fields: dict[bytes, bytes]) -> Event:
+    """A stream entry as an Event: the entry id is the event id."""
+    event_id = entry_id.decode()
+    body = fields.get(BODY_FIELD, b"")
+    private = fields.get(PRIVATE_FIELD) == b"1"
+    return Event(_key_of(entry_id), event_id, channel, encode_frame(event_id, body), private)
 
 
 def _key_of(event_id: bytes) -> EventKey:
@@ -118,6 +127,14 @@ class RedisBroker(Broker):
         text = key.decode()
         return text[len(self.key_prefix) + 2 : -1]
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The command connection pool, for other parts of Herald that keep state in this Redis
+        (``app.cluster.redis``); never the reader's connection, which is blocked in ``XREAD``."""
+        if self._commands is None:
+            raise RuntimeError("the Redis broker is not connected")
+        return self._commands
+
     # --- lifecycle -------------------------------------------------------
 
     async def connect(self, listener: EventListener) -> None:
@@ -159,12 +176,20 @@ class RedisBroker(Broker):
 
     # --- publish ---------------------------------------------------------
 
-    async def publish(self, channel: str, body: bytes) -> Event:
+    async def publish(self, channel: str, body: bytes, private: bool = False) -> Event:
         assert self._commands is not None, "connect() first"
         key = self.key(channel)
         try:
             async with self._commands.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, {BODY_FIELD: body}, maxlen=self.history_size, approximate=True)
+                fields: dict[bytes, bytes] = {BODY_FIELD: body}
+                if private:
+                    fields[PRIVATE_FIELD] = b"1"
+                pipe.xadd(
+                    key,
+                    fields,  # type: ignore[arg-type]  # redis-py's dict type is invariant
+                    maxlen=self.history_size,
+                    approximate=True,
+                )
                 pipe.pexpire(key, self.channel_ttl_ms)
                 entry_id, _ = await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -172,8 +197,7 @@ class RedisBroker(Broker):
             raise BrokerUnavailableError(
                 "the event backplane (Redis) is unavailable; retry later"
             ) from None
-        event_id = entry_id.decode()
-        return Event(_key_of(entry_id), event_id, channel, encode_frame(event_id, body))
+        return _event(entry_id, channel, fields)
 
     # --- subscriptions ---------------------------------------------------
 
@@ -260,11 +284,7 @@ class RedisBroker(Broker):
                 continue  # unsubscribed while the read was in flight
             for entry_id, fields in entries:
                 self._positions[channel] = entry_id
-                body = fields.get(BODY_FIELD, b"")
-                event_id = entry_id.decode()
-                events.append(
-                    Event(_key_of(entry_id), event_id, channel, encode_frame(event_id, body))
-                )
+                events.append(_event(entry_id, channel, fields))
         # One read returns entries grouped by stream; deliver them in id order.
         events.sort(key=lambda event: event.key)
         listener = self._listener
@@ -315,12 +335,7 @@ class RedisBroker(Broker):
             first = info.get("first-entry")
             if trimmed and first is not None and _key_of(first[0]) > after:
                 return Replay(reset=True, reason="history_expired", head=head)
-            for entry_id, fields in entries:
-                event_id = entry_id.decode()
-                body = fields.get(BODY_FIELD, b"")
-                events.append(
-                    Event(_key_of(entry_id), event_id, channel, encode_frame(event_id, body))
-                )
+            events.extend(_event(entry_id, channel, fields) for entry_id, fields in entries)
         events.sort(key=lambda event: event.key)
         return Replay(events=events)
 

@@ -103,6 +103,7 @@ class Connection:
         "last_delivery",
         "opened_at",
         "ping_due",
+        "private_channels",
         "sending",
         "writer",
     )
@@ -116,9 +117,11 @@ class Connection:
         budget: QueueBudget,
         now: float,
         client: str = "",
+        private_channels: frozenset[str] = frozenset(),
     ) -> None:
         self.channels = channels
         self.client = client
+        self.private_channels = private_channels
         self.opened_at = now
         self.last_delivery = now
         self.delivered = 0

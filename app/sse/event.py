@@ -16,13 +16,17 @@ class Event:
     keep alive after history has let go of them.
     """
 
-    __slots__ = ("channel", "frame", "id", "key", "refs")
+    __slots__ = ("channel", "frame", "id", "key", "private", "refs")
 
-    def __init__(self, key: EventKey, event_id: str, channel: str, frame: bytes) -> None:
+    def __init__(
+        self, key: EventKey, event_id: str, channel: str, frame: bytes, private: bool = False
+    ) -> None:
         self.key = key
         self.id = event_id
         self.channel = channel
         self.frame = frame
+        # Private events reach only subscribers whose token grants the channel.
+        self.private = private
         self.refs = 0
 
     def __repr__(self) -> str:

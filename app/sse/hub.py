@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -149,11 +150,14 @@ class Hub:
 
     # --- publishing ------------------------------------------------------
 
-    async def publish(self, channel: str, data: object, event: str | None = None) -> str:
+    async def publish(
+        self, channel: str, data: object, event: str | None = None, *, private: bool = False
+    ) -> str:
         """Publish to ``channel``; returns the event id. Raises ``EncodingError``,
-        ``InvalidChannelError`` or ``BrokerUnavailableError``."""
+        ``InvalidChannelError`` or ``BrokerUnavailableError``. A ``private`` event
+        reaches only subscribers whose token grants the channel."""
         validate_channel(channel)
-        published = await self.broker.publish(channel, encode_body(data, event))
+        published = await self.broker.publish(channel, encode_body(data, event), private)
         self.counters.published += 1
         return published.id
 
@@ -165,6 +169,9 @@ class Hub:
         if not subscribers:
             return
         counters = self.counters
+        if event.private:
+            # Rare path: the per-subscriber check costs only private events.
+            subscribers = {c for c in subscribers if event.channel in c.private_channels}
         for connection in subscribers:
             outcome = connection.push(event)
             if outcome == DROPPED_OLDEST:
@@ -180,8 +187,10 @@ class Hub:
         channels: Iterable[str],
         last_event_id: str | None = None,
         client: str = "",
+        private_channels: frozenset[str] = frozenset(),
     ) -> AsyncIterator[tuple[Connection, Replay | None]]:
-        """Open a stream on ``channels``; yields the connection and its replay."""
+        """Open a stream on ``channels``; yields the connection and its replay.
+        Private events are delivered (live and in replay) on ``private_channels`` only."""
         names = tuple(dict.fromkeys(validate_channel(name) for name in channels))
         self._admit()
         settings = self.settings
@@ -192,6 +201,7 @@ class Hub:
             budget=self.budget,
             now=self.clock(),
             client=client,
+            private_channels=private_channels,
         )
         self._register(connection)
         subscribed: list[str] = []
@@ -203,7 +213,10 @@ class Hub:
             if last_event_id is not None:
                 replay = await self.broker.replay(names, last_event_id)
                 if replay.events:
+                    # The floor comes from everything replayed, hidden events included,
+                    # so their live copies are skipped too.
                     connection.floor = replay.events[-1].key
+                    replay = _visible(replay, private_channels)
                 elif replay.reset and replay.head is not None:
                     connection.floor = parse_event_id(replay.head)
             yield connection, replay
@@ -312,3 +325,11 @@ class Hub:
             "closed": dict(self.closed_by_reason),
             "broker": self.broker.stats(),
         }
+
+
+def _visible(replay: Replay, private_channels: frozenset[str]) -> Replay:
+    """Replay without the private events this subscriber may not see."""
+    if not any(event.private for event in replay.events):
+        return replay
+    events = [e for e in replay.events if not e.private or e.channel in private_channels]
+    return dataclasses.replace(replay, events=events)
