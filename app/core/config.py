@@ -18,6 +18,7 @@ __all__ = ["Settings", "SettingsError", "load_settings"]
 
 MB = 1024 * 1024
 BROKER_SCHEMES = ("memory", "redis", "rediss")
+MIN_JWT_SECRET_BYTES = 32
 
 
 class Settings(BaseSettings):
@@ -60,6 +61,13 @@ class Settings(BaseSettings):
     publish_token: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # --- who may subscribe and publish ---
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_leeway_seconds: float = Field(default=30, ge=0, le=600)
+    cookie_name: str = Field(default="herald_auth", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    allow_anonymous: bool = True
+
     # --- streamed responses ---
     cache_max_items: int = Field(default=50, ge=1)
     cache_max_mb: float = Field(default=10, gt=0)
@@ -91,6 +99,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     metrics_public: bool = False
     memory_headers: bool = False
+    # How often each worker shares its figures with the others (app.cluster);
+    # a shared snapshot lives three times this long.
+    metrics_share_seconds: float = Field(default=5, ge=0.1, le=3600)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -109,7 +120,26 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported broker scheme {scheme!r}; use one of {BROKER_SCHEMES}")
         return value
 
-    @field_validator("publish_token", "admin_token", "upstream_api_key", mode="before")
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # HS256 with a short secret is brute-forceable; RFC 7518 asks for >= 256 bits.
+        if value is not None and len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes")
+        return value
+
+    @field_validator("jwt_public_key", mode="before")
+    @classmethod
+    def _pem_newlines(cls, value: object) -> object:
+        # PEM pasted into a one-line env var usually arrives with literal "\n".
+        if isinstance(value, str):
+            value = value.replace("\\n", "\n").strip()
+            return value or None
+        return value
+
+    @field_validator(
+        "publish_token", "admin_token", "upstream_api_key", "jwt_secret", mode="before"
+    )
     @classmethod
     def _empty_token_is_unset(cls, value: object) -> object:
         # `PUBLISH_TOKEN=` in a .env file means "not set", not "the empty token".
