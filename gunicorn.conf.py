@@ -6,6 +6,8 @@ Every value can be overridden by the usual environment variables or flags.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 # Render (and most platforms) give the port in $PORT and expect 0.0.0.0.
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
@@ -26,13 +28,33 @@ accesslog = None
 # request's query string, which may carry credentials.
 
 
+# The directory through which this master's workers share their figures
+# (app/cluster/files.py), created before any worker forks so all inherit it.
+# The owner variable holds the pid of the master that created it: a master
+# re-executed by USR2 inherits both and makes its own, and only the creator
+# removes it (the module's globals do not survive a HUP reload; the
+# environment does). A HERALD_STATS_DIR set by hand is used as is, never removed.
+STATS_DIR_VARIABLE = "HERALD_STATS_DIR"
+STATS_DIR_OWNER_VARIABLE = "HERALD_STATS_DIR_OWNER"
+
+
 def on_starting(server: object) -> None:
+    log = getattr(server, "log")  # noqa: B009 - gunicorn's Arbiter, untyped here
+    inherited_owner = os.environ.get(STATS_DIR_OWNER_VARIABLE)
+    if not os.environ.get(STATS_DIR_VARIABLE) or inherited_owner not in (None, str(os.getpid())):
+        os.environ[STATS_DIR_VARIABLE] = tempfile.mkdtemp(prefix="herald-stats-")
+        os.environ[STATS_DIR_OWNER_VARIABLE] = str(os.getpid())
+    log.info("workers share their stats in %s (unless Redis)", os.environ[STATS_DIR_VARIABLE])
     broker = os.environ.get("BROKER_URL", "memory://")
     if workers > 1 and broker.startswith("memory://"):
-        log = getattr(server, "log")  # noqa: B009 - gunicorn's Arbiter, untyped here
         log.warning(
             "!!! %d workers with BROKER_URL=memory:// — each worker is its own hub: an event "
             "published through one worker never reaches subscribers of another, and replay "
             "history is per worker. Set BROKER_URL=redis://... or run one worker. !!!",
             workers,
         )
+
+
+def on_exit(server: object) -> None:
+    if os.environ.get(STATS_DIR_OWNER_VARIABLE) == str(os.getpid()):
+        shutil.rmtree(os.environ[STATS_DIR_VARIABLE], ignore_errors=True)

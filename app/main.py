@@ -1,19 +1,22 @@
-"""Wiring only: settings → broker → hub → responses → memory guard → routes.
+"""Wiring only: settings → broker → hub → responses → memory guard → cluster view → routes.
 
 ``app`` is the ASGI entry point."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api.prometheus import build_registry
 from app.api.routes import admin, events, health, metrics, responses
 from app.broker import create_broker
+from app.cluster import ClusterView, create_exchange, take_snapshot, worker_id
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.logging import configure_logging
 from app.memory.guard import MemoryGuard, level_tracker
@@ -45,10 +48,18 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         hub = Hub(settings, create_broker(settings))
         service = ResponseService(settings, producer_registry)
         guard = MemoryGuard(settings, hub, service)
+        # Here, not at import: under gunicorn --preload the app is built in the
+        # master, and the id must be the worker's.
+        host, pid = socket.gethostname(), os.getpid()
+        cluster = ClusterView(
+            create_exchange(settings, hub.broker, worker_id(host, pid)),
+            partial(take_snapshot, hub, service, guard, host=host, pid=pid),
+            interval_seconds=settings.metrics_share_seconds,
+        )
         app.state.hub = hub
         app.state.responses = service
         app.state.memory = guard
-        app.state.metrics_registry = build_registry(hub, service, guard)
+        app.state.cluster = cluster
         if settings.publish_token is None:
             logger.warning("PUBLISH_TOKEN is not set: only loopback clients may publish")
         if settings.admin_token is None:
@@ -56,9 +67,14 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         await hub.start()
         # After the hub (the guard samples its connections), before the first request.
         await guard.start()
+        # After the guard (its first sample is in the first snapshot) and the
+        # broker's connection (the Redis exchange uses it).
+        await cluster.start()
         try:
             yield
         finally:
+            # First: the snapshot is removed while the broker is still connected.
+            await cluster.stop()
             await guard.stop()
             await service.stop()
             await hub.stop()

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from prometheus_client.registry import CollectorRegistry
 
+from app.cluster.view import ClusterView
 from app.memory.guard import MemoryGuard
 from app.responses.service import ResponseService
 
-__all__ = ["MemoryGuardDep", "MetricsRegistryDep", "ResponseServiceDep"]
+__all__ = ["ClusterViewDep", "MemoryGuardDep", "ResponseServiceDep"]
 
 
 def get_memory_guard(request: Request) -> MemoryGuard:
@@ -27,11 +27,11 @@ def get_response_service(request: Request) -> ResponseService:
     return service
 
 
-def get_metrics_registry(request: Request) -> CollectorRegistry:
-    registry: CollectorRegistry = request.app.state.metrics_registry
-    return registry
+def get_cluster_view(request: Request) -> ClusterView:
+    cluster: ClusterView = request.app.state.cluster
+    return cluster
 
 
 MemoryGuardDep = Annotated[MemoryGuard, Depends(get_memory_guard)]
 ResponseServiceDep = Annotated[ResponseService, Depends(get_response_service)]
-MetricsRegistryDep = Annotated[CollectorRegistry, Depends(get_metrics_registry)]
+ClusterViewDep = Annotated[ClusterView, Depends(get_cluster_view)]

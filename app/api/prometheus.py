@@ -1,38 +1,44 @@
-"""Prometheus metrics: one collector that reads Herald's live objects at scrape time.
+"""Prometheus metrics: one collector over every live worker's snapshot, built per scrape.
 
 Design decisions:
 
-* A custom collector, not ``Counter``/``Gauge`` objects updated on the hot
-  path. The hub, the cache and the guard already count everything; reading
-  those counters when Prometheus scrapes costs nothing between scrapes and can
-  never drift from what ``/api/admin/metrics`` reports.
-* A private ``CollectorRegistry`` per app (:func:`build_registry`), never the
-  process-wide default: two apps in one process (tests, or an app mounted twice)
-  would otherwise clash on metric names, and the default registry's process
-  and platform collectors would report the interpreter, not the service.
-* Every family carries the collector's ``const_labels`` (none today). With
-  several gunicorn workers each worker serves its own values, so the way to
-  aggregate later is to build each worker's collector with
-  ``const_labels={"worker": "<id>"}`` and merge; nothing else has to change.
+* A scrape lands on one worker, but must not pass for the whole service. So
+  the collector is fed the snapshots of every live worker (the answering one
+  taken live, the others as last shared, see ``app.cluster``) and every family
+  has one sample per worker, labelled ``worker="<hostname>:<pid>"``, plus
+  ``herald_workers``: how many workers reported. Whichever worker answers, the
+  same series come back. The service is ``sum by () (...)`` over ``worker``.
+* Not Prometheus' multiprocess mode: it needs a shared directory of mmapped
+  files that must be wiped at every start, ``live*`` gauge modes for anything
+  that should vanish with a dead worker, and cannot span hosts. Herald's
+  figures are already counted by the hub, cache and guard, so sharing a small
+  snapshot of them costs less and also works across instances through Redis.
+* Values are read, not tracked: no ``Counter``/``Gauge`` objects updated on
+  the hot path, so ``/metrics`` can never drift from ``/api/admin/metrics``.
+* No registry, and never the process-wide default one: the exposition
+  functions take any collector, and this one is built for a single scrape from
+  the snapshots gathered for it (the default registry's process collectors
+  would describe the interpreter answering, not the service).
+* No sample timestamps: another worker's snapshot is at most one share
+  interval old, and explicit timestamps defeat Prometheus' staleness handling
+  when a worker goes away.
 * Counters keep Prometheus' conventions: the ``_total`` suffix, and values that
-  only go up for the life of the process (a restart resets them, which
-  ``rate()`` understands).
+  only go up for the life of one worker. A recycled worker comes back under a
+  new ``worker`` label, a new series which ``rate()`` handles.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import CollectorRegistry
 
-from app.memory.guard import MemoryGuard
+from app.cluster.snapshot import WorkerSnapshot
 from app.memory.levels import MemoryLevel
-from app.responses.service import ResponseService
-from app.sse.hub import Hub
 
-__all__ = ["LEVEL_VALUES", "HeraldCollector", "build_registry"]
+__all__ = ["LEVEL_VALUES", "WORKER_LABEL", "HeraldCollector"]
 
+WORKER_LABEL = "worker"
 LEVEL_VALUES: Mapping[MemoryLevel, int] = {
     MemoryLevel.NORMAL: 0,
     MemoryLevel.WARNING: 1,
@@ -40,150 +46,128 @@ LEVEL_VALUES: Mapping[MemoryLevel, int] = {
 }
 """``herald_memory_level`` as a number, so alert rules can say ``>= 1``."""
 
+Reading = Callable[[WorkerSnapshot], float]
+
+# (name, documentation, how to read it from a snapshot), in exposition order.
+_GAUGES_SSE: Sequence[tuple[str, str, Reading]] = (
+    ("herald_sse_connections", "Open SSE streams.", lambda s: s["connections"]),
+    (
+        "herald_sse_channels",
+        "Channels with at least one local subscriber.",
+        lambda s: s["channels"],
+    ),
+    ("herald_sse_queued_events", "Events waiting in stream queues.", lambda s: s["queued"]),
+)
+_COUNTERS_SSE: Sequence[tuple[str, str, Reading]] = (
+    ("herald_events_published", "Events published through this worker.", lambda s: s["published"]),
+    (
+        "herald_events_delivered",
+        "Events written to SSE streams (replays included).",
+        lambda s: s["delivered"],
+    ),
+    (
+        "herald_events_dropped",
+        "Events dropped from full queues (SSE_OVERFLOW=drop_oldest).",
+        lambda s: s["dropped"],
+    ),
+    (
+        "herald_sse_overflow_disconnects",
+        "Streams closed because their queue was full (SSE_OVERFLOW=disconnect).",
+        lambda s: s["overflow_disconnects"],
+    ),
+    ("herald_sse_reaped", "Idle streams closed by the reaper.", lambda s: s["reaped"]),
+)
+_COUNTERS_CACHE: Sequence[tuple[str, str, Reading]] = (
+    ("herald_cache_hits", "Response cache hits.", lambda s: s["cache_hits"]),
+    ("herald_cache_misses", "Response cache misses.", lambda s: s["cache_misses"]),
+)
+_GAUGES_CACHE: Sequence[tuple[str, str, Reading]] = (
+    ("herald_cache_items", "Entries in the response cache.", lambda s: s["cache_items"]),
+    (
+        "herald_cache_bytes",
+        "UTF-8 bytes of keys and texts in the response cache.",
+        lambda s: s["cache_bytes"],
+    ),
+)
+_GAUGES_MEMORY: Sequence[tuple[str, str, Reading]] = (
+    ("herald_memory_rss_bytes", "Resident set size at the last sample.", lambda s: s["rss_bytes"]),
+    (
+        "herald_memory_limit_bytes",
+        "Memory limit the level is computed against.",
+        lambda s: s["limit_bytes"],
+    ),
+    (
+        "herald_memory_level",
+        "Memory level: 0 normal, 1 warning, 2 critical.",
+        lambda s: LEVEL_VALUES[s["level"]],
+    ),
+    (
+        "herald_memory_refusing",
+        "1 while new streams and responses are refused for memory.",
+        lambda s: int(s["refusing"]),
+    ),
+)
+_GAUGES_TREND: Sequence[tuple[str, str, Reading]] = (
+    (
+        "herald_memory_rss_slope_bytes_per_second",
+        "Least-squares RSS growth over the trend window.",
+        lambda s: s["rss_slope_bytes_per_s"],
+    ),
+    (
+        "herald_memory_leak_suspected",
+        "1 when RSS grows while the connection count is steady.",
+        lambda s: int(s["leak_suspected"]),
+    ),
+)
+
 
 class HeraldCollector:
-    """Yields Herald's metrics from the hub, the response service and the memory guard."""
+    """Yields Herald's families with one sample per worker snapshot."""
 
-    def __init__(
-        self,
-        hub: Hub,
-        responses: ResponseService,
-        guard: MemoryGuard,
-        *,
-        const_labels: Mapping[str, str] | None = None,
-    ) -> None:
-        self.hub = hub
-        self.responses = responses
-        self.guard = guard
-        self._label_names = list(const_labels or {})
-        self._label_values = list((const_labels or {}).values())
+    def __init__(self, workers: Iterable[WorkerSnapshot]) -> None:
+        self.workers = list(workers)
 
     def describe(self) -> Iterable[Metric]:
-        # The registry asks for names to detect clashes; collecting is cheap and
-        # yields exactly the families a scrape will.
+        # Asked by a registry to detect name clashes; the families are cheap to
+        # build and are exactly what a scrape yields.
         return list(self.collect())
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._sse()
-        yield from self._cache()
-        yield from self._memory()
+        workers = GaugeMetricFamily(
+            "herald_workers", "Workers whose figures this scrape reports (alive and sharing)."
+        )
+        workers.add_metric([], len(self.workers))
+        yield workers
+        yield from self._families(_GAUGES_SSE, GaugeMetricFamily)
+        yield from self._families(_COUNTERS_SSE, CounterMetricFamily)
+        yield from self._families(_COUNTERS_CACHE, CounterMetricFamily)
+        yield from self._families(_GAUGES_CACHE, GaugeMetricFamily)
+        yield from self._families(_GAUGES_MEMORY, GaugeMetricFamily)
+        yield self._cleanups()
+        yield from self._families(_GAUGES_TREND, GaugeMetricFamily)
 
-    def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(name, documentation, labels=self._label_names)
-        family.add_metric(self._label_values, value)
-        return family
+    def _families(
+        self,
+        specs: Sequence[tuple[str, str, Reading]],
+        family_type: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    ) -> Iterator[Metric]:
+        for name, documentation, read in specs:
+            family = family_type(name, documentation, labels=[WORKER_LABEL])
+            for snapshot in self.workers:
+                family.add_metric([snapshot["worker"]], read(snapshot))
+            yield family
 
-    def _counter(self, name: str, documentation: str, value: float) -> CounterMetricFamily:
-        family = CounterMetricFamily(name, documentation, labels=self._label_names)
-        family.add_metric(self._label_values, value)
-        return family
-
-    def _sse(self) -> Iterator[Metric]:
-        # One stats() call: its sums over connections include live streams'
-        # deliveries, which the hub's counters only receive when a stream ends.
-        stats = self.hub.stats()
-        yield self._gauge(
-            "herald_sse_connections", "Open SSE streams.", _number(stats, "connections")
-        )
-        yield self._gauge(
-            "herald_sse_channels",
-            "Channels with at least one local subscriber.",
-            _number(stats, "channels"),
-        )
-        yield self._gauge(
-            "herald_sse_queued_events", "Events waiting in stream queues.", _number(stats, "queued")
-        )
-        yield self._counter(
-            "herald_events_published",
-            "Events published through this worker.",
-            _number(stats, "published"),
-        )
-        yield self._counter(
-            "herald_events_delivered",
-            "Events written to SSE streams (replays included).",
-            _number(stats, "delivered"),
-        )
-        yield self._counter(
-            "herald_events_dropped",
-            "Events dropped from full queues (SSE_OVERFLOW=drop_oldest).",
-            _number(stats, "dropped"),
-        )
-        yield self._counter(
-            "herald_sse_overflow_disconnects",
-            "Streams closed because their queue was full (SSE_OVERFLOW=disconnect).",
-            _number(stats, "overflow_disconnects"),
-        )
-        yield self._counter(
-            "herald_sse_reaped", "Idle streams closed by the reaper.", _number(stats, "reaped")
-        )
-
-    def _cache(self) -> Iterator[Metric]:
-        stats = self.responses.cache.stats()
-        yield self._counter("herald_cache_hits", "Response cache hits.", stats.hits)
-        yield self._counter("herald_cache_misses", "Response cache misses.", stats.misses)
-        yield self._gauge("herald_cache_items", "Entries in the response cache.", stats.items)
-        yield self._gauge(
-            "herald_cache_bytes",
-            "UTF-8 bytes of keys and texts in the response cache.",
-            stats.bytes,
-        )
-
-    def _memory(self) -> Iterator[Metric]:
-        guard = self.guard
-        yield self._gauge(
-            "herald_memory_rss_bytes", "Resident set size at the last sample.", guard.rss_bytes
-        )
-        yield self._gauge(
-            "herald_memory_limit_bytes",
-            "Memory limit the level is computed against.",
-            guard.limit.bytes,
-        )
-        yield self._gauge(
-            "herald_memory_level",
-            "Memory level: 0 normal, 1 warning, 2 critical.",
-            LEVEL_VALUES[guard.level],
-        )
-        yield self._gauge(
-            "herald_memory_refusing",
-            "1 while new streams and responses are refused for memory.",
-            int(guard.refusing),
-        )
-        cleanups = CounterMetricFamily(
+    def _cleanups(self) -> Metric:
+        family = CounterMetricFamily(
             "herald_memory_cleanups",
             "Memory cleanups run, by the level that triggered them.",
-            labels=[*self._label_names, "level"],
+            labels=[WORKER_LABEL, "level"],
         )
-        for level in (MemoryLevel.WARNING, MemoryLevel.CRITICAL):
-            cleanups.add_metric([*self._label_values, str(level)], guard.cleanups[level])
-        yield cleanups
-        trend = guard.trend_report()
-        yield self._gauge(
-            "herald_memory_rss_slope_bytes_per_second",
-            "Least-squares RSS growth over the trend window.",
-            trend.slope_bytes_per_s,
-        )
-        yield self._gauge(
-            "herald_memory_leak_suspected",
-            "1 when RSS grows while the connection count is steady.",
-            int(trend.leak_suspected),
-        )
-
-
-def _number(stats: Mapping[str, object], key: str) -> float:
-    value = stats[key]
-    if not isinstance(value, int | float):
-        raise TypeError(f"hub stat {key!r} is not a number: {value!r}")
-    return value
-
-
-def build_registry(
-    hub: Hub,
-    responses: ResponseService,
-    guard: MemoryGuard,
-    *,
-    const_labels: Mapping[str, str] | None = None,
-) -> CollectorRegistry:
-    """A registry of its own holding one :class:`HeraldCollector`."""
-    registry = CollectorRegistry()
-    registry.register(HeraldCollector(hub, responses, guard, const_labels=const_labels))
-    return registry
+        for snapshot in self.workers:
+            family.add_metric(
+                [snapshot["worker"], str(MemoryLevel.WARNING)], snapshot["cleanups_warning"]
+            )
+            family.add_metric(
+                [snapshot["worker"], str(MemoryLevel.CRITICAL)], snapshot["cleanups_critical"]
+            )
+        return family

@@ -63,6 +63,10 @@ READER_SOCKET_TIMEOUT_SECONDS = READ_BLOCK_MS / 1000 + 10
 COMMAND_TIMEOUT_SECONDS = 5.0
 BACKOFF_INITIAL_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
+# Python 3.11's asyncio.wait_for (used by redis-py around socket I/O) can swallow a
+# cancellation that lands as the I/O completes (CPython gh-86296): so stopping the
+# reader is a flag it checks plus a bounded wait, never an unbounded await.
+READER_STOP_SECONDS = 2.0
 BODY_FIELD = b"b"
 PRIVATE_FIELD = b"p"  # present (b"1") on private events only
 
@@ -117,6 +121,7 @@ class RedisBroker(Broker):
         self._interest: dict[str, int] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     # --- keys ------------------------------------------------------------
 
@@ -139,6 +144,7 @@ class RedisBroker(Broker):
 
     async def connect(self, listener: EventListener) -> None:
         self._listener = listener
+        self._closing = False
         options: dict[str, Any] = {
             "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "health_check_interval": 30,
@@ -161,15 +167,21 @@ class RedisBroker(Broker):
         self._task = asyncio.create_task(self._read_loop(), name="herald redis reader")
 
     async def disconnect(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._closing = True
+        self._wakeup.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=READER_STOP_SECONDS)
         for client in (self._reader, self._commands):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()
+        if task is not None and not task.done():
+            # Closing the connection fails the read; the loop then sees _closing.
+            await asyncio.wait({task}, timeout=READER_STOP_SECONDS)
+            if not task.done():
+                logger.warning("redis reader did not stop in time; leaving it")
         self._reader = self._commands = None
         self._listener = None
         self.state = "disconnected"
@@ -243,7 +255,7 @@ class RedisBroker(Broker):
 
     async def _read_loop(self) -> None:
         backoff = BACKOFF_INITIAL_SECONDS
-        while True:
+        while not self._closing:
             if not self._positions:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -262,6 +274,8 @@ class RedisBroker(Broker):
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                if self._closing:
+                    return
                 self.read_errors += 1
                 self._reader_id = None
                 self._mark_down(exc)

@@ -41,6 +41,7 @@ __all__ = [
     "main",
     "render_chart",
     "render_report",
+    "render_workers",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -188,8 +189,48 @@ def _process_lines(process: Metrics) -> list[str]:
     ]
 
 
+def _worker_line(worker: Metrics, answering: Metrics) -> str:
+    # Ages are differences of the workers' own wall times, measured against
+    # the answering worker's live snapshot: no dependence on this machine's clock.
+    age = float(answering["at"]) - float(worker["at"])
+    seen = "this worker" if worker is answering else f"shared {max(0.0, age):.1f} s ago"
+    return (
+        f"           {worker['worker']}  {worker['connections']} connections,"
+        f" published {worker['published']}, delivered {worker['delivered']},"
+        f" rss {format_bytes(worker['rss_bytes'])}, level {worker['level']}  ({seen})"
+    )
+
+
+def render_workers(metrics: Metrics) -> list[str]:
+    """The ``Workers`` and ``Total`` lines: every live worker, whichever one answered."""
+    workers = metrics.get("workers")
+    if not workers:  # a server from before workers were reported
+        return []
+    total = metrics["total"]
+    exchange = metrics.get("exchange", {})
+    answering = next((w for w in workers if w["worker"] == metrics["worker"]), workers[0])
+    lines = [
+        f"Workers    {total['workers']} reporting, this report from {metrics['worker']};"
+        f" shared through {exchange.get('kind', '?')} ({exchange.get('state', '?')})"
+    ]
+    lines += [_worker_line(worker, answering) for worker in workers]
+    lines += [
+        f"Total      {total['connections']} connections, {total['channels']} channel"
+        f" subscriptions; published {total['published']}, delivered {total['delivered']},"
+        f" dropped {total['dropped']}, overflow disconnects {total['overflow_disconnects']},"
+        f" reaped {total['reaped']}",
+        f"           cache hits {total['cache_hits']}, misses {total['cache_misses']};"
+        f" rss {format_bytes(total['rss_bytes'])} in all",
+    ]
+    return lines
+
+
 def render_report(metrics: Metrics, url: str) -> str:
-    """The whole report for one ``/api/admin/metrics`` document."""
+    """The whole report for one ``/api/admin/metrics`` document.
+
+    The sections describe the worker that answered; ``Workers`` and ``Total``
+    (servers that report them) cover every live worker.
+    """
     process = metrics["process"]
     header = (
         f"Herald memory report  {url}  pid {process['pid']},"
@@ -201,6 +242,7 @@ def render_report(metrics: Metrics, url: str) -> str:
     lines += _sse_lines(metrics["sse"])
     lines += _responses_lines(metrics["responses"])
     lines += _process_lines(process)
+    lines += render_workers(metrics)
     return "\n".join(lines)
 
 

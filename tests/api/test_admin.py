@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -146,7 +148,17 @@ def test_public_metrics_need_no_token_but_the_admin_api_still_does(
 
 def test_admin_metrics_shape(admin_server: ServerProcess) -> None:
     document = admin_metrics(admin_server)
-    assert set(document) == {"memory", "cache", "sse", "responses", "process"}
+    assert set(document) == {
+        "memory",
+        "cache",
+        "sse",
+        "responses",
+        "process",
+        "worker",
+        "workers",
+        "total",
+        "exchange",
+    }
 
     memory = document["memory"]
     assert {
@@ -208,6 +220,48 @@ def test_admin_metrics_shape(admin_server: ServerProcess) -> None:
     assert process["threads"] >= 1 and process["open_fds"] >= 3
     assert len(process["gc"]["counts"]) == 3 and len(process["gc"]["collections"]) == 3
     assert process["uptime_s"] >= 0
+
+
+def test_one_process_reports_itself_as_the_only_worker(admin_server: ServerProcess) -> None:
+    document = admin_metrics(admin_server)
+    pid = admin_server.process.pid  # type: ignore[union-attr]
+    assert document["worker"] == f"{socket.gethostname()}:{pid}"
+    assert document["exchange"] == {"kind": "local", "state": "ok"}  # python -m app: no one else
+    [worker] = document["workers"]
+    assert worker["worker"] == document["worker"]
+    assert (worker["host"], worker["pid"]) == (socket.gethostname(), pid)
+    assert worker["at"] == pytest.approx(time.time(), abs=5)
+    # This worker's entry is its live figures: the same as the sections beside it.
+    memory, sse, cache = document["memory"], document["sse"], document["cache"]
+    assert worker["connections"] == sse["connections"]
+    assert worker["published"] == sse["published"]
+    assert worker["delivered"] == sse["delivered"]
+    assert worker["rss_bytes"] == memory["rss_bytes"]
+    assert worker["limit_bytes"] == memory["limit_bytes"]
+    assert worker["level"] == memory["level"] and worker["refusing"] == memory["refusing"]
+    assert worker["health_score"] == memory["health_score"]
+    assert worker["cache_hits"] == cache["hits"] and worker["cache_items"] == cache["items"]
+    assert set(worker) == {
+        "worker", "host", "pid", "at", "uptime_s",
+        "connections", "channels", "queued", "published", "delivered", "dropped",
+        "overflow_disconnects", "reaped",
+        "cache_hits", "cache_misses", "cache_items", "cache_bytes",
+        "rss_bytes", "limit_bytes", "level", "refusing", "health_score",
+        "cleanups_warning", "cleanups_critical", "rss_slope_bytes_per_s", "leak_suspected",
+    }  # fmt: skip
+    assert document["total"] == {
+        "connections": sse["connections"],
+        "channels": sse["channels"],
+        "published": sse["published"],
+        "delivered": sse["delivered"],
+        "dropped": sse["dropped"],
+        "overflow_disconnects": sse["overflow_disconnects"],
+        "reaped": sse["reaped"],
+        "cache_hits": cache["hits"],
+        "cache_misses": cache["misses"],
+        "rss_bytes": memory["rss_bytes"],
+        "workers": 1,
+    }
 
 
 def test_stats_endpoints_are_the_sections(admin_server: ServerProcess) -> None:

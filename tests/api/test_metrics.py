@@ -1,27 +1,25 @@
 """``/metrics``: Prometheus text from a real server, and the collector's design
-(a private registry per app, labels ready for a worker id)."""
+(one sample per worker, labelled with its id). Several workers: tests/serving/test_gunicorn.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+import socket
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from app.api.prometheus import HeraldCollector, build_registry
-from app.broker.memory import MemoryBroker
-from app.core.config import load_settings
-from app.memory.guard import MemoryGuard
-from app.memory.limits import MemoryLimit
-from app.responses.service import ResponseService, build_producers
-from app.sse.hub import Hub
+from app.api.prometheus import HeraldCollector
+from app.memory.levels import MemoryLevel
 from tests.conftest import FAST_TIMERS
 from tests.support.server import ServerProcess
+from tests.support.snapshots import make_snapshot
 from tests.support.sse_client import open_stream
 
 TOKEN = "metrics-token"
@@ -29,6 +27,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MB = 1024 * 1024
 
 EXPECTED_FAMILIES = {
+    "herald_workers": "gauge",
     "herald_sse_connections": "gauge",
     "herald_sse_channels": "gauge",
     "herald_sse_queued_events": "gauge",
@@ -60,6 +59,16 @@ def samples(text: str) -> dict[str, float]:
     return found
 
 
+def service(text: str) -> dict[str, float]:
+    """Like :func:`samples`, summed over the ``worker`` label (PromQL ``sum without (worker)``)."""
+    found: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if k != "worker"}
+            found[_key(sample._replace(labels=labels))] += sample.value
+    return dict(found)
+
+
 def _key(sample: Sample) -> str:
     labels = ",".join(f'{name}="{value}"' for name, value in sorted(sample.labels.items()))
     return f"{sample.name}{{{labels}}}" if labels else sample.name
@@ -88,21 +97,26 @@ async def scrape(server: ServerProcess, accept: str | None = None) -> httpx.Resp
 async def test_every_family_is_exposed_with_its_type(metrics_server: ServerProcess) -> None:
     response = await scrape(metrics_server)
     assert response.headers["content-type"].startswith("text/plain")
-    families = {f.name: f.type for f in text_string_to_metric_families(response.text)}
-    assert families == EXPECTED_FAMILIES
-    assert "herald_events_published_total " in response.text  # counters keep _total
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert {name: family.type for name, family in families.items()} == EXPECTED_FAMILIES
+    assert "herald_events_published_total{" in response.text  # counters keep _total
+    # One process (python -m app): one worker, named after its host and pid.
+    worker = f"{socket.gethostname()}:{metrics_server.process.pid}"  # type: ignore[union-attr]
+    assert [sample.value for sample in families.pop("herald_workers").samples] == [1]
+    for family in families.values():
+        assert {sample.labels["worker"] for sample in family.samples} == {worker}, family.name
 
 
 @pytest.mark.integration
 async def test_values_follow_activity(metrics_server: ServerProcess) -> None:
     base = metrics_server.base_url
-    before = samples((await scrape(metrics_server)).text)
+    before = service((await scrape(metrics_server)).text)
     async with (
         httpx.AsyncClient(base_url=base) as client,
         open_stream(base, "/events/metrics-activity") as stream,
     ):
         for _ in range(100):
-            if samples((await scrape(metrics_server)).text)["herald_sse_connections"] >= 1:
+            if service((await scrape(metrics_server)).text)["herald_sse_connections"] >= 1:
                 break
             await asyncio.sleep(0.02)
         for index in range(3):
@@ -116,7 +130,7 @@ async def test_values_follow_activity(metrics_server: ServerProcess) -> None:
                 pass
         second = await client.post("/api/responses", json={"input": "metrics cache"})
         assert second.json()["cached"] is True
-        during = samples((await scrape(metrics_server)).text)
+        during = service((await scrape(metrics_server)).text)
 
     assert during["herald_sse_connections"] == before["herald_sse_connections"] + 1
     assert during["herald_events_published_total"] == before["herald_events_published_total"] + 3
@@ -142,7 +156,7 @@ async def test_critical_server_reports_level_two(
     server_factory: Callable[..., ServerProcess],
 ) -> None:
     server = server_factory(ADMIN_TOKEN=TOKEN, MEMORY_LIMIT_MB="40")
-    values = samples((await scrape(server)).text)
+    values = service((await scrape(server)).text)
     assert values["herald_memory_level"] == 2
     assert values["herald_memory_refusing"] == 1
     assert values['herald_memory_cleanups_total{level="critical"}'] == 1
@@ -152,54 +166,36 @@ async def test_critical_server_reports_level_two(
 # --- the collector in-process --------------------------------------------------------
 
 
-@pytest.fixture
-async def parts(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> AsyncIterator[tuple[Hub, ResponseService, MemoryGuard]]:
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    settings = load_settings()
-    broker = MemoryBroker(
-        history_size=10,
-        history_max_bytes=MB,
-        history_max_channels=10,
-        channel_ttl_seconds=60,
+def test_every_family_has_one_sample_per_worker() -> None:
+    one = make_snapshot(
+        pid=1, connections=13, published=5, level=MemoryLevel.CRITICAL, cleanups_critical=1
     )
-    hub = Hub(settings, broker)
-    service = ResponseService(settings, build_producers(settings))
-    guard = MemoryGuard(
-        settings, hub, service, rss_source=lambda: 80 * MB, limit=MemoryLimit(100 * MB, "setting")
-    )
-    yield hub, service, guard
-    await service.stop()
+    two = make_snapshot(pid=2, connections=17, published=7, refusing=True, leak_suspected=True)
+    text = generate_latest(HeraldCollector([one, two])).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {name: family.type for name, family in families.items()} == EXPECTED_FAMILIES
+    assert [(s.labels, s.value) for s in families.pop("herald_workers").samples] == [({}, 2)]
+    cleanups = families.pop("herald_memory_cleanups")
+    assert len(cleanups.samples) == 4  # two workers, two levels
+    for family in families.values():
+        assert sorted(s.labels["worker"] for s in family.samples) == ["box:1", "box:2"], family
+    values = samples(text)
+    assert values['herald_sse_connections{worker="box:1"}'] == 13
+    assert values['herald_sse_connections{worker="box:2"}'] == 17
+    assert service(text)["herald_sse_connections"] == 30
+    assert service(text)["herald_events_published_total"] == 12
+    assert values['herald_memory_level{worker="box:1"}'] == 2
+    assert values['herald_memory_level{worker="box:2"}'] == 0
+    assert values['herald_memory_cleanups_total{level="critical",worker="box:1"}'] == 1
+    assert values['herald_memory_refusing{worker="box:2"}'] == 1
+    assert values['herald_memory_leak_suspected{worker="box:2"}'] == 1
 
 
-async def test_worker_labels_reach_every_sample(
-    parts: tuple[Hub, ResponseService, MemoryGuard],
-) -> None:
-    registry = build_registry(*parts, const_labels={"worker": "3"})
-    families = list(registry.collect())
-    assert {family.name for family in families} == set(EXPECTED_FAMILIES)
-    for family in families:
-        for sample in family.samples:
-            assert sample.labels["worker"] == "3", sample
-
-
-async def test_registries_are_private_to_each_app(
-    parts: tuple[Hub, ResponseService, MemoryGuard],
-) -> None:
-    first = build_registry(*parts)
-    second = build_registry(*parts)  # a second app in the same process: no name clash
-    assert first is not second
+def test_the_process_wide_registry_is_left_alone() -> None:
+    generate_latest(HeraldCollector([make_snapshot(connections=3)]))
     assert REGISTRY.get_sample_value("herald_sse_connections") is None
-    _, _, guard = parts
-    guard.check()
-    # Values are read from the live objects at scrape time, by both registries.
-    assert first.get_sample_value("herald_memory_level") == 1  # 80 % is warning
-    assert second.get_sample_value("herald_memory_rss_bytes") == 80 * MB
 
 
-async def test_a_collector_describes_what_it_collects(
-    parts: tuple[Hub, ResponseService, MemoryGuard],
-) -> None:
-    collector = HeraldCollector(*parts)
+def test_a_collector_describes_what_it_collects() -> None:
+    collector = HeraldCollector([make_snapshot()])
     assert [f.name for f in collector.describe()] == [f.name for f in collector.collect()]

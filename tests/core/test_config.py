@@ -39,6 +39,7 @@ def test_defaults_match_the_documented_table() -> None:
     assert settings.publish_token is None
     assert settings.cors_origins == []
     assert settings.broker_url == "memory://"
+    assert settings.metrics_share_seconds == 5
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,6 +114,7 @@ def test_empty_publish_token_means_unset(monkeypatch: pytest.MonkeyPatch, value:
         ("MAX_EVENT_BYTES", "1"),
         ("LOG_LEVEL", "loud"),
         ("BROKER_URL", "kafka://somewhere"),
+        ("METRICS_SHARE_SECONDS", "0"),  # a zero interval would publish in a busy loop
     ],
 )
 def test_bad_value_raises_settings_error_naming_the_variable(

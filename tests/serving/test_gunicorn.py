@@ -1,17 +1,26 @@
-"""Real gunicorn with Herald's worker: workers that act as one hub and drain cleanly."""
+"""Real gunicorn with Herald's worker: workers that act as one hub, drain cleanly, and report
+each other's figures whichever of them a scrape lands on."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from tests.api.test_metrics import samples
 from tests.conftest import FAST_TIMERS
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
@@ -108,16 +117,7 @@ async def test_max_requests_closes_open_streams_promptly(servers: list[ServerPro
         elapsed = time.monotonic() - started
     assert elapsed < 3.0, f"streams held the recycling worker for {elapsed:.1f}s"
     assert one.parser.retry is not None and one.parser.retry >= 500  # jittered farewell
-    # A fresh worker took over.
-    async with httpx.AsyncClient(base_url=server.base_url) as client:
-        for _ in range(50):
-            try:
-                if (await client.get("/health")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-        assert (await client.get("/health")).status_code == 200
+    assert await healthy_soon(server), "no fresh worker took over"  # a fresh worker took over
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
@@ -141,5 +141,188 @@ async def test_stop_and_reload_close_streams_within_two_seconds(
         assert await asyncio.to_thread(server.process.wait, 5) == 0
     else:  # reloaded: new workers serve
         assert server.process.poll() is None
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
-            assert (await client.get("/health")).status_code == 200
+        assert await healthy_soon(server), "no new worker answered after the reload"
+
+
+async def healthy_soon(server: ServerProcess, attempts: int = 50) -> bool:
+    """True once /health answers 200. Right after a reload a request can still land on an
+    old worker that is closing its socket (connection reset), so a few tries are allowed."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+        for _ in range(attempts):
+            try:
+                if (await client.get("/health")).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    return False
+
+
+# --- metrics across workers -----------------------------------------------------------
+
+ADMIN_TOKEN = "gunicorn-admin-token"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+SHARE_SECONDS = 0.5
+STREAMS = 30
+ANSWERS_PER_WORKER = 3
+MAX_SCRAPES = 100
+
+
+def sharing_env(**env: str) -> dict[str, str]:
+    return {
+        "WEB_CONCURRENCY": "2",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "METRICS_SHARE_SECONDS": str(SHARE_SECONDS),
+        **env,
+    }
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backplane(request: pytest.FixtureRequest) -> dict[str, str]:
+    """memory:// (workers share through gunicorn's directory) or redis:// (through Redis)."""
+    if request.param == "memory":
+        return {"BROKER_URL": "memory://"}
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    return {"BROKER_URL": redis_server.url, "REDIS_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}
+
+
+async def fetch(server: ServerProcess, path: str) -> httpx.Response:
+    """One request on a connection of its own, so it may land on either worker."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+        response = await client.get(path, headers=AUTH)
+    assert response.status_code == 200, response.text
+    return response
+
+
+async def admin_metrics(server: ServerProcess) -> dict[str, Any]:
+    document: dict[str, Any] = (await fetch(server, "/api/admin/metrics")).json()
+    return document
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[dict[str, Any]]],
+    condition: Callable[[dict[str, Any]], bool],
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        document = await probe()
+        if condition(document):
+            return document
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never came true; last: {document}")
+        await asyncio.sleep(0.1)
+
+
+def worker_pids(logs: str) -> set[int]:
+    return {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", logs)}
+
+
+def listing(directory: Path) -> list[str] | None:
+    """The sorted names in ``directory``, or ``None`` if it does not exist."""
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else None
+
+
+def stats_directory(logs: str) -> Path:
+    found = re.search(r"workers share their stats in (\S+)", logs)
+    assert found, logs
+    return Path(found.group(1))
+
+
+async def test_every_scrape_reports_every_worker(
+    servers: list[ServerProcess], backplane: dict[str, str]
+) -> None:
+    server = gunicorn(sharing_env(**backplane))
+    servers.append(server)
+    async with AsyncExitStack() as streams:
+        for index in range(STREAMS):
+            await streams.enter_async_context(
+                open_stream(server.base_url, f"/events/spread-{index % 3}")
+            )
+        # Each worker shares what it has every SHARE_SECONDS: after two intervals every
+        # snapshot counts every stream (before, a worker can be one publish behind).
+        await asyncio.sleep(2 * SHARE_SECONDS)
+        settled = await wait_for(
+            lambda: admin_metrics(server),
+            lambda d: d["total"]["connections"] == STREAMS and d["total"]["workers"] == 2,
+        )
+        per_worker = {w["worker"]: w["connections"] for w in settled["workers"]}
+        assert len(per_worker) == 2
+        assert all(count > 0 for count in per_worker.values()), f"one worker took all: {per_worker}"
+        assert {w["pid"] for w in settled["workers"]} == worker_pids(server.logs())
+        kind = "redis" if backplane["BROKER_URL"].startswith("redis") else "files"
+        assert settled["exchange"] == {"kind": kind, "state": "ok"}
+
+        answered: Counter[str] = Counter()
+        for _ in range(MAX_SCRAPES):
+            document = await admin_metrics(server)
+            answered[document["worker"]] += 1
+            assert {w["worker"]: w["connections"] for w in document["workers"]} == per_worker
+            assert document["total"]["connections"] == STREAMS
+            assert document["total"]["workers"] == 2
+            assert document["sse"]["connections"] == per_worker[document["worker"]]
+
+            values = samples((await fetch(server, "/metrics")).text)
+            assert values["herald_workers"] == 2
+            exposed = {
+                worker: values[f'herald_sse_connections{{worker="{worker}"}}']
+                for worker in per_worker
+            }
+            assert exposed == per_worker
+            assert sum(v for k, v in values.items() if k.startswith("herald_sse_connections{")) == (
+                STREAMS
+            )
+            if len(answered) == 2 and min(answered.values()) >= ANSWERS_PER_WORKER:
+                break
+        assert set(answered) == set(per_worker), f"every scrape landed on one worker: {answered}"
+
+    if kind == "files":
+        directory = stats_directory(server.logs())
+        assert listing(directory) == sorted(
+            f"{worker.replace(':', '_')}.json" for worker in per_worker
+        )
+    assert await asyncio.to_thread(server.stop) == 0, server.logs()
+    if kind == "files":
+        assert listing(directory) is None, "the master removes the directory on exit"
+    else:
+        client = redis.Redis.from_url(backplane["BROKER_URL"])
+        try:
+            assert client.keys(f"{backplane['REDIS_KEY_PREFIX']}:workers*") == []
+        finally:
+            client.close()
+
+
+async def test_a_killed_worker_drops_out_and_its_successor_joins(
+    servers: list[ServerProcess],
+) -> None:
+    server = gunicorn(sharing_env())
+    servers.append(server)
+    first = await wait_for(lambda: admin_metrics(server), lambda d: d["total"]["workers"] == 2)
+    victim = first["workers"][0]
+    os.kill(victim["pid"], signal.SIGKILL)  # no shutdown: its snapshot is left behind
+    killed_at = time.monotonic()
+
+    def replaced(document: dict[str, Any]) -> bool:
+        booted = worker_pids(server.logs())
+        reported = {w["pid"] for w in document["workers"]}
+        return len(booted) == 3 and reported == booted - {victim["pid"]}
+
+    successor = await wait_for(lambda: admin_metrics(server), replaced, timeout=15)
+    # Gone within its TTL (three intervals) plus a publish of the worker that replaced it.
+    assert time.monotonic() - killed_at < 3 * SHARE_SECONDS + 2
+    assert successor["total"]["workers"] == 2
+    assert len(worker_pids(server.logs())) == 3
+    directory = stats_directory(server.logs())
+    assert f"{victim['worker'].replace(':', '_')}.json" not in (listing(directory) or [])
+
+
+async def test_a_stats_directory_given_by_hand_is_used_and_kept(
+    servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    server = gunicorn(sharing_env(HERALD_STATS_DIR=str(tmp_path)))
+    servers.append(server)
+    assert stats_directory(server.logs()) == tmp_path
+    await wait_for(lambda: admin_metrics(server), lambda d: d["total"]["workers"] == 2)
+    assert len(listing(tmp_path) or []) == 2
+    assert await asyncio.to_thread(server.stop) == 0, server.logs()
+    assert listing(tmp_path) == []  # kept, and each worker removed its own snapshot

@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from app.tools.memory_report import render_chart
+from app.cluster.aggregate import total
+from app.tools.memory_report import render_chart, render_workers
 from tests.conftest import FAST_TIMERS
 from tests.support.server import REPO_ROOT, ServerProcess, free_port
+from tests.support.snapshots import MB, make_snapshot
 
 TOKEN = "report-token"
 
@@ -55,6 +57,35 @@ def test_chart_shows_only_the_newest_samples() -> None:
     assert all("█" not in line for line in lines)  # the two full columns scrolled off
 
 
+# --- workers and total ----------------------------------------------------------------
+
+
+def test_workers_and_total_close_the_report() -> None:
+    at = 1_700_000_000.0
+    one = make_snapshot(pid=1, at=at, connections=13, published=10, delivered=40, rss_bytes=60 * MB)
+    two = make_snapshot(pid=2, at=at - 1.25, connections=17, published=1, delivered=4)
+    document = {
+        "worker": "box:1",
+        "workers": [one, two],
+        "total": {**total([one, two]), "cache_hits": 6, "cache_misses": 2},
+        "exchange": {"kind": "files", "state": "ok"},
+    }
+    assert render_workers(document) == [
+        "Workers    2 reporting, this report from box:1; shared through files (ok)",
+        "           box:1  13 connections, published 10, delivered 40, rss 60.0 MB,"
+        " level normal  (this worker)",
+        "           box:2  17 connections, published 1, delivered 4, rss 50.0 MB,"
+        " level normal  (shared 1.2 s ago)",
+        "Total      30 connections, 0 channel subscriptions; published 11, delivered 44,"
+        " dropped 0, overflow disconnects 0, reaped 0",
+        "           cache hits 6, misses 2; rss 110.0 MB in all",
+    ]
+
+
+def test_a_server_without_workers_is_reported_as_before() -> None:
+    assert render_workers({"memory": {}}) == []
+
+
 # --- the tool against real servers ------------------------------------------------------
 
 
@@ -78,8 +109,11 @@ def test_report_of_a_healthy_server(report_server: ServerProcess) -> None:
     assert "new streams and responses: accepted" in text
     assert "limit from default" in text or "limit from cgroup" in text
     assert "leak suspected: no" in text
-    for section in ("Memory ", "Trend ", "Cleanups ", "Cache ", "SSE ", "Responses ", "Process "):
+    sections = ("Memory ", "Trend ", "Cleanups ", "Cache ", "SSE ", "Responses ", "Process ")
+    for section in (*sections, "Workers ", "Total "):
         assert any(line.startswith(section) for line in lines), section
+    assert "Workers    1 reporting, this report from " in text
+    assert "shared through local (ok)" in text
     assert "┤" not in text  # the chart is for --watch
 
 

@@ -3,6 +3,10 @@
 Every route needs the admin token (``app.api.admin_auth``). The JSON shapes are
 documented in the README ("Admin API"); keys are only ever added, so a
 dashboard written against them keeps working.
+
+The sections describe the worker that answers; ``workers`` and ``total`` add
+every live worker (``app.cluster``), so a request that lands on one worker of
+several shows whose figures these are and what the whole service amounts to.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from fastapi import APIRouter, Depends
 
 from app.api.admin_auth import require_admin
 from app.api.deps import HubDep
-from app.api.operator_deps import MemoryGuardDep, ResponseServiceDep
+from app.api.operator_deps import ClusterViewDep, MemoryGuardDep, ResponseServiceDep
+from app.cluster.view import ClusterView
 from app.memory.guard import MemoryGuard
 from app.memory.process import process_stats
 from app.responses.service import ResponseService
@@ -22,23 +27,33 @@ __all__ = ["admin_metrics", "router"]
 router = APIRouter(prefix="/api", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
-def admin_metrics(guard: MemoryGuard, hub: Hub, responses: ResponseService) -> dict[str, object]:
-    """The ``/api/admin/metrics`` document, one section per part of the service."""
-    return {
+async def admin_metrics(
+    guard: MemoryGuard, hub: Hub, responses: ResponseService, cluster: ClusterView
+) -> dict[str, object]:
+    """The ``/api/admin/metrics`` document: one section per part of this worker, then all."""
+    document: dict[str, object] = {
         "memory": guard.snapshot(),
         "cache": responses.cache.stats().as_dict(),
         "sse": hub.stats(),
         "responses": responses.stats(),
         "process": process_stats(),
     }
+    # read() takes this worker's live snapshot before its first await, so the
+    # sections above and this worker's entry in ``workers`` agree.
+    reading = await cluster.read()
+    document["worker"] = reading.worker
+    document["workers"] = reading.workers
+    document["total"] = reading.total()
+    document["exchange"] = {"kind": reading.exchange, "state": reading.exchange_state}
+    return document
 
 
 @router.get("/admin/metrics")
 async def get_admin_metrics(
-    guard: MemoryGuardDep, hub: HubDep, responses: ResponseServiceDep
+    guard: MemoryGuardDep, hub: HubDep, responses: ResponseServiceDep, cluster: ClusterViewDep
 ) -> dict[str, object]:
-    """Memory, cache, SSE, responses and process figures of this worker."""
-    return admin_metrics(guard, hub, responses)
+    """Memory, cache, SSE, responses and process figures of this worker; every worker's summary."""
+    return await admin_metrics(guard, hub, responses, cluster)
 
 
 @router.get("/stats/memory")

@@ -1,4 +1,7 @@
-"""``/metrics``: Prometheus exposition of this worker's figures.
+"""``/metrics``: Prometheus exposition of every live worker's figures.
+
+Whichever worker the scrape lands on answers for all of them (``app.cluster``),
+one sample per worker with a ``worker`` label.
 
 Needs the admin token unless ``METRICS_PUBLIC=true`` (a scrape config can send
 it as ``authorization: {credentials: ...}``). With ``METRICS_PUBLIC=false`` and
@@ -13,7 +16,8 @@ from prometheus_client.exposition import choose_encoder
 
 from app.api.admin_auth import require_admin
 from app.api.deps import SettingsDep
-from app.api.operator_deps import MetricsRegistryDep
+from app.api.operator_deps import ClusterViewDep
+from app.api.prometheus import HeraldCollector
 
 __all__ = ["router"]
 
@@ -25,11 +29,10 @@ router = APIRouter(tags=["metrics"])
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
-async def metrics(
-    request: Request, settings: SettingsDep, registry: MetricsRegistryDep
-) -> Response:
-    """Connections, events, cache, RSS and memory level, for Prometheus."""
+async def metrics(request: Request, settings: SettingsDep, cluster: ClusterViewDep) -> Response:
+    """Connections, events, cache, RSS and memory level of every worker, for Prometheus."""
     if not settings.metrics_public:
         require_admin(request, settings)
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encode(registry), media_type=content_type)
+    reading = await cluster.read()
+    return Response(encode(HeraldCollector(reading.workers)), media_type=content_type)
