@@ -1,30 +1,46 @@
-"""FastAPI dependencies as ``Annotated`` aliases, one place for request context."""
+"""FastAPI dependencies as ``Annotated`` aliases: one place for everything a route needs.
+
+The app's long-lived objects live on ``app.state`` (set up in ``app.main``); each
+alias reads one of them, so routes declare what they use and tests can see it.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from app.cluster.view import ClusterView
 from app.core.config import Settings
+from app.memory.guard import MemoryGuard
+from app.responses.service import ResponseService
 from app.sse.hub import Hub
 
-__all__ = ["HubDep", "SettingsDep", "client_address"]
+__all__ = [
+    "ClusterViewDep",
+    "HubDep",
+    "MemoryGuardDep",
+    "ResponseServiceDep",
+    "SettingsDep",
+    "client_address",
+]
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def _from_state(name: str) -> Callable[[Request], Any]:
+    def get(request: Request) -> Any:
+        return getattr(request.app.state, name)
 
-
-def get_hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
+    get.__name__ = f"get_{name}"
+    return get
 
 
 def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-HubDep = Annotated[Hub, Depends(get_hub)]
+SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]
+HubDep = Annotated[Hub, Depends(_from_state("hub"))]
+ResponseServiceDep = Annotated[ResponseService, Depends(_from_state("responses"))]
+MemoryGuardDep = Annotated[MemoryGuard, Depends(_from_state("memory"))]
+ClusterViewDep = Annotated[ClusterView, Depends(_from_state("cluster"))]

@@ -14,8 +14,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.api.admin_auth import require_admin
-from app.api.deps import HubDep
-from app.api.operator_deps import ClusterViewDep, MemoryGuardDep, ResponseServiceDep
+from app.api.deps import ClusterViewDep, HubDep, MemoryGuardDep, ResponseServiceDep
 from app.cluster.view import ClusterView
 from app.memory.guard import MemoryGuard
 from app.memory.process import process_stats

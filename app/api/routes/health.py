@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import HubDep
-from app.api.operator_deps import MemoryGuardDep
+from app.api.deps import HubDep, MemoryGuardDep
 
 __all__ = ["router"]
 

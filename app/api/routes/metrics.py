@@ -15,8 +15,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client.exposition import choose_encoder
 
 from app.api.admin_auth import require_admin
-from app.api.deps import SettingsDep
-from app.api.operator_deps import ClusterViewDep
+from app.api.deps import ClusterViewDep, SettingsDep
 from app.api.prometheus import HeraldCollector
 
 __all__ = ["router"]

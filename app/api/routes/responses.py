@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import HubDep, SettingsDep
+from app.api.deps import HubDep, ResponseServiceDep, SettingsDep
 from app.responses.producers.registry import UnknownProducerError
 from app.responses.runs import Run
-from app.responses.service import ResponseService
 from app.sse.encoding import encode_retry
 from app.sse.hub import StreamRefusedError
 
@@ -21,14 +20,6 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/responses", tags=["responses"])
 
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
-
-
-def get_responses(request: Request) -> ResponseService:
-    service: ResponseService = request.app.state.responses
-    return service
-
-
-ResponsesDep = Annotated[ResponseService, Depends(get_responses)]
 
 
 class ResponseRequest(BaseModel):
@@ -53,7 +44,7 @@ def _refused(refusal: StreamRefusedError) -> HTTPException:
 
 @router.post("", status_code=201, response_model=ResponseCreated)
 async def create_response(
-    body: ResponseRequest, service: ResponsesDep, settings: SettingsDep
+    body: ResponseRequest, service: ResponseServiceDep, settings: SettingsDep
 ) -> ResponseCreated:
     """Start (or join, or serve from cache) a streamed response."""
     if not body.input.strip():
@@ -98,7 +89,7 @@ async def _frames(run: Run, start: int, retry_ms: int) -> AsyncIterator[bytes]:
 async def follow_response(
     run_id: str,
     request: Request,
-    service: ResponsesDep,
+    service: ResponseServiceDep,
     hub: HubDep,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Query(max_length=64)] = None,
