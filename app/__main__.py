@@ -27,6 +27,9 @@ def main() -> None:
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        # Herald decides whom to believe about X-Forwarded-For (TRUSTED_PROXIES);
+        # uvicorn's own handling would trust 127.0.0.1 behind our back.
+        proxy_headers=False,
     )
 
 

@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app.api.routes import admin, events, health, metrics, responses
+from app.auth.client_address import TrustedProxies
+from app.auth.tokens import TokenVerifier
 from app.broker import create_broker
 from app.cluster import ClusterView, create_exchange, take_snapshot, worker_id
 from app.core.config import Settings, SettingsError, load_settings
@@ -42,6 +44,14 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         level_tracker(settings)
     except ValueError as exc:
         raise SettingsError(f"herald: invalid setting MEMORY_HYSTERESIS_PERCENT: {exc}") from None
+    try:
+        tokens = TokenVerifier(
+            secret=settings.jwt_secret,
+            public_key=settings.jwt_public_key,
+            leeway_seconds=settings.jwt_leeway_seconds,
+        )
+    except ValueError as exc:
+        raise SettingsError(f"herald: invalid setting JWT_PUBLIC_KEY: {exc}") from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +70,7 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         app.state.responses = service
         app.state.memory = guard
         app.state.cluster = cluster
-        if settings.publish_token is None:
+        if settings.publish_token is None and not tokens.enabled:
             logger.warning("PUBLISH_TOKEN is not set: only loopback clients may publish")
         if settings.admin_token is None:
             logger.info("ADMIN_TOKEN is not set: the admin API is off")
@@ -81,6 +91,8 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
 
     app = FastAPI(title="Herald", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.tokens = tokens
+    app.state.proxies = TrustedProxies(settings.trusted_proxies)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -31,7 +31,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from app.api.deps import SettingsDep, client_address
-from app.api.publishing import bearer_token
+from app.auth.requests import bearer_token
 from app.core.security import secret_matches
 
 __all__ = [

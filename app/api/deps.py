@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from app.auth.client_address import TrustedProxies
+from app.auth.tokens import TokenVerifier
 from app.cluster.view import ClusterView
 from app.core.config import Settings
 from app.memory.guard import MemoryGuard
@@ -23,6 +25,7 @@ __all__ = [
     "MemoryGuardDep",
     "ResponseServiceDep",
     "SettingsDep",
+    "TokenVerifierDep",
     "client_address",
 ]
 
@@ -36,7 +39,10 @@ def _from_state(name: str) -> Callable[[Request], Any]:
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else ""
+    """The client's address: ``X-Forwarded-For`` is believed only from TRUSTED_PROXIES."""
+    peer = request.client.host if request.client else ""
+    proxies: TrustedProxies = request.app.state.proxies
+    return proxies.client(peer, request.headers.get("x-forwarded-for"))
 
 
 SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]
@@ -44,3 +50,4 @@ HubDep = Annotated[Hub, Depends(_from_state("hub"))]
 ResponseServiceDep = Annotated[ResponseService, Depends(_from_state("responses"))]
 MemoryGuardDep = Annotated[MemoryGuard, Depends(_from_state("memory"))]
 ClusterViewDep = Annotated[ClusterView, Depends(_from_state("cluster"))]
+TokenVerifierDep = Annotated[TokenVerifier, Depends(_from_state("tokens"))]

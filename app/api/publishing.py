@@ -1,64 +1,30 @@
-"""Reading a publish request: who may publish, and what the body says.
+"""Reading a publish request's body (who may publish is ``app.auth.requests``).
 
 Kept apart from the route so every rule here can be tested directly and each
-failure maps to exactly one status: 401/403 for auth, 413 for size, 415 for an
-unsupported content type, 422 for anything malformed. Nothing is published
-unless every check passed.
+failure maps to exactly one status: 413 for size, 415 for an unsupported
+content type, 422 for anything malformed. Nothing is published unless every
+check passed.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
 from app.core.config import Settings
-from app.core.security import secret_matches
 
-__all__ = ["PublishRequest", "authorize_publisher", "bearer_token", "is_loopback", "read_publish"]
+__all__ = ["PublishRequest", "read_publish"]
 
-ALLOWED_FIELDS = frozenset({"data", "event"})
+ALLOWED_FIELDS = frozenset({"data", "event", "private"})
 
 
 @dataclass(frozen=True, slots=True)
 class PublishRequest:
     data: object
     event: str | None
-
-
-def bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def authorize_publisher(request: Request, settings: Settings, client: str) -> None:
-    expected = settings.publish_token
-    if expected is None:
-        if not is_loopback(client):
-            raise HTTPException(
-                403, "publishing is allowed from loopback only until PUBLISH_TOKEN is set"
-            )
-        return
-    token = bearer_token(request)
-    if token is None:
-        raise HTTPException(
-            401,
-            "missing publish token: send Authorization: Bearer <token>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not secret_matches(token, expected):
-        raise HTTPException(403, "invalid publish token")
+    private: bool = False
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -104,4 +70,7 @@ async def read_publish(request: Request, settings: Settings) -> PublishRequest:
     event = payload.get("event")
     if event is not None and not isinstance(event, str):
         raise HTTPException(422, 'field "event" must be a string')
-    return PublishRequest(data=payload["data"], event=event)
+    private = payload.get("private", False)
+    if not isinstance(private, bool):
+        raise HTTPException(422, 'field "private" must be true or false')
+    return PublishRequest(data=payload["data"], event=event, private=private)

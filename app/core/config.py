@@ -8,6 +8,7 @@ of surfacing as odd behaviour under load.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from typing import Annotated, Literal
 
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: float = Field(default=30, ge=0, le=600)
     cookie_name: str = Field(default="herald_auth", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     allow_anonymous: bool = True
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- streamed responses ---
     cache_max_items: int = Field(default=50, ge=1)
@@ -103,13 +105,20 @@ class Settings(BaseSettings):
     # a shared snapshot lives three times this long.
     metrics_share_seconds: float = Field(default=5, ge=0.1, le=3600)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         # A comma-separated list is what people type into a dashboard's env form;
         # pydantic-settings would otherwise insist on a JSON array.
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad entry
         return value
 
     @field_validator("broker_url")

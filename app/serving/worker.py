@@ -13,6 +13,7 @@ reload of old workers), SIGQUIT, or max-requests.
 from __future__ import annotations
 
 import sys
+from typing import ClassVar
 
 from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
@@ -31,6 +32,12 @@ def server_is_draining(server: Server) -> bool:
 
 
 class HeraldWorker(UvicornWorker):  # type: ignore[misc]  # untyped base
+    # Herald decides whom to believe about X-Forwarded-For (TRUSTED_PROXIES).
+    CONFIG_KWARGS: ClassVar[dict[str, object]] = {
+        **UvicornWorker.CONFIG_KWARGS,
+        "proxy_headers": False,
+    }
+
     async def _serve(self) -> None:
         # Same as UvicornWorker._serve, keeping the Server to watch it.
         self.config.app = self.wsgi

@@ -78,6 +78,7 @@ class HeraldStreamResponse(EventSourceResponse):
         *,
         last_event_id: str | None = None,
         client: str = "",
+        private_channels: frozenset[str] = frozenset(),
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(iter(()), ping=0, headers=headers)
@@ -85,16 +86,16 @@ class HeraldStreamResponse(EventSourceResponse):
         self._channels = channels
         self._last_event_id = last_event_id
         self._client = client
+        self._private_channels = private_channels
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"].upper() == "HEAD":
             await super().__call__(scope, receive, send)
             return
         try:
-            async with self._hub.subscribe(self._channels, self._last_event_id, self._client) as (
-                connection,
-                replay,
-            ):
+            async with self._hub.subscribe(
+                self._channels, self._last_event_id, self._client, self._private_channels
+            ) as (connection, replay):
                 await self._stream(connection, replay, receive, send)
         except StreamRefusedError as refusal:
             refused = JSONResponse(

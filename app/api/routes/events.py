@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
 
-from app.api.deps import HubDep, SettingsDep, client_address
-from app.api.publishing import authorize_publisher, read_publish
+from app.api.deps import HubDep, SettingsDep, TokenVerifierDep, client_address
+from app.api.publishing import read_publish
+from app.auth.requests import authorize_publisher, authorize_subscriber
 from app.broker.base import BrokerUnavailableError
 from app.sse.encoding import EncodingError
 from app.sse.hub import InvalidChannelError, validate_channel
@@ -42,11 +43,21 @@ def _channels(names: list[str], limit: int) -> tuple[str, ...]:
 
 
 def _stream(
-    request: Request, hub: HubDep, channels: tuple[str, ...], last_event_id: str | None
+    request: Request,
+    hub: HubDep,
+    settings: SettingsDep,
+    tokens: TokenVerifierDep,
+    channels: tuple[str, ...],
+    last_event_id: str | None,
 ) -> HeraldStreamResponse:
+    private_channels = authorize_subscriber(request, settings, tokens, channels)
     resume_from = request.headers.get("last-event-id") or last_event_id
     return HeraldStreamResponse(
-        hub, channels, last_event_id=resume_from, client=client_address(request)
+        hub,
+        channels,
+        last_event_id=resume_from,
+        client=client_address(request),
+        private_channels=private_channels,
     )
 
 
@@ -61,12 +72,13 @@ async def subscribe_many(
     request: Request,
     hub: HubDep,
     settings: SettingsDep,
+    tokens: TokenVerifierDep,
     channel: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies defaults
     last_event_id: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> HeraldStreamResponse:
     """Stream several channels in one connection; one ``Last-Event-ID`` resumes them all."""
     names = _channels(channel, settings.sse_max_channels_per_stream)
-    return _stream(request, hub, names, last_event_id)
+    return _stream(request, hub, settings, tokens, names, last_event_id)
 
 
 @router.head("/events/{channel:path}", include_in_schema=False)
@@ -81,24 +93,28 @@ async def subscribe(
     request: Request,
     hub: HubDep,
     settings: SettingsDep,
+    tokens: TokenVerifierDep,
     last_event_id: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> HeraldStreamResponse:
     """Stream one channel. Resume with the ``Last-Event-ID`` header or ``?last_event_id=``."""
     names = _channels([channel], settings.sse_max_channels_per_stream)
-    return _stream(request, hub, names, last_event_id)
+    return _stream(request, hub, settings, tokens, names, last_event_id)
 
 
 @router.post("/events/{channel:path}", status_code=202, response_model=Published)
-async def publish(channel: str, request: Request, hub: HubDep, settings: SettingsDep) -> Published:
-    """Publish one event: JSON ``{"data": <any>, "event": "name"}`` or a ``text/plain`` body."""
-    authorize_publisher(request, settings, client_address(request))
+async def publish(
+    channel: str, request: Request, hub: HubDep, settings: SettingsDep, tokens: TokenVerifierDep
+) -> Published:
+    """Publish one event: JSON ``{"data": <any>, "event": "name", "private": false}`` or a
+    ``text/plain`` body. A private event reaches only subscribers granted the channel."""
+    authorize_publisher(request, settings, tokens, channel, client_address(request))
     try:
         validate_channel(channel)
     except InvalidChannelError as exc:
         raise HTTPException(422, str(exc)) from None
     body = await read_publish(request, settings)
     try:
-        event_id = await hub.publish(channel, body.data, body.event)
+        event_id = await hub.publish(channel, body.data, body.event, private=body.private)
     except EncodingError as exc:
         raise HTTPException(422, str(exc)) from None
     except BrokerUnavailableError as exc:
