@@ -1,1 +1,1 @@
-"""Pure ASGI middleware (never BaseHTTPMiddleware: it breaks streaming)."""
+"""Pure ASGI middleware (never the request-buffering base-class middleware: it breaks streaming)."""

@@ -6,7 +6,7 @@ who can reach the server how big the process is.
 
 Design decisions:
 
-* Pure ASGI, never ``BaseHTTPMiddleware``: that one runs the app in a task
+* Pure ASGI, never Starlette's base-class HTTP middleware: that one runs the app in a task
   group and pipes the body through a memory stream, which breaks endless SSE
   streams and cancellation. Here the only message touched is
   ``http.response.start``; body messages pass through untouched, unbuffered.
