@@ -16,6 +16,7 @@ from app.cluster.base import ExchangeUnavailableError, StatsExchange
 from app.cluster.files import FileExchange
 from app.cluster.snapshot import WorkerSnapshot
 from app.cluster.view import ClusterView
+from tests.support.logs import capture_logs
 from tests.support.snapshots import make_snapshot
 
 INTERVAL = 0.05
@@ -65,28 +66,10 @@ class BrokenExchange(StatsExchange):
         await self._check()
 
 
-class RecordingHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def cluster_log() -> Iterator[list[logging.LogRecord]]:
-    """Records of the view's logger ("herald" does not propagate to the root logger)."""
-    logger = logging.getLogger("herald.cluster")
-    handler = RecordingHandler()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield handler.records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    with capture_logs("herald.cluster") as records:
+        yield records
 
 
 def files(directory: Path, pid: int) -> FileExchange:

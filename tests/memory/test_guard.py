@@ -26,6 +26,7 @@ from app.memory.limits import MemoryLimit
 from app.responses.service import ResponseService, build_producers
 from app.sse.hub import Hub, StreamRefusedError
 from tests.support.clock import FakeClock
+from tests.support.logs import capture_logs
 
 MB = 1024 * 1024
 LIMIT = MemoryLimit(bytes=100 * MB, source="setting")
@@ -70,25 +71,10 @@ class Parts:
 MakeParts = Callable[..., Awaitable[Parts]]
 
 
-class RecordingHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def memory_log() -> Iterator[list[logging.LogRecord]]:
-    """Records of the guard's logger ("herald" does not propagate to the root logger)."""
-    logger = logging.getLogger("herald.memory")
-    handler = RecordingHandler()
-    logger.addHandler(handler)
-    try:
-        yield handler.records
-    finally:
-        logger.removeHandler(handler)
+    with capture_logs("herald.memory") as records:
+        yield records
 
 
 def logged(records: list[logging.LogRecord], text: str) -> list[str]:
