@@ -21,6 +21,7 @@ from app.broker import create_broker
 from app.cluster import ClusterView, create_exchange, take_snapshot, worker_id
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.logging import configure_logging
+from app.limits import create_client_limits
 from app.memory.guard import MemoryGuard, level_tracker
 from app.middleware.memory_headers import MemoryHeadersMiddleware
 from app.responses.producers.base import Producer
@@ -55,14 +56,16 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        hub = Hub(settings, create_broker(settings))
-        service = ResponseService(settings, producer_registry)
-        guard = MemoryGuard(settings, hub, service)
         # Here, not at import: under gunicorn --preload the app is built in the
         # master, and the id must be the worker's.
         host, pid = socket.gethostname(), os.getpid()
+        worker = worker_id(host, pid)
+        broker = create_broker(settings)
+        hub = Hub(settings, broker, limits=create_client_limits(settings, broker, worker))
+        service = ResponseService(settings, producer_registry)
+        guard = MemoryGuard(settings, hub, service)
         cluster = ClusterView(
-            create_exchange(settings, hub.broker, worker_id(host, pid)),
+            create_exchange(settings, broker, worker),
             partial(take_snapshot, hub, service, guard, host=host, pid=pid),
             interval_seconds=settings.metrics_share_seconds,
         )

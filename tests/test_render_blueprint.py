@@ -66,3 +66,17 @@ def test_broker_url_comes_from_the_key_value_service() -> None:
     }
     assert keyvalue["ipAllowList"] == []
     assert keyvalue["maxmemoryPolicy"] == "noeviction"
+
+
+def test_every_literal_value_is_a_valid_setting() -> None:
+    (web,) = services("web")
+    fields = set(Settings.model_fields)
+    values = {
+        var["key"].lower(): var["value"]
+        for var in web["envVars"]
+        if "value" in var and var["key"].lower() in fields
+    }
+    settings = Settings(**values)
+    # The per-address limits only make sense behind a trusted proxy.
+    assert settings.sse_max_connections_per_ip > 0 and settings.trusted_proxies
+    assert settings.publish_rate_per_second > 0

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = Field(default=15, gt=0)
     sse_retry_ms: int = Field(default=3000, ge=0, le=3_600_000)
     sse_max_connections: int = Field(default=10_000, ge=1)
+    # Off by default: many users behind one office or mobile-carrier NAT share an
+    # address. render.yaml turns it on for the public deployment.
+    sse_max_connections_per_ip: int = Field(default=0, ge=0)
     sse_max_channels_per_stream: int = Field(default=16, ge=1, le=256)
 
     # --- history (replay) ---
@@ -60,6 +63,10 @@ class Settings(BaseSettings):
     # --- publishing ---
     max_event_bytes: int = Field(default=65_536, ge=16, le=16 * MB)
     publish_token: SecretStr | None = None
+    # Token bucket per publish token (or per address without one); 0 turns it off.
+    publish_rate_per_second: float = Field(default=0, ge=0)
+    publish_burst: int = Field(default=50, ge=1)
+    publish_rate_max_clients: int = Field(default=10_000, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- who may subscribe and publish ---

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from app.broker.base import Broker, Replay
 from app.core.config import Settings
+from app.limits import ClientLimits, LimitExceededError, LocalClientLimits, StreamLease
 from app.sse.connection import (
     DROPPED_OLDEST,
     OVERFLOWED,
@@ -63,12 +64,19 @@ class InvalidChannelError(ValueError):
 
 
 class StreamRefusedError(Exception):
-    """A new stream cannot be opened now (answered with 503 and ``Retry-After``)."""
+    """A new stream cannot be opened now (answered with ``status_code`` and ``Retry-After``:
+    503 when the server is full, 429 when this client has too many streams open)."""
 
-    def __init__(self, detail: str, retry_after: int = DEFAULT_RETRY_AFTER_SECONDS) -> None:
+    def __init__(
+        self,
+        detail: str,
+        retry_after: int = DEFAULT_RETRY_AFTER_SECONDS,
+        status_code: int = 503,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
+        self.status_code = status_code
 
 
 def validate_channel(channel: str) -> str:
@@ -96,9 +104,11 @@ class Hub:
         broker: Broker,
         *,
         clock: Callable[[], float] = time.monotonic,
+        limits: ClientLimits | None = None,
     ) -> None:
         self.settings = settings
         self.broker = broker
+        self.limits = limits or LocalClientLimits(settings)
         self.clock = clock
         self.started_at = clock()
         self.budget = QueueBudget(settings.sse_queue_max_bytes)
@@ -114,6 +124,7 @@ class Hub:
 
     async def start(self) -> None:
         await self.broker.connect(self._fan_out)
+        await self.limits.start()
         self._tasks = [
             asyncio.create_task(self._every(self.settings.sse_ping_seconds, self.heartbeat)),
             asyncio.create_task(
@@ -130,6 +141,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.limits.stop()
         await self.broker.disconnect()
 
     async def _every(self, seconds: float, action: Callable[[], object]) -> None:
@@ -193,39 +205,44 @@ class Hub:
         Private events are delivered (live and in replay) on ``private_channels`` only."""
         names = tuple(dict.fromkeys(validate_channel(name) for name in channels))
         self._admit()
-        settings = self.settings
-        connection = Connection(
-            names,
-            maxsize=settings.sse_queue_size,
-            drop_oldest=settings.sse_overflow == "drop_oldest",
-            budget=self.budget,
-            now=self.clock(),
-            client=client,
-            private_channels=private_channels,
-        )
-        self._register(connection)
-        subscribed: list[str] = []
+        lease = await self._lease(client)
         try:
-            for name in names:
-                await self.broker.subscribe(name)
-                subscribed.append(name)
-            replay = None
-            if last_event_id is not None:
-                replay = await self.broker.replay(names, last_event_id)
-                if replay.events:
-                    # The floor comes from everything replayed, hidden events included,
-                    # so their live copies are skipped too.
-                    connection.floor = replay.events[-1].key
-                    replay = _visible(replay, private_channels)
-                elif replay.reset and replay.head is not None:
-                    connection.floor = parse_event_id(replay.head)
-            yield connection, replay
+            settings = self.settings
+            connection = Connection(
+                names,
+                maxsize=settings.sse_queue_size,
+                drop_oldest=settings.sse_overflow == "drop_oldest",
+                budget=self.budget,
+                now=self.clock(),
+                client=client,
+                private_channels=private_channels,
+            )
+            self._register(connection)
+            subscribed: list[str] = []
+            try:
+                for name in names:
+                    await self.broker.subscribe(name)
+                    subscribed.append(name)
+                replay = None
+                if last_event_id is not None:
+                    replay = await self.broker.replay(names, last_event_id)
+                    if replay.events:
+                        # The floor comes from everything replayed, hidden events included,
+                        # so their live copies are skipped too.
+                        connection.floor = replay.events[-1].key
+                        replay = _visible(replay, private_channels)
+                    elif replay.reset and replay.head is not None:
+                        connection.floor = parse_event_id(replay.head)
+                yield connection, replay
+            finally:
+                self._unregister(connection)
+                for name in subscribed:
+                    with contextlib.suppress(Exception):
+                        await self.broker.unsubscribe(name)
+                self._log_end(connection)
         finally:
-            self._unregister(connection)
-            for name in subscribed:
-                with contextlib.suppress(Exception):
-                    await self.broker.unsubscribe(name)
-            self._log_end(connection)
+            if lease is not None:
+                await self.limits.release_stream(lease)
 
     def _admit(self) -> None:
         limit = self.settings.sse_max_connections
@@ -235,6 +252,14 @@ class Hub:
             refusal = check()
             if refusal is not None:
                 raise refusal
+
+    async def _lease(self, client: str) -> StreamLease | None:
+        if not client or not self.limits.streams_limited:
+            return None
+        try:
+            return await self.limits.acquire_stream(client)
+        except LimitExceededError as exc:
+            raise StreamRefusedError(exc.detail, exc.retry_after, status_code=429) from None
 
     def _register(self, connection: Connection) -> None:
         self._connections.add(connection)
@@ -324,6 +349,7 @@ class Hub:
             "opened": counters.opened,
             "closed": dict(self.closed_by_reason),
             "broker": self.broker.stats(),
+            "client_limits": self.limits.stats(),
         }
 
 

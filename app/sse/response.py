@@ -100,7 +100,7 @@ class HeraldStreamResponse(EventSourceResponse):
         except StreamRefusedError as refusal:
             refused = JSONResponse(
                 {"detail": refusal.detail},
-                status_code=503,
+                status_code=refusal.status_code,
                 headers={"Retry-After": str(refusal.retry_after)},
             )
             await refused(scope, receive, send)

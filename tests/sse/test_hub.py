@@ -377,6 +377,7 @@ async def test_stats_shape(make_hub: MakeHub) -> None:
         "opened",
         "closed",
         "broker",
+        "client_limits",
     }
     assert stats["connections"] == 1
     assert stats["channels"] == 2
@@ -391,6 +392,7 @@ async def test_stats_shape(make_hub: MakeHub) -> None:
         "state": "ok",
         "history": memory_broker(hub).history.stats(),
     }
+    assert stats["client_limits"] == hub.limits.stats()
     after = hub.stats()
     assert after["delivered"] == 4  # kept after the connection is gone
     assert after["closed"] == {"client_gone": 1}
@@ -437,3 +439,34 @@ async def test_replay_without_events_leaves_no_floor(make_hub: MakeHub) -> None:
     async with hub.subscribe(["a"], last_event_id=newest) as (connection, replay):
         assert replay == Replay()
         assert connection.floor is None
+
+
+async def test_streams_beyond_the_per_client_limit_are_refused_with_429(
+    make_hub: MakeHub,
+) -> None:
+    hub = await make_hub(sse_max_connections_per_ip=1)
+    async with hub.subscribe(["a"], client="10.0.0.1"):
+        with pytest.raises(StreamRefusedError) as refused:
+            async with hub.subscribe(["b"], client="10.0.0.1"):
+                pass
+        assert refused.value.status_code == 429
+        assert refused.value.retry_after > 0
+        assert hub.connection_count == 1  # the refused stream was never registered
+        async with hub.subscribe(["b"], client="10.0.0.2"):
+            pass
+    # Released on exit, also when the body raised.
+    with pytest.raises(RuntimeError):
+        async with hub.subscribe(["a"], client="10.0.0.1"):
+            raise RuntimeError("writer failed")
+    async with hub.subscribe(["a"], client="10.0.0.1"):
+        pass
+    assert hub.stats()["client_limits"]["clients_with_streams"] == 0  # type: ignore[index]
+
+
+async def test_the_server_wide_cap_still_answers_503(make_hub: MakeHub) -> None:
+    hub = await make_hub(sse_max_connections=1, sse_max_connections_per_ip=5)
+    async with hub.subscribe(["a"], client="10.0.0.1"):
+        with pytest.raises(StreamRefusedError) as refused:
+            async with hub.subscribe(["a"], client="10.0.0.2"):
+                pass
+    assert refused.value.status_code == 503

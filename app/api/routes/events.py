@@ -9,8 +9,9 @@ from pydantic import BaseModel
 
 from app.api.deps import HubDep, SettingsDep, TokenVerifierDep, client_address
 from app.api.publishing import read_publish
-from app.auth.requests import authorize_publisher, authorize_subscriber
+from app.auth.requests import authorize_publisher, authorize_subscriber, bearer_token
 from app.broker.base import BrokerUnavailableError
+from app.limits import LimitExceededError, publisher_key
 from app.sse.encoding import EncodingError
 from app.sse.hub import InvalidChannelError, validate_channel
 from app.sse.response import HeraldStreamResponse
@@ -107,7 +108,14 @@ async def publish(
 ) -> Published:
     """Publish one event: JSON ``{"data": <any>, "event": "name", "private": false}`` or a
     ``text/plain`` body. A private event reaches only subscribers granted the channel."""
-    authorize_publisher(request, settings, tokens, channel, client_address(request))
+    client = client_address(request)
+    authorize_publisher(request, settings, tokens, channel, client)
+    try:
+        await hub.limits.take_publish(publisher_key(bearer_token(request), client))
+    except LimitExceededError as exc:
+        raise HTTPException(
+            429, exc.detail, headers={"Retry-After": str(exc.retry_after)}
+        ) from None
     try:
         validate_channel(channel)
     except InvalidChannelError as exc:
