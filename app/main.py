@@ -14,7 +14,7 @@ from functools import partial
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api.routes import admin, events, health, metrics, responses
+from app.api.routes import admin, admin_stream, dashboard, events, health, metrics, responses
 from app.auth.client_address import TrustedProxies
 from app.auth.tokens import TokenVerifier
 from app.broker import create_broker
@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
     app.state.settings = settings
     app.state.tokens = tokens
     app.state.proxies = TrustedProxies(settings.trusted_proxies)
+    app.state.admin_streams = admin_stream.StreamSlots(settings.admin_stream_max_connections)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -110,7 +111,9 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
     app.include_router(events.router)
     app.include_router(responses.router)
     app.include_router(admin.router)
+    app.include_router(admin_stream.router)
     app.include_router(metrics.router)
+    app.include_router(dashboard.router)
     return app
 
 

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     # How often each worker shares its figures with the others (app.cluster);
     # a shared snapshot lives three times this long.
     metrics_share_seconds: float = Field(default=5, ge=0.1, le=3600)
+    # The dashboard's live feed (/api/admin/stream): how often it sends the admin
+    # metrics, how long a stream ticket lives, how many feeds one worker serves.
+    admin_stream_seconds: float = Field(default=2, ge=0.1, le=3600)
+    admin_ticket_seconds: float = Field(default=60, ge=1, le=3600)
+    admin_stream_max_connections: int = Field(default=10, ge=1, le=1000)
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
