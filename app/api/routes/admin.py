@@ -11,6 +11,8 @@ several shows whose figures these are and what the whole service amounts to.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends
 
 from app.api.admin_auth import require_admin
@@ -35,7 +37,9 @@ async def admin_metrics(
         "cache": responses.cache.stats().as_dict(),
         "sse": hub.stats(),
         "responses": responses.stats(),
-        "process": process_stats(),
+        # Tasks alive in this worker's event loop: a fixed few for housekeeping, plus the
+        # request and disconnect-watcher tasks of each open stream; idle again after traffic.
+        "process": {**process_stats(), "tasks": len(asyncio.all_tasks())},
     }
     # read() takes this worker's live snapshot before its first await, so the
     # sections above and this worker's entry in ``workers`` agree.
