@@ -24,6 +24,7 @@ from app.core.logging import configure_logging
 from app.limits import create_client_limits
 from app.memory.guard import MemoryGuard, level_tracker
 from app.middleware.memory_headers import MemoryHeadersMiddleware
+from app.middleware.stream_fast_path import StreamFastPath
 from app.responses.producers.base import Producer
 from app.responses.service import ResponseService, build_producers
 from app.sse.hub import Hub
@@ -97,6 +98,8 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
     app.state.tokens = tokens
     app.state.proxies = TrustedProxies(settings.trusted_proxies)
     app.state.admin_streams = admin_stream.StreamSlots(settings.admin_stream_max_connections)
+    # Added first, so it is the innermost middleware: CORS and the rest still wrap streams.
+    app.add_middleware(StreamFastPath)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

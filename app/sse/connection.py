@@ -132,7 +132,9 @@ class Connection:
         self.close_reason: CloseReason | None = None
         self.writer: asyncio.Task[object] | None = None
         self.sending = False
-        self._queue: deque[Event] = deque()
+        # Created by the first push: an idle stream should not carry an empty deque
+        # (its first block alone is ~0.6 KB).
+        self._queue: deque[Event] | None = None
         self._maxsize = maxsize
         self._drop_oldest = drop_oldest
         self._budget = budget
@@ -148,13 +150,15 @@ class Connection:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) if self._queue else 0
 
     def push(self, event: Event) -> int:
         """Queue a shared event; returns QUEUED, DROPPED_OLDEST, OVERFLOWED or ALREADY_CLOSED."""
         if self.close_reason is not None:
             return ALREADY_CLOSED
         queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         outcome = QUEUED
         if len(queue) >= self._maxsize or (queue and self._budget.exceeded):
             if not self._drop_oldest:
@@ -174,6 +178,7 @@ class Connection:
         queue = self._queue
         if not queue and not self._gap:
             return self._take_ping()
+        assert queue is not None  # a gap is only ever recorded by a push
         frames: list[bytes] = []
         if self._gap:
             frames.append(_gap_frame(self._gap))
@@ -228,8 +233,9 @@ class Connection:
     def discard_queue(self) -> None:
         """Let go of every queued event (the connection is being unregistered)."""
         release = self._budget.release
-        while self._queue:
-            release(self._queue.popleft())
+        queue = self._queue
+        while queue:
+            release(queue.popleft())
         self._gap = 0
 
     def _wake(self) -> None:

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from sse_starlette import EventSourceResponse
 from starlette.responses import JSONResponse
@@ -46,6 +46,20 @@ __all__ = ["FINAL_WRITE_TIMEOUT_SECONDS", "HeraldStreamResponse", "reset_frame"]
 FINAL_WRITE_TIMEOUT_SECONDS = 1.0
 # On shutdown clients are told to wait retry_ms plus up to this factor more.
 SHUTDOWN_RETRY_JITTER = 1.0
+
+
+class _NoContent:
+    """An async iterable with nothing in it, shared by every response: the hub supplies
+    the content, and a per-response iterator would be one more object per idle stream."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+_NO_CONTENT = _NoContent()
 
 
 def reset_frame(replay: Replay, last_event_id: str) -> bytes:
@@ -81,7 +95,10 @@ class HeraldStreamResponse(EventSourceResponse):
         private_channels: frozenset[str] = frozenset(),
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(iter(()), ping=0, headers=headers)
+        super().__init__(_NO_CONTENT, ping=0, headers=headers)
+        # Never used: __call__ below replaces the machinery the lock guards, and an
+        # idle stream should not carry a lock with its waiter deque (~0.8 KB).
+        del self._send_lock
         self._hub = hub
         self._channels = channels
         self._last_event_id = last_event_id

@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 from app.api.deps import HubDep, SettingsDep, TokenVerifierDep, client_address
 from app.api.publishing import read_publish
-from app.auth.requests import authorize_publisher, authorize_subscriber, bearer_token
+from app.api.streams import MAX_LAST_EVENT_ID_QUERY, open_stream
+from app.auth.requests import authorize_publisher, bearer_token
 from app.broker.base import BrokerUnavailableError
 from app.limits import LimitExceededError, publisher_key
 from app.sse.encoding import EncodingError
@@ -31,37 +32,6 @@ class Published(BaseModel):
     subscribers: int
 
 
-def _channels(names: list[str], limit: int) -> tuple[str, ...]:
-    unique = tuple(dict.fromkeys(names))
-    if not unique:
-        raise HTTPException(422, "give at least one channel: /events?channel=a&channel=b")
-    if len(unique) > limit:
-        raise HTTPException(422, f"too many channels in one stream (limit {limit})")
-    try:
-        return tuple(validate_channel(name) for name in unique)
-    except InvalidChannelError as exc:
-        raise HTTPException(422, str(exc)) from None
-
-
-def _stream(
-    request: Request,
-    hub: HubDep,
-    settings: SettingsDep,
-    tokens: TokenVerifierDep,
-    channels: tuple[str, ...],
-    last_event_id: str | None,
-) -> HeraldStreamResponse:
-    private_channels = authorize_subscriber(request, settings, tokens, channels)
-    resume_from = request.headers.get("last-event-id") or last_event_id
-    return HeraldStreamResponse(
-        hub,
-        channels,
-        last_event_id=resume_from,
-        client=client_address(request),
-        private_channels=private_channels,
-    )
-
-
 @router.head("/events", include_in_schema=False)
 @router.get(
     "/events",
@@ -71,15 +41,14 @@ def _stream(
 )
 async def subscribe_many(
     request: Request,
-    hub: HubDep,
-    settings: SettingsDep,
-    tokens: TokenVerifierDep,
     channel: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies defaults
-    last_event_id: Annotated[str | None, Query(max_length=1024)] = None,
+    last_event_id: Annotated[str | None, Query(max_length=MAX_LAST_EVENT_ID_QUERY)] = None,
 ) -> HeraldStreamResponse:
-    """Stream several channels in one connection; one ``Last-Event-ID`` resumes them all."""
-    names = _channels(channel, settings.sse_max_channels_per_stream)
-    return _stream(request, hub, settings, tokens, names, last_event_id)
+    """Stream several channels in one connection; one ``Last-Event-ID`` resumes them all.
+
+    ``GET`` is answered by ``StreamFastPath`` before it reaches this route (same
+    rules, less memory per open stream); this route documents it and answers ``HEAD``."""
+    return open_stream(request, channel, last_event_id)
 
 
 @router.head("/events/{channel:path}", include_in_schema=False)
@@ -92,14 +61,11 @@ async def subscribe_many(
 async def subscribe(
     channel: str,
     request: Request,
-    hub: HubDep,
-    settings: SettingsDep,
-    tokens: TokenVerifierDep,
-    last_event_id: Annotated[str | None, Query(max_length=1024)] = None,
+    last_event_id: Annotated[str | None, Query(max_length=MAX_LAST_EVENT_ID_QUERY)] = None,
 ) -> HeraldStreamResponse:
-    """Stream one channel. Resume with the ``Last-Event-ID`` header or ``?last_event_id=``."""
-    names = _channels([channel], settings.sse_max_channels_per_stream)
-    return _stream(request, hub, settings, tokens, names, last_event_id)
+    """Stream one channel. Resume with the ``Last-Event-ID`` header or ``?last_event_id=``.
+    (``GET`` is served by ``StreamFastPath``, as for ``/events``.)"""
+    return open_stream(request, [channel], last_event_id)
 
 
 @router.post("/events/{channel:path}", status_code=202, response_model=Published)
