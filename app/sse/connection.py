@@ -13,7 +13,13 @@ Design decisions (read before changing):
 3. Heartbeats are a flag set by the hub's single timer, not a task per
    connection, and they never count as delivery (a ping lands in the kernel's
    buffer even when the client is long gone, so it proves nothing).
-4. ``close()`` may come from anywhere (reaper, overflow, shutdown, client gone).
+4. Direct writes (see :mod:`app.sse.direct_write`): while the writer task is
+   parked with nothing to do, a push does not wake it; the hub's flush pass
+   (once per event-loop iteration, for every connection that got events)
+   writes the queued batch through the stream's ``send`` itself. Only a write
+   that has to wait for the socket is handed to the writer task. Everything
+   else — replay, heartbeats, closing, slow clients — stays with the task.
+5. ``close()`` may come from anywhere (reaper, overflow, shutdown, client gone).
    It wakes the writer; if the writer is stuck in a socket write to a client
    that stopped reading, it cancels that write so the slot is freed now rather
    than whenever the kernel gives up.
@@ -23,8 +29,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
 from enum import StrEnum
+from typing import Any
 
+from app.sse.direct_write import HeldWrite, step
 from app.sse.encoding import PING_FRAME
 from app.sse.event import Event
 from app.sse.event_id import EventKey
@@ -100,10 +109,14 @@ class Connection:
         "delivered",
         "dropped",
         "floor",
+        "flush_pending",
+        "held_write",
         "last_delivery",
+        "on_ready",
         "opened_at",
         "ping_due",
         "private_channels",
+        "send",
         "sending",
         "writer",
     )
@@ -118,6 +131,7 @@ class Connection:
         now: float,
         client: str = "",
         private_channels: frozenset[str] = frozenset(),
+        on_ready: Callable[[Connection], None] | None = None,
     ) -> None:
         self.channels = channels
         self.client = client
@@ -132,6 +146,12 @@ class Connection:
         self.close_reason: CloseReason | None = None
         self.writer: asyncio.Task[object] | None = None
         self.sending = False
+        # Direct writes: the stream's ASGI send while the writer is pumping (None before
+        # and after), the hub's flush scheduler, and a write handed back half done.
+        self.send: Callable[[MutableMapping[str, Any]], Awaitable[None]] | None = None
+        self.on_ready = on_ready
+        self.flush_pending = False
+        self.held_write: HeldWrite | None = None
         # Created by the first push: an idle stream should not carry an empty deque
         # (its first block alone is ~0.6 KB).
         self._queue: deque[Event] | None = None
@@ -170,7 +190,7 @@ class Connection:
             outcome = DROPPED_OLDEST
         self._budget.hold(event)
         queue.append(event)
-        self._wake()
+        self._ready()
         return outcome
 
     def take(self) -> tuple[bytes, int] | None:
@@ -237,6 +257,47 @@ class Connection:
         while queue:
             release(queue.popleft())
         self._gap = 0
+
+    def _ready(self) -> None:
+        """Something was queued: have it written, directly if the writer is parked."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # the writer is busy and takes the queue itself when it comes back
+        if self.on_ready is None or self.send is None:
+            waiter.set_result(None)
+        elif not self.flush_pending:
+            self.flush_pending = True
+            self.on_ready(self)
+
+    def flush(self, now: float) -> None:
+        """Write the queued batch from the caller (the hub's flush pass), leaving the writer
+        task asleep; a write that must wait for the socket is handed to the writer."""
+        self.flush_pending = False
+        waiter = self._waiter
+        send = self.send
+        if send is None or waiter is None or waiter.done():
+            return  # the writer is awake (or gone) and owns the queue
+        item = self.take()
+        if item is None:
+            return
+        payload, count = item
+        try:
+            held = step(send({"type": "http.response.body", "body": payload, "more_body": True}))
+        except Exception:  # the transport refused the write: treat the client as gone
+            self.close(CloseReason.CLIENT_GONE)
+            return
+        if count:
+            self.delivered += count
+            self.last_delivery = now
+        if held is not None:
+            self.held_write = held
+            waiter.set_result(None)
+
+    def drop_held_write(self) -> None:
+        """Abandon a write handed back but never resumed (the stream is ending)."""
+        held, self.held_write = self.held_write, None
+        if held is not None:
+            held[0].close()
 
     def _wake(self) -> None:
         waiter = self._waiter

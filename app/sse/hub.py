@@ -117,6 +117,9 @@ class Hub:
         self._channels: dict[str, set[Connection]] = {}
         self._connections: set[Connection] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Connections with events to write directly, flushed once per loop iteration
+        # (each at most once: Connection.flush_pending); bounded by the connections.
+        self._to_flush: list[Connection] = []
         # Admission checks beyond the connection cap (the memory guard adds one).
         self.admission_checks: list[Callable[[], StreamRefusedError | None]] = []
 
@@ -191,6 +194,17 @@ class Hub:
             elif outcome == OVERFLOWED:
                 counters.overflow_disconnects += 1
 
+    def _schedule_flush(self, connection: Connection) -> None:
+        if not self._to_flush:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._to_flush.append(connection)
+
+    def _flush(self) -> None:
+        connections, self._to_flush = self._to_flush, []
+        now = self.clock()
+        for connection in connections:
+            connection.flush(now)
+
     # --- subscribing -----------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -216,6 +230,7 @@ class Hub:
                 now=self.clock(),
                 client=client,
                 private_channels=private_channels,
+                on_ready=self._schedule_flush,
             )
             self._register(connection)
             subscribed: list[str] = []

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 
 from sse_starlette import EventSourceResponse
 from starlette.responses import JSONResponse
@@ -37,6 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.broker.base import Replay
 from app.sse.connection import MAX_BATCH_BYTES, CloseReason, Connection
+from app.sse.direct_write import resume
 from app.sse.encoding import encode_retry
 from app.sse.event_id import MAX_EVENT_ID_LENGTH
 from app.sse.hub import Hub, StreamRefusedError
@@ -136,7 +137,8 @@ class HeraldStreamResponse(EventSourceResponse):
         connection.writer = asyncio.current_task()
         try:
             for chunk in _batches(first):
-                if not await self._write(connection, send, chunk):
+                body = send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if not await self._write(connection, body):
                     break
             else:
                 if replay is not None:
@@ -149,24 +151,37 @@ class HeraldStreamResponse(EventSourceResponse):
 
     async def _pump(self, connection: Connection, send: Send) -> None:
         clock = self._hub.clock
-        while not connection.closed:
-            item = connection.take()
-            if item is None:
-                await connection.wait()
-                continue
-            payload, count = item
-            if not await self._write(connection, send, payload):
-                return
-            if count:
-                connection.delivered += count
-                connection.last_delivery = clock()
+        connection.send = send  # from here on the hub may write directly (direct_write)
+        try:
+            while not connection.closed:
+                held = connection.held_write
+                if held is not None:
+                    # A direct write found the socket full: finish it here, as if awaited.
+                    connection.held_write = None
+                    if not await self._write(connection, resume(held)):
+                        return
+                    continue
+                item = connection.take()
+                if item is None:
+                    await connection.wait()
+                    continue
+                payload, count = item
+                chunk = send({"type": "http.response.body", "body": payload, "more_body": True})
+                if not await self._write(connection, chunk):
+                    return
+                if count:
+                    connection.delivered += count
+                    connection.last_delivery = clock()
+        finally:
+            connection.send = None
+            connection.drop_held_write()
 
     @staticmethod
-    async def _write(connection: Connection, send: Send, body: bytes) -> bool:
-        """Send one chunk; False if the connection was closed while we waited on the socket."""
+    async def _write(connection: Connection, write: Awaitable[None]) -> bool:
+        """Await one chunk's write; False if the connection was closed while it waited."""
         connection.sending = True
         try:
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await write
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if connection.closed and task is not None:

@@ -1,0 +1,150 @@
+"""Direct writes: the hub writes to a parked stream without waking its task, and a write
+that must wait for the socket is finished by the stream's own task as if it had awaited it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+import pytest
+
+from app.sse.connection import CloseReason, Connection, QueueBudget
+from app.sse.direct_write import resume, step
+from tests.sse.test_connection import make_event
+
+Message = MutableMapping[str, Any]
+
+
+class FakeSend:
+    """An ASGI send that finishes at once, or waits on a future while ``blocked``."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.blocked: asyncio.Future[None] | None = None
+        self.finished_after_block = False
+
+    async def __call__(self, message: Message) -> None:
+        if self.blocked is not None:
+            try:
+                await self.blocked
+            finally:
+                self.finished_after_block = True
+        self.bodies.append(message["body"])
+
+
+async def parked(
+    send: FakeSend, on_ready: Callable[[Connection], None] | None = None
+) -> tuple[Connection, asyncio.Task[None]]:
+    """A connection whose writer task is asleep in wait(), with direct writes on."""
+    connection = Connection(
+        ("c",),
+        maxsize=10,
+        drop_oldest=False,
+        budget=QueueBudget(1 << 20),
+        now=0.0,
+        on_ready=on_ready,
+    )
+    connection.send = send
+    writer = asyncio.create_task(connection.wait())
+    await asyncio.sleep(0)
+    return connection, writer
+
+
+async def test_step_finishes_a_write_that_never_waits() -> None:
+    send = FakeSend()
+    assert step(send({"body": b"a"})) is None
+    assert send.bodies == [b"a"]
+
+
+async def test_a_held_write_is_finished_by_the_task_that_resumes_it() -> None:
+    send = FakeSend()
+    send.blocked = asyncio.get_running_loop().create_future()
+    held = step(send({"body": b"late"}))
+    assert held is not None and send.bodies == []
+    finishing = asyncio.create_task(resume_and_return(held))
+    await asyncio.sleep(0)
+    assert not finishing.done()
+    send.blocked.set_result(None)
+    assert await finishing == "done"
+    assert send.bodies == [b"late"]
+
+
+async def resume_and_return(held: Any) -> str:
+    await resume(held)
+    return "done"
+
+
+async def test_cancelling_the_resuming_task_cancels_the_write_itself() -> None:
+    send = FakeSend()
+    send.blocked = asyncio.get_running_loop().create_future()
+    held = step(send({"body": b"never"}))
+    assert held is not None
+    finishing = asyncio.create_task(resume_and_return(held))
+    await asyncio.sleep(0)
+    finishing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await finishing
+    assert send.finished_after_block  # the write's own cleanup ran
+    assert send.blocked.cancelled()  # the future it waited on was cancelled, not leaked
+    assert send.bodies == []
+
+
+async def test_flush_writes_without_waking_the_parked_writer() -> None:
+    send = FakeSend()
+    scheduled: list[Connection] = []
+    connection, writer = await parked(send, scheduled.append)
+    connection.push(make_event(1, "a"))
+    connection.push(make_event(2, "b"))
+    assert scheduled == [connection]  # one flush per loop iteration, however many events
+    connection.flush(now=5.0)
+    assert b"".join(send.bodies) == make_event(1, "a").frame + make_event(2, "b").frame
+    assert connection.delivered == 2 and connection.last_delivery == 5.0
+    await asyncio.sleep(0)
+    assert not writer.done()  # the writer task slept through it
+    connection.close(CloseReason.SHUTDOWN)
+    await writer
+
+
+async def test_a_write_that_must_wait_is_handed_to_the_writer() -> None:
+    send = FakeSend()
+    send.blocked = asyncio.get_running_loop().create_future()
+    connection, writer = await parked(send, lambda c: None)
+    connection.push(make_event(1))
+    connection.flush(now=1.0)
+    assert connection.held_write is not None
+    await writer  # woken to finish the held write
+    send.blocked.set_result(None)
+    await resume(connection.held_write)
+    assert send.bodies == [make_event(1).frame]
+
+
+async def test_without_direct_writes_a_push_wakes_the_writer() -> None:
+    send = FakeSend()
+    connection, writer = await parked(send, on_ready=None)
+    connection.push(make_event(1))
+    await writer
+    assert send.bodies == []  # nothing written behind the writer's back
+
+
+async def test_a_busy_writer_is_left_to_take_the_queue_itself() -> None:
+    send = FakeSend()
+    scheduled: list[Connection] = []
+    connection, writer = await parked(send, scheduled.append)
+    connection.close(CloseReason.IDLE)  # wakes the writer: it is no longer parked
+    await writer
+    connection.push(make_event(1))
+    connection.flush(now=1.0)
+    assert scheduled == [] and send.bodies == []
+
+
+async def test_a_failing_write_closes_the_connection() -> None:
+    async def broken_send(message: Message) -> None:
+        raise OSError("transport closed")
+
+    connection, writer = await parked(FakeSend(), lambda c: None)
+    connection.send = broken_send
+    connection.push(make_event(1))
+    connection.flush(now=1.0)
+    assert connection.close_reason is CloseReason.CLIENT_GONE
+    await writer
