@@ -20,7 +20,7 @@ after the other, on free ports of 127.0.0.1:
   schedule; p50 / p99 of publish-to-delivery time over every delivery.
 * **box**: the deployment shape of issue 9 — gunicorn with two workers
   (Herald: ``gunicorn.conf.py`` with ``MEMORY_LIMIT_MB=512`` and
-  ``SSE_MAX_CONNECTIONS=8000`` as in ``render.yaml``, see ``box``; baseline:
+  ``SSE_MAX_CONNECTIONS=9000`` as in ``render.yaml``, see ``box``; baseline:
   two uvicorn workers) holding 16,000 streams; total RSS of master and workers,
   and how the streams spread over the workers.
 
@@ -850,7 +850,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--box-max-connections",
         type=int,
-        default=8000,
+        default=9000,
         help="Herald's SSE_MAX_CONNECTIONS per worker in the box step (render.yaml's value)",
     )
     parser.add_argument(

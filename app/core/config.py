@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # address. render.yaml turns it on for the public deployment.
     sse_max_connections_per_ip: int = Field(default=0, ge=0)
     sse_max_channels_per_stream: int = Field(default=16, ge=1, le=256)
+    # Under load, gather events for this long after a write pass so each stream gets
+    # them in one socket write; an idle hub writes at once. 0 writes every pass at once.
+    sse_write_coalesce_ms: float = Field(default=20, ge=0, le=1000)
 
     # --- history (replay) ---
     sse_history_size: int = Field(default=1000, ge=0, le=1_000_000)

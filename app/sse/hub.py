@@ -120,6 +120,8 @@ class Hub:
         # Connections with events to write directly, flushed once per loop iteration
         # (each at most once: Connection.flush_pending); bounded by the connections.
         self._to_flush: list[Connection] = []
+        self._coalesce_seconds = settings.sse_write_coalesce_ms / 1000
+        self._last_flush_end = float("-inf")
         # Admission checks beyond the connection cap (the memory guard adds one).
         self.admission_checks: list[Callable[[], StreamRefusedError | None]] = []
 
@@ -196,7 +198,15 @@ class Hub:
 
     def _schedule_flush(self, connection: Connection) -> None:
         if not self._to_flush:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            # Coalescing: a pass starts at least SSE_WRITE_COALESCE_MS after the last one
+            # ended, so under load the events published in between share one write per
+            # stream. An idle hub (last pass long ago) flushes at once.
+            wait = self._last_flush_end + self._coalesce_seconds - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._flush)
+            else:
+                loop.call_soon(self._flush)
         self._to_flush.append(connection)
 
     def _flush(self) -> None:
@@ -204,6 +214,7 @@ class Hub:
         now = self.clock()
         for connection in connections:
             connection.flush(now)
+        self._last_flush_end = asyncio.get_running_loop().time()
 
     # --- subscribing -----------------------------------------------------
 

@@ -4,8 +4,9 @@ housekeeping with a fake clock, counters and replay floors."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -470,3 +471,38 @@ async def test_the_server_wide_cap_still_answers_503(make_hub: MakeHub) -> None:
             async with hub.subscribe(["a"], client="10.0.0.2"):
                 pass
     assert refused.value.status_code == 503
+
+
+@pytest.mark.parametrize("coalesce_ms", [0, 150])
+async def test_events_published_soon_after_a_write_pass_share_the_next_write(
+    make_hub: MakeHub, coalesce_ms: int
+) -> None:
+    hub = await make_hub(sse_write_coalesce_ms=coalesce_ms)
+    writes: list[tuple[float, bytes]] = []
+    loop = asyncio.get_running_loop()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        writes.append((loop.time(), message["body"]))
+
+    async with hub.subscribe(["burst"]) as (connection, _):
+        connection.send = send  # as the stream's writer does once it is pumping
+        writer = asyncio.create_task(connection.wait())
+        await asyncio.sleep(0)
+        started = loop.time()
+        await hub.publish("burst", "first")
+        await asyncio.sleep(0.01)
+        assert len(writes) == 1  # an idle hub writes at once
+        await hub.publish("burst", "second")
+        await hub.publish("burst", "third")
+        await asyncio.sleep(0.3)
+        bodies = [body for _, body in writes]
+        if coalesce_ms:
+            # Held back until the gap after the first pass, then written together.
+            assert len(bodies) == 2 and bodies[1].count(b"data: ") == 2
+            assert writes[1][0] - started >= coalesce_ms / 1000 * 0.9
+        else:
+            assert b"".join(bodies).count(b"data: ") == 3
+            assert writes[-1][0] - started < 0.1  # nothing held back
+        assert not writer.done()  # all of it written without waking the writer
+        connection.close(CloseReason.SHUTDOWN)
+        await writer
