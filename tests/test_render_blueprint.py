@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
 
@@ -12,6 +13,7 @@ from app.main import create_app
 from tests.support.server import REPO_ROOT
 
 BLUEPRINT = REPO_ROOT / "render.yaml"
+GUNICORN_CONF = REPO_ROOT / "gunicorn.conf.py"
 
 
 def load() -> dict[str, Any]:
@@ -46,7 +48,9 @@ def test_health_check_path_is_a_real_route() -> None:
 def test_every_env_var_is_a_setting_or_a_platform_variable() -> None:
     (web,) = services("web")
     settings = {name.upper() for name in Settings.model_fields}
-    platform = {"PYTHON_VERSION", "WEB_CONCURRENCY"}
+    # Read by gunicorn.conf.py rather than by Settings.
+    gunicorn = set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', GUNICORN_CONF.read_text()))
+    platform = {"PYTHON_VERSION", "WEB_CONCURRENCY"} | gunicorn
     keys = {var["key"] for var in web["envVars"]}
     assert keys - settings - platform == set()
     by_key = {var["key"]: var for var in web["envVars"]}
