@@ -57,6 +57,9 @@ logger = logging.getLogger("herald.sse")
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 SHUTDOWN_POLL_SECONDS = 0.1
 DEFAULT_RETRY_AFTER_SECONDS = 5
+COALESCE_COST_FACTOR = 2.0
+"""A write pass waits up to this many times the last pass's duration (capped by
+SSE_WRITE_COALESCE_MS): the pass then takes at most about a third of the loop's time."""
 
 
 class InvalidChannelError(ValueError):
@@ -122,6 +125,7 @@ class Hub:
         self._to_flush: list[Connection] = []
         self._coalesce_seconds = settings.sse_write_coalesce_ms / 1000
         self._last_flush_end = float("-inf")
+        self._last_flush_cost = 0.0
         # Admission checks beyond the connection cap (the memory guard adds one).
         self.admission_checks: list[Callable[[], StreamRefusedError | None]] = []
 
@@ -199,10 +203,13 @@ class Hub:
     def _schedule_flush(self, connection: Connection) -> None:
         if not self._to_flush:
             loop = asyncio.get_running_loop()
-            # Coalescing: a pass starts at least SSE_WRITE_COALESCE_MS after the last one
-            # ended, so under load the events published in between share one write per
-            # stream. An idle hub (last pass long ago) flushes at once.
-            wait = self._last_flush_end + self._coalesce_seconds - loop.time()
+            # Coalescing: the next pass waits after the last one ended, so under load the
+            # events published in between share one write per stream. The wait grows with
+            # what a pass costs (COALESCE_COST_FACTOR times the last one, at most
+            # SSE_WRITE_COALESCE_MS): holding events back only pays when writing them one
+            # pass at a time is expensive, i.e. many streams. An idle hub flushes at once.
+            hold = min(self._coalesce_seconds, COALESCE_COST_FACTOR * self._last_flush_cost)
+            wait = self._last_flush_end + hold - loop.time()
             if wait > 0:
                 loop.call_later(wait, self._flush)
             else:
@@ -211,10 +218,13 @@ class Hub:
 
     def _flush(self) -> None:
         connections, self._to_flush = self._to_flush, []
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         now = self.clock()
         for connection in connections:
             connection.flush(now)
-        self._last_flush_end = asyncio.get_running_loop().time()
+        self._last_flush_end = loop.time()
+        self._last_flush_cost = self._last_flush_end - started
 
     # --- subscribing -----------------------------------------------------
 
