@@ -38,8 +38,22 @@ STATS_DIR_VARIABLE = "HERALD_STATS_DIR"
 STATS_DIR_OWNER_VARIABLE = "HERALD_STATS_DIR_OWNER"
 
 
+# A bad setting is permanent: check it once here, in the master, before any worker
+# forks, and stop the deployment with its message (a worker failing on it would be
+# respawned forever). What is transient (Redis unreachable) stays inside the workers,
+# which serve degraded and recover by themselves (app/broker/redis.py).
+BAD_SETTINGS_EXIT_STATUS = 2
+
+
 def on_starting(server: object) -> None:
     log = getattr(server, "log")  # noqa: B009 - gunicorn's Arbiter, untyped here
+    from app.core.config import SettingsError, load_settings
+
+    try:
+        load_settings()
+    except SettingsError as exc:
+        log.error("%s", exc)
+        raise SystemExit(BAD_SETTINGS_EXIT_STATUS) from None
     inherited_owner = os.environ.get(STATS_DIR_OWNER_VARIABLE)
     if not os.environ.get(STATS_DIR_VARIABLE) or inherited_owner not in (None, str(os.getpid())):
         os.environ[STATS_DIR_VARIABLE] = tempfile.mkdtemp(prefix="herald-stats-")

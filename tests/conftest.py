@@ -22,8 +22,8 @@ def server_factory() -> Iterator[Callable[..., ServerProcess]]:
     """Start Herald processes with extra environment; all are stopped after the test."""
     started: list[ServerProcess] = []
 
-    def start(**env: str) -> ServerProcess:
-        server = ServerProcess({**FAST_TIMERS, **env}).start()
+    def start(*, healthy: bool = True, **env: str) -> ServerProcess:
+        server = ServerProcess({**FAST_TIMERS, **env}).start(healthy=healthy)
         started.append(server)
         return server
 

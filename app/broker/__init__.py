@@ -30,5 +30,6 @@ def create_broker(settings: Settings) -> Broker:
             history_size=settings.sse_history_size,
             channel_ttl_seconds=settings.sse_channel_ttl_seconds,
             key_prefix=settings.redis_key_prefix,
+            log_size=settings.redis_log_size,
         )
     raise ValueError(f"BROKER_URL: unsupported scheme {scheme!r}")

@@ -5,9 +5,24 @@ event ids, history and delivery between processes. ``memory://`` keeps all of
 it in this process; ``redis://`` puts it in Redis Streams so several workers
 and instances act as one. The hub API does not change with the broker.
 
-Lifecycle: ``connect(listener)`` → any number of publish/subscribe/replay →
+Lifecycle: ``connect(listener, resync)`` → any number of publish/subscribe/replay →
 ``disconnect()``. The listener is called with every event published on a
-channel this process has subscribed to, from the event loop, synchronously.
+channel this process has subscribed to, from the event loop, synchronously, in
+id order. ``connect`` never fails for a broker that is merely unreachable: the
+broker reports ``state`` "down" and recovers by itself.
+
+The contract the hub's exactly-once delivery rests on (``app.sse.hub``):
+
+1. Ids come from one sequence per broker, so they order events across channels.
+2. ``replay(channels, after)`` returns, from one consistent snapshot, every
+   retained event of ``channels`` after ``after`` and ``head``: the newest
+   position of the whole sequence at that snapshot.
+3. Every event with an id greater than a ``head`` that ``replay`` returned is
+   passed to the listener *after* that ``replay`` call began, in id order — so a
+   connection registered before it calls ``replay`` sees all of them live.
+4. A broker that cannot keep 3 (its live feed skipped events: a trimmed log, a
+   lost data set) calls ``resync``: the hub then closes every stream, and clients
+   resume from history with their ``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -18,34 +33,41 @@ from dataclasses import dataclass, field
 
 from app.sse.event import Event
 
-__all__ = ["Broker", "BrokerUnavailableError", "EventListener", "Replay"]
+__all__ = ["Broker", "BrokerUnavailableError", "EventListener", "Replay", "ResyncListener"]
 
 EventListener = Callable[[Event], None]
+ResyncListener = Callable[[str], None]
+"""Called with a reason when the live feed may have skipped events (contract item 4)."""
 
 
 class BrokerUnavailableError(Exception):
-    """The backplane cannot take a publish right now (the message is client-safe)."""
+    """The backplane cannot take a publish or answer a replay right now (the message is
+    client-safe)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """What a resuming stream gets before going live.
+    """What a stream gets before going live, and the position it goes live after.
 
-    ``reset`` means events after the client's id may have been lost (its id is
-    older than the retained history, or unknown); the stream then sends a
-    ``reset`` event, stamped with ``head`` (the newest id at that moment) so the
-    client's next resume starts from there, and goes live.
+    ``head`` is the newest position of the broker's sequence when the replay was
+    read: every event up to it on the stream's channels is in ``events`` (or was
+    before the client's id), and live delivery continues after it. ``reset``
+    means only one thing: history does not reach back to the client's id
+    (``history_expired``), or the id is not a position this broker issued
+    (``unknown_id``); the stream then sends a ``reset`` event and goes live
+    from ``head``.
     """
 
+    head: str
     events: list[Event] = field(default_factory=list)
     reset: bool = False
     reason: str = ""
-    head: str | None = None
 
 
 class Broker(ABC):
     @abstractmethod
-    async def connect(self, listener: EventListener) -> None: ...
+    async def connect(self, listener: EventListener, resync: ResyncListener | None = None) -> None:
+        """Start delivering to ``listener``; never fails because the broker is unreachable."""
 
     @abstractmethod
     async def disconnect(self) -> None: ...
@@ -63,8 +85,10 @@ class Broker(ABC):
         """One local subscriber of ``channel`` has gone."""
 
     @abstractmethod
-    async def replay(self, channels: Sequence[str], last_event_id: str) -> Replay:
-        """Retained events of ``channels`` after ``last_event_id``, oldest first."""
+    async def replay(self, channels: Sequence[str], last_event_id: str | None) -> Replay:
+        """Retained events of ``channels`` after ``last_event_id``, oldest first, and the
+        head position (no events for ``None``: a new stream starts at the head).
+        Raises ``BrokerUnavailableError`` when the broker cannot answer now."""
 
     @abstractmethod
     def sweep(self, now: float) -> int:

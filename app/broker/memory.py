@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from app.broker.base import Broker, EventListener, Replay
+from app.broker.base import Broker, EventListener, Replay, ResyncListener
 from app.broker.history import HistoryStore
 from app.sse.encoding import encode_frame
 from app.sse.event import Event
@@ -33,17 +33,17 @@ class MemoryBroker(Broker):
     ) -> None:
         self._ids = ids or EventIdGenerator()
         self._clock = clock
-        first_ms, _ = self._ids.first
         self.history = HistoryStore(
             max_events=history_size,
             max_bytes=history_max_bytes,
             max_channels=history_max_channels,
             ttl_seconds=channel_ttl_seconds,
-            floor=(first_ms, -1),
+            floor=self._ids.first,
         )
         self._listener: EventListener | None = None
 
-    async def connect(self, listener: EventListener) -> None:
+    async def connect(self, listener: EventListener, resync: ResyncListener | None = None) -> None:
+        # Delivery is synchronous with publishing: the live feed can never skip.
         self._listener = listener
 
     async def disconnect(self) -> None:
@@ -64,17 +64,21 @@ class MemoryBroker(Broker):
     async def unsubscribe(self, channel: str) -> None:
         self.history.remove_interest(channel, self._clock())
 
-    async def replay(self, channels: Sequence[str], last_event_id: str) -> Replay:
-        head = format_event_id(self._ids.last) if self._ids.last[1] >= 0 else None
+    async def replay(self, channels: Sequence[str], last_event_id: str | None) -> Replay:
+        # No await from here on: the snapshot and the head are one instant, and every
+        # later event reaches the listener after this call (the broker contract).
+        head = format_event_id(self._ids.last)
+        if last_event_id is None:
+            return Replay(head=head)
         after = parse_event_id(last_event_id)
         # Garbage, an id not issued yet, or one issued before this process began
         # (a restart): unknown here, whatever the history floors say.
         if after is None or after > self._ids.last or after < self._ids.first:
-            return Replay(reset=True, reason="unknown_id", head=head)
+            return Replay(head=head, reset=True, reason="unknown_id")
         events = self.history.since(channels, after)
         if events is None:
-            return Replay(reset=True, reason="history_expired", head=head)
-        return Replay(events=events)
+            return Replay(head=head, reset=True, reason="history_expired")
+        return Replay(head=head, events=events)
 
     def sweep(self, now: float) -> int:
         return self.history.sweep(now)

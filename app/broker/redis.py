@@ -2,35 +2,59 @@
 
 Design decisions (read before changing):
 
-1. One stream per channel, key ``<prefix>:{<channel>}``: the braces are a hash
-   tag, so every key of a channel sits in one hash slot and a Redis Cluster can
-   shard channels. ``XADD … MAXLEN ~ SSE_HISTORY_SIZE`` bounds each stream and
-   ``EXPIRE`` (refreshed on every publish) drops idle channels.
-2. The stream entry id *is* the SSE event id, so ``Last-Event-ID`` works on any
-   worker of any instance, after restarts.
-3. One reader per worker, on its own connection, for all the channels this
-   worker has subscribers on: ``XREAD BLOCK`` over every channel's last id, then
-   local fan-out into the bounded queues. Never one Redis connection per client.
-   When a new channel is subscribed, the blocked read is interrupted with
-   ``CLIENT UNBLOCK`` so the new channel is picked up at once.
-4. The reader's socket timeout is longer than its block time: with redis-py's
+1. One event log for the deployment, ``<prefix>:log``: a stream every event is
+   appended to, by one Lua script that also numbers it (``<prefix>:log:n``,
+   ``INCR``) and appends it to its channel's stream ``<prefix>:{<channel>}``
+   under the *same* entry id. Redis runs scripts one at a time, so the log's ids
+   are one sequence for every channel: no two events share an id (before this,
+   each channel stream numbered its own entries and events of two channels tied
+   within a millisecond), and a single ``Last-Event-ID`` is an exact cursor for
+   any set of channels. Entry id = SSE event id, so a cursor works on any worker
+   of any instance, after restarts.
+2. Channel streams are the replay index: ``XADD … MAXLEN ~ SSE_HISTORY_SIZE``
+   trims each channel on its own, ``PEXPIRE`` (refreshed on every publish)
+   drops idle ones, and a resume reads ``XRANGE (after +`` on the stream's
+   channels only, so replay costs what is replayed, not all traffic. The log is
+   trimmed to ``REDIS_LOG_SIZE``: it only has to cover how far a reader lags.
+3. One reader per worker, on its own connection, reading the log from its last
+   position (``XREAD BLOCK``) and fanning out the events of channels with local
+   subscribers. One position means no per-channel cursors to keep in step: a
+   channel subscribed, a reconnect or a worker restart never re-reads or skips
+   anything, and subscribing is local (no round trip, no window between a
+   channel being registered and the reader watching it). The price: every
+   worker reads every event; an event for a channel nobody here watches costs a
+   dict lookup. Never one Redis connection per client.
+4. Gaps are detected, not assumed away: each log entry carries its number, and
+   the reader checks it got ``n + 1`` after ``n``. A jump (the log was trimmed
+   past a reader that lagged behind ``REDIS_LOG_SIZE`` events) or a counter that
+   went back (Redis lost its data) means live delivery may have skipped events:
+   the broker calls the hub's ``resync``, which closes every stream so clients
+   resume from history with their ``Last-Event-ID``.
+5. Unreachable Redis is a state, not a crash, at start-up as while running:
+   ``connect`` does not fail, the worker serves; publishes raise
+   ``BrokerUnavailableError`` (503), replays raise it too (streams wait, see
+   ``app.sse.response``); the reader retries with capped exponential backoff
+   and continues from its position, so nothing still in the log is missed.
+   Only a malformed URL fails, and settings validation catches it before any
+   worker starts.
+6. The reader's socket timeout is longer than its block time: with redis-py's
    defaults a socket timeout shorter than the block turns every quiet
    ``XREAD BLOCK`` into an error.
-5. Redis lost while running: publishes raise ``BrokerUnavailableError`` (the API
-   answers 503); open streams stay open; the reader retries with capped
-   exponential backoff and resumes from the last id it saw per channel, so
-   subscribers miss nothing still in history. Unreachable at start-up:
-   ``connect`` fails fast with a clear error.
-6. Events published locally are not delivered locally directly: they arrive
+7. Events published locally are not delivered locally directly: they arrive
    through the reader like everyone else's, so every worker sees one order.
-7. Replay reads ``XRANGE (after +`` per channel. A channel's history is known
-   complete after ``after`` unless entries were trimmed and the oldest retained
-   one is newer than ``after`` (then: ``reset``, conservatively), or the stream
-   expired (missing key while ``after`` is older than the channel TTL).
-   Known limit: ids of *different* channels can tie within one millisecond of
-   Redis time (each stream numbers its own entries). On a multi-channel stream,
-   a resume that falls exactly between two such events can skip the second;
-   single-channel streams, and events a millisecond apart, resume exactly.
+8. Replay reads the log's head and the channels' entries in one ``MULTI``:
+   one snapshot, so ``head`` covers exactly what was returned. Whether trimming
+   took something the client had not seen is known exactly: each channel entry
+   carries the id of the channel's previous entry (``v``), so if the oldest
+   entry after the client's id names a predecessor newer than that id, the
+   predecessor is gone (``history_expired``). The first entry of a channel
+   stream (new, or re-created after it expired) has no predecessor; then, as
+   for a missing key, events of an expired stream can only be missed by an id
+   older than the channel TTL before it.
+
+Durability: an acknowledged publish is in Redis's memory; it survives a Redis
+restart as far as Redis persistence goes (AOF with ``appendfsync always`` for
+every acknowledged event, ``everysec`` loses up to a second on a crash).
 """
 
 from __future__ import annotations
@@ -45,7 +69,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from app.broker.base import Broker, BrokerUnavailableError, EventListener, Replay
+from app.broker.base import Broker, BrokerUnavailableError, EventListener, Replay, ResyncListener
 from app.sse.encoding import encode_frame
 from app.sse.event import Event
 from app.sse.event_id import EventKey, format_event_id, parse_event_id
@@ -55,6 +79,7 @@ __all__ = ["RedisBroker", "redact_url"]
 logger = logging.getLogger("herald.broker")
 
 DEFAULT_KEY_PREFIX = "herald"
+DEFAULT_LOG_SIZE = 10_000
 READ_BLOCK_MS = 5000
 READ_COUNT = 1000
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -62,13 +87,34 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 READER_SOCKET_TIMEOUT_SECONDS = READ_BLOCK_MS / 1000 + 10
 COMMAND_TIMEOUT_SECONDS = 5.0
 BACKOFF_INITIAL_SECONDS = 0.1
-BACKOFF_MAX_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 2.0
 # Python 3.11's asyncio.wait_for (used by redis-py around socket I/O) can swallow a
 # cancellation that lands as the I/O completes (CPython gh-86296): so stopping the
 # reader is a flag it checks plus a bounded wait, never an unbounded await.
 READER_STOP_SECONDS = 2.0
 BODY_FIELD = b"b"
-PRIVATE_FIELD = b"p"  # present (b"1") on private events only
+PRIVATE_FIELD = b"p"  # b"1" on private events
+PREVIOUS_FIELD = b"v"  # channel entries: the id of the channel's previous entry
+CHANNEL_FIELD = b"c"  # log entries only
+NUMBER_FIELD = b"n"  # log entries only
+UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
+
+# KEYS: log, counter, the channel's stream. ARGV: channel, body, private flag,
+# log size, history size, channel TTL (ms). Returns the event id.
+PUBLISH_SCRIPT = """
+local n = redis.call('INCR', KEYS[2])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
+                      'n', n, 'c', ARGV[1], 'b', ARGV[2], 'p', ARGV[3])
+local fields = {'b', ARGV[2], 'p', ARGV[3]}
+local previous = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+if previous then
+  fields[5] = 'v'
+  fields[6] = previous[1]
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, unpack(fields))
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+return id
+"""
 
 
 def redact_url(url: str) -> str:
@@ -89,8 +135,8 @@ def _event(entry_id: bytes, channel: str, fields: dict[bytes, bytes]) -> Event:
     return Event(_key_of(entry_id), event_id, channel, encode_frame(event_id, body), private)
 
 
-def _key_of(event_id: bytes) -> EventKey:
-    key = parse_event_id(event_id.decode())
+def _key_of(event_id: bytes | str) -> EventKey:
+    key = parse_event_id(event_id.decode() if isinstance(event_id, bytes) else event_id)
     assert key is not None, event_id  # Redis ids always parse
     return key
 
@@ -103,23 +149,32 @@ class RedisBroker(Broker):
         history_size: int,
         channel_ttl_seconds: float,
         key_prefix: str = DEFAULT_KEY_PREFIX,
+        log_size: int = DEFAULT_LOG_SIZE,
         block_ms: int = READ_BLOCK_MS,
     ) -> None:
         self.url = url
         self.history_size = max(1, history_size)
+        self.log_size = max(1, log_size)
         self.channel_ttl_ms = int(channel_ttl_seconds * 1000)
         self.key_prefix = key_prefix
+        self.log_key = f"{key_prefix}:log"
+        self.counter_key = f"{key_prefix}:log:n"
         self.block_ms = block_ms
         self.state = "disconnected"
         self.reconnects = 0
         self.read_errors = 0
+        self.resyncs = 0
         self._listener: EventListener | None = None
+        self._resync: ResyncListener | None = None
         self._commands: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
-        self._reader_id: int | None = None
-        self._positions: dict[str, bytes] = {}
+        self._publish: Any = None  # redis-py's Script (EVALSHA, reloaded after a restart)
+        # The reader's place in the log: the last entry it handled and its number.
+        # None until the first successful read of the log's head.
+        self._position: bytes | None = None
+        self._number = 0
+        self._verify_after_error = False
         self._interest: dict[str, int] = {}
-        self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -127,10 +182,6 @@ class RedisBroker(Broker):
 
     def key(self, channel: str) -> str:
         return f"{self.key_prefix}:{{{channel}}}"
-
-    def _channel_of(self, key: bytes) -> str:
-        text = key.decode()
-        return text[len(self.key_prefix) + 2 : -1]
 
     @property
     def client(self) -> aioredis.Redis:
@@ -142,8 +193,9 @@ class RedisBroker(Broker):
 
     # --- lifecycle -------------------------------------------------------
 
-    async def connect(self, listener: EventListener) -> None:
+    async def connect(self, listener: EventListener, resync: ResyncListener | None = None) -> None:
         self._listener = listener
+        self._resync = resync
         self._closing = False
         options: dict[str, Any] = {
             "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
@@ -158,17 +210,26 @@ class RedisBroker(Broker):
             single_connection_client=True,
             **options,
         )
+        self._publish = self._commands.register_script(PUBLISH_SCRIPT)
         try:
             await self._commands.ping()
+            # Now rather than in the reader: a stream opened right after start-up
+            # must not have to wait for the reader's first round trip.
+            await self._find_position()
         except (RedisError, OSError) as exc:
-            await self.disconnect()
-            raise ConnectionError(f"cannot reach Redis at {redact_url(self.url)}: {exc}") from None
-        self.state = "ok"
+            # Transient by nature: serve degraded and let the reader reconnect.
+            logger.warning(
+                "redis unreachable at %s: %s; serving degraded until it is back",
+                redact_url(self.url),
+                exc,
+            )
+            self.state = "down"
+        else:
+            self.state = "ok"
         self._task = asyncio.create_task(self._read_loop(), name="herald redis reader")
 
     async def disconnect(self) -> None:
         self._closing = True
-        self._wakeup.set()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -183,91 +244,48 @@ class RedisBroker(Broker):
             if not task.done():
                 logger.warning("redis reader did not stop in time; leaving it")
         self._reader = self._commands = None
-        self._listener = None
+        self._listener = self._resync = None
         self.state = "disconnected"
 
     # --- publish ---------------------------------------------------------
 
     async def publish(self, channel: str, body: bytes, private: bool = False) -> Event:
-        assert self._commands is not None, "connect() first"
-        key = self.key(channel)
+        assert self._publish is not None, "connect() first"
+        flag = b"1" if private else b""
         try:
-            async with self._commands.pipeline(transaction=False) as pipe:
-                fields: dict[bytes, bytes] = {BODY_FIELD: body}
-                if private:
-                    fields[PRIVATE_FIELD] = b"1"
-                pipe.xadd(
-                    key,
-                    fields,  # type: ignore[arg-type]  # redis-py's dict type is invariant
-                    maxlen=self.history_size,
-                    approximate=True,
-                )
-                pipe.pexpire(key, self.channel_ttl_ms)
-                entry_id, _ = await pipe.execute()
+            entry_id = await self._publish(
+                keys=[self.log_key, self.counter_key, self.key(channel)],
+                args=[channel, body, flag, self.log_size, self.history_size, self.channel_ttl_ms],
+            )
         except (RedisError, OSError) as exc:
             self._mark_down(exc)
-            raise BrokerUnavailableError(
-                "the event backplane (Redis) is unavailable; retry later"
-            ) from None
-        return _event(entry_id, channel, fields)
+            raise BrokerUnavailableError(UNAVAILABLE) from None
+        return _event(cast(bytes, entry_id), channel, {BODY_FIELD: body, PRIVATE_FIELD: flag})
 
     # --- subscriptions ---------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
-        count = self._interest.get(channel, 0)
-        self._interest[channel] = count + 1
-        if count:
-            return
-        self._positions[channel] = await self._current_position(channel)
-        await self._interrupt_reader()
+        # Local only: the reader reads the whole log and keeps what has interest.
+        self._interest[channel] = self._interest.get(channel, 0) + 1
 
     async def unsubscribe(self, channel: str) -> None:
         count = self._interest.get(channel, 0) - 1
         if count > 0:
             self._interest[channel] = count
-            return
-        self._interest.pop(channel, None)
-        self._positions.pop(channel, None)
-
-    async def _current_position(self, channel: str) -> bytes:
-        """The id live delivery starts after: the stream's newest entry (replay covers the rest)."""
-        assert self._commands is not None
-        try:
-            newest = await self._commands.xrevrange(self.key(channel), count=1)
-            if newest:
-                return cast(bytes, newest[0][0])
-            seconds, micros = await self._commands.time()
-            return f"{seconds * 1000 + micros // 1000 - 1}-0".encode()
-        except (RedisError, OSError) as exc:
-            self._mark_down(exc)
-            # Redis is down: nothing can be published meanwhile, so "from the
-            # start of what exists" loses nothing once it is back.
-            return b"0-0"
-
-    async def _interrupt_reader(self) -> None:
-        self._wakeup.set()
-        if self._reader_id is None or self._commands is None:
-            return
-        with contextlib.suppress(RedisError, OSError):
-            await self._commands.client_unblock(self._reader_id)
+        else:
+            self._interest.pop(channel, None)
 
     # --- the reader ------------------------------------------------------
 
     async def _read_loop(self) -> None:
         backoff = BACKOFF_INITIAL_SECONDS
         while not self._closing:
-            if not self._positions:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            self._wakeup.clear()
-            streams = {self.key(channel): last for channel, last in self._positions.items()}
             try:
                 assert self._reader is not None
-                if self._reader_id is None:
-                    self._reader_id = await self._reader.client_id()
+                if self._position is None or self._verify_after_error:
+                    await self._find_position()
                 response = await self._reader.xread(
-                    streams,  # type: ignore[arg-type]
+                    {self.log_key: self._position},  # type: ignore[dict-item]
                     count=READ_COUNT,
                     block=self.block_ms,
                 )
@@ -277,7 +295,7 @@ class RedisBroker(Broker):
                 if self._closing:
                     return
                 self.read_errors += 1
-                self._reader_id = None
+                self._verify_after_error = self._position is not None
                 self._mark_down(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
@@ -288,23 +306,43 @@ class RedisBroker(Broker):
                 self.state = "ok"
             backoff = BACKOFF_INITIAL_SECONDS
             if response:
-                self._deliver(cast(list[Any], response))
+                self._deliver(cast(list[Any], response)[0][1])
 
-    def _deliver(self, response: list[Any]) -> None:
-        events: list[Event] = []
-        for raw_key, entries in response:
-            channel = self._channel_of(raw_key)
-            if channel not in self._positions:
-                continue  # unsubscribed while the read was in flight
-            for entry_id, fields in entries:
-                self._positions[channel] = entry_id
-                events.append(_event(entry_id, channel, fields))
-        # One read returns entries grouped by stream; deliver them in id order.
-        events.sort(key=lambda event: event.key)
+    async def _find_position(self) -> None:
+        """Start at the log's head, or check the log is still the one we were reading."""
+        assert self._reader is not None
+        async with self._reader.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(self.log_key, count=1)
+            pipe.get(self.counter_key)
+            newest, counter = await pipe.execute()
+        number = int(counter or 0)
+        if self._position is not None and number < self._number:
+            # The counter went back: Redis lost its data (restart without persistence).
+            self._skipped(f"redis lost its data (event {number} after {self._number})")
+            self._position = None
+        if self._position is None:
+            self._position = cast(bytes, newest[0][0]) if newest else b"0-0"
+            self._number = number
+        self._verify_after_error = False
+
+    def _deliver(self, entries: list[Any]) -> None:
         listener = self._listener
-        if listener is not None:
-            for event in events:
-                listener(event)
+        interest = self._interest
+        for entry_id, fields in entries:
+            number = int(fields[NUMBER_FIELD])
+            if number != self._number + 1:
+                self._skipped(f"events {self._number + 1} to {number - 1} left the log unread")
+            self._number = number
+            self._position = entry_id
+            channel = fields[CHANNEL_FIELD].decode()
+            if listener is not None and channel in interest:
+                listener(_event(entry_id, channel, fields))
+
+    def _skipped(self, why: str) -> None:
+        self.resyncs += 1
+        logger.warning("redis live feed skipped events (%s): streams resume from history", why)
+        if self._resync is not None:
+            self._resync(why)
 
     def _mark_down(self, exc: BaseException) -> None:
         if self.state == "ok":
@@ -313,45 +351,61 @@ class RedisBroker(Broker):
 
     # --- replay ----------------------------------------------------------
 
-    async def replay(self, channels: Sequence[str], last_event_id: str) -> Replay:
-        assert self._commands is not None
-        after = parse_event_id(last_event_id)
+    async def replay(self, channels: Sequence[str], last_event_id: str | None) -> Replay:
+        if self._commands is None or self._position is None:
+            # Until the reader holds a position, live delivery after a head is not assured.
+            raise BrokerUnavailableError(UNAVAILABLE)
+        after = parse_event_id(last_event_id) if last_event_id is not None else None
         try:
-            seconds, micros = await self._commands.time()
-            async with self._commands.pipeline(transaction=False) as pipe:
-                for channel in channels:
-                    pipe.xinfo_stream(self.key(channel))
-                    if after is not None:
+            async with self._commands.pipeline(transaction=True) as pipe:
+                pipe.time()
+                pipe.xinfo_stream(self.log_key)
+                if last_event_id is not None and after is not None:
+                    for channel in channels:
+                        pipe.exists(self.key(channel))
                         pipe.xrange(self.key(channel), min=f"({format_event_id(after)}", max="+")
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self._mark_down(exc)
-            # History cannot be checked now: say so rather than pretend nothing was missed.
-            return Replay(reset=True, reason="history_unavailable")
-        now_ms = seconds * 1000 + micros // 1000
-        step = 1 if after is None else 2
-        infos = results[::step]
+            raise BrokerUnavailableError(UNAVAILABLE) from None
         if any(isinstance(r, Exception) and not isinstance(r, ResponseError) for r in results):
-            return Replay(reset=True, reason="history_unavailable")
-        known = [info for info in infos if isinstance(info, dict)]
-        head_key = max((_key_of(info["last-generated-id"]) for info in known), default=None)
-        head = format_event_id(head_key) if head_key is not None else None
-        if after is None or after[0] > now_ms:
-            return Replay(reset=True, reason="unknown_id", head=head)
+            raise BrokerUnavailableError(UNAVAILABLE)
+        seconds, micros = results[0]
+        now_ms = seconds * 1000 + micros // 1000
+        log_info = results[1]
+        if isinstance(log_info, dict):
+            head_key = _key_of(log_info["last-generated-id"])
+        else:
+            # No log yet: a position every future event (Redis time, later) is after.
+            head_key = (now_ms - 1, 0)
+        head = format_event_id(head_key)
+        if last_event_id is None:
+            return Replay(head=head)
+        if after is None or after > head_key:
+            return Replay(head=head, reset=True, reason="unknown_id")
         events: list[Event] = []
         for index, channel in enumerate(channels):
-            info, entries = results[2 * index], results[2 * index + 1]
-            if not isinstance(info, dict):  # no such key: never published, or expired
-                if after[0] < now_ms - self.channel_ttl_ms:
-                    return Replay(reset=True, reason="history_expired", head=head)
-                continue
-            trimmed = info["entries-added"] > info["length"]
-            first = info.get("first-entry")
-            if trimmed and first is not None and _key_of(first[0]) > after:
-                return Replay(reset=True, reason="history_expired", head=head)
+            exists, entries = results[2 + 2 * index], results[3 + 2 * index]
+            if isinstance(entries, Exception):
+                raise BrokerUnavailableError(UNAVAILABLE)
+            if self._lost(after, bool(exists), entries, now_ms):
+                return Replay(head=head, reset=True, reason="history_expired")
             events.extend(_event(entry_id, channel, fields) for entry_id, fields in entries)
-        events.sort(key=lambda event: event.key)
-        return Replay(events=events)
+        if len(channels) > 1:
+            events.sort(key=lambda event: event.key)
+        return Replay(head=head, events=events)
+
+    def _lost(self, after: EventKey, exists: bool, entries: list[Any], now_ms: int) -> bool:
+        """Whether a channel's history may lack an event after ``after`` (design note 8)."""
+        if not exists:  # never published, or expired: its events are older than the TTL
+            return after[0] < now_ms - self.channel_ttl_ms
+        if not entries:  # everything kept is at or before `after`; trimmed ones are older
+            return False
+        first_id, fields = entries[0]
+        previous = fields.get(PREVIOUS_FIELD)
+        if previous is not None:
+            return _key_of(previous) > after
+        return after[0] < _key_of(first_id)[0] - self.channel_ttl_ms
 
     # --- housekeeping ----------------------------------------------------
 
@@ -365,7 +419,9 @@ class RedisBroker(Broker):
         return {
             "url": redact_url(self.url),
             "state": self.state,
-            "channels_read": len(self._positions),
+            "channels_read": len(self._interest),
+            "log_position": self._position.decode() if self._position else None,
             "reconnects": self.reconnects,
             "read_errors": self.read_errors,
+            "resyncs": self.resyncs,
         }

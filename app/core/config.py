@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     broker_url: str = "memory://"
     redis_key_prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    # Events kept in the Redis event log every worker reads (app/broker/redis.py): it
+    # only has to cover how far a reader can lag; per-channel history is SSE_HISTORY_SIZE.
+    redis_log_size: int = Field(default=10_000, ge=100, le=10_000_000)
     # Off by default: access logs carry query strings, and EventSource clients
     # can only pass credentials there.
     access_log: bool = False
@@ -56,6 +59,9 @@ class Settings(BaseSettings):
     # Under load, gather events for this long after a write pass so each stream gets
     # them in one socket write; an idle hub writes at once. 0 writes every pass at once.
     sse_write_coalesce_ms: float = Field(default=20, ge=0, le=1000)
+    # A stream opened while the broker is unreachable waits this long (with heartbeats)
+    # for its replay, then ends without `reset` so the client retries with the same id.
+    sse_replay_wait_seconds: float = Field(default=30, ge=0, le=3600)
 
     # --- history (replay) ---
     sse_history_size: int = Field(default=1000, ge=0, le=1_000_000)

@@ -8,6 +8,11 @@ until gunicorn kills it at ``--timeout``, while every EventSource reconnect
 counts as one more request. This worker registers a shutdown probe that sees
 the server draining for any reason: SIGTERM/SIGINT (gunicorn stop, SIGHUP
 reload of old workers), SIGQUIT, or max-requests.
+
+Exit codes matter to gunicorn: ``WORKER_BOOT_ERROR`` (3) halts the whole
+deployment, any other exit is respawned. So a bad setting (permanent; normally
+caught in the master by ``gunicorn.conf.py`` first) exits with 3, and nothing
+transient may: an unreachable Redis leaves the worker serving degraded.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from app.core.config import SettingsError
 from app.sse.shutdown import register_shutdown_probe
 
 __all__ = ["HeraldWorker", "server_is_draining"]
@@ -37,6 +43,13 @@ class HeraldWorker(UvicornWorker):  # type: ignore[misc]  # untyped base
         **UvicornWorker.CONFIG_KWARGS,
         "proxy_headers": False,
     }
+
+    def load_wsgi(self) -> None:
+        try:
+            super().load_wsgi()
+        except SettingsError as exc:
+            self.log.error("%s", exc)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
     async def _serve(self) -> None:
         # Same as UvicornWorker._serve, keeping the Server to watch it.

@@ -19,7 +19,12 @@ Design decisions (read before changing):
    writes the queued batch through the stream's ``send`` itself. Only a write
    that has to wait for the socket is handed to the writer task. Everything
    else — replay, heartbeats, closing, slow clients — stays with the task.
-5. ``close()`` may come from anywhere (reaper, overflow, shutdown, client gone).
+5. The cursor: the newest position queued or sent. ``None`` while the stream
+   catches up (it queues everything live), then ``go_live(head)`` drops what the
+   replay covered and each push skips an event at or below the cursor. Pushes
+   come in id order (the broker contract), so one comparison per push makes
+   delivery at most once per stream, however an event got here twice.
+6. ``close()`` may come from anywhere (reaper, overflow, shutdown, client gone).
    It wakes the writer; if the writer is stuck in a socket write to a client
    that stopped reading, it cancels that write so the slot is freed now rather
    than whenever the kernel gives up.
@@ -40,6 +45,7 @@ from app.sse.event_id import EventKey
 
 __all__ = [
     "ALREADY_CLOSED",
+    "ALREADY_HAD",
     "DROPPED_OLDEST",
     "MAX_BATCH_BYTES",
     "OVERFLOWED",
@@ -54,6 +60,7 @@ QUEUED = 0
 DROPPED_OLDEST = 1
 OVERFLOWED = 2  # this push closed the connection (policy `disconnect`)
 ALREADY_CLOSED = 3
+ALREADY_HAD = 4  # at or below the cursor: sent or queued before
 
 # A batch write stops growing here, so a full queue of large events is not joined
 # into one multi-megabyte buffer.
@@ -64,6 +71,7 @@ class CloseReason(StrEnum):
     CLIENT_GONE = "client_gone"
     IDLE = "idle"
     OVERFLOW = "overflow"
+    RESYNC = "resync"  # the broker's live feed skipped events: resume from history
     SHUTDOWN = "shutdown"
 
 
@@ -106,9 +114,9 @@ class Connection:
         "channels",
         "client",
         "close_reason",
+        "cursor",
         "delivered",
         "dropped",
-        "floor",
         "flush_pending",
         "held_write",
         "last_delivery",
@@ -140,8 +148,8 @@ class Connection:
         self.last_delivery = now
         self.delivered = 0
         self.dropped = 0
-        # Events with a key at or below `floor` were already sent by replay; skip them live.
-        self.floor: EventKey | None = None
+        # The newest position queued or sent; None while catching up (design note 5).
+        self.cursor: EventKey | None = None
         self.ping_due = False
         self.close_reason: CloseReason | None = None
         self.writer: asyncio.Task[object] | None = None
@@ -176,6 +184,11 @@ class Connection:
         """Queue a shared event; returns QUEUED, DROPPED_OLDEST, OVERFLOWED or ALREADY_CLOSED."""
         if self.close_reason is not None:
             return ALREADY_CLOSED
+        cursor = self.cursor
+        if cursor is not None:
+            if event.key <= cursor:
+                return ALREADY_HAD
+            self.cursor = event.key
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
@@ -208,10 +221,6 @@ class Connection:
         while queue and size < MAX_BATCH_BYTES:
             event = queue.popleft()
             release(event)
-            if self.floor is not None:
-                if event.key <= self.floor:
-                    continue
-                self.floor = None
             frames.append(event.frame)
             size += len(event.frame)
             count += 1
@@ -249,6 +258,22 @@ class Connection:
         self._wake()
         if self.sending and self.writer is not None:
             self.writer.cancel()
+
+    def go_live(self, head: EventKey) -> None:
+        """The replay covered everything up to ``head``: keep only what came after it."""
+        queue = self._queue
+        cursor = head
+        if queue:
+            release = self._budget.release
+            kept: deque[Event] = deque()
+            for event in queue:
+                if event.key > cursor:
+                    kept.append(event)
+                    cursor = event.key
+                else:
+                    release(event)
+            self._queue = kept
+        self.cursor = cursor
 
     def discard_queue(self) -> None:
         """Let go of every queued event (the connection is being unregistered)."""

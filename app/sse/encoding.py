@@ -26,6 +26,7 @@ __all__ = [
     "encode_body",
     "encode_comment",
     "encode_frame",
+    "encode_position",
     "encode_retry",
     "validate_event_name",
 ]
@@ -78,6 +79,12 @@ def encode_body(data: object, event: str | None = None) -> bytes:
 def encode_frame(event_id: str, body: bytes) -> bytes:
     """A complete event: its id line, its body and the blank line that dispatches it."""
     return b"id: " + event_id.encode("ascii") + b"\n" + body + b"\n"
+
+
+def encode_position(event_id: str) -> bytes:
+    """An ``id:`` line with no data: the client's last event id becomes ``event_id``
+    and no event is dispatched (WHATWG: a blank line with an empty data buffer)."""
+    return b"id: " + event_id.encode("ascii") + b"\n\n"
 
 
 def encode_retry(retry_ms: int) -> bytes:

@@ -1,9 +1,15 @@
 """Event ids: ``<milliseconds>-<sequence>``, the shape of a Redis Streams entry id.
 
-Ids are issued by one generator per broker, so they are ordered across every
-channel it carries. That is what lets a single ``Last-Event-ID`` (a browser keeps
-one per stream) resume a multi-channel stream exactly: replay every retained
-event of every channel whose id is greater.
+Ids come from one sequence per broker (this process's generator for ``memory://``,
+the Redis deployment's event log for ``redis://``), so they are ordered across
+every channel it carries and no two events share one. That is what lets a single
+``Last-Event-ID`` (a browser keeps one per stream) resume a multi-channel stream
+exactly: replay every retained event of every channel whose id is greater.
+
+An id is also a *position*: every stream opens with an ``id:`` line naming the
+position it starts after (see ``app.sse.response``), which need not be an event's
+id — e.g. ``<start-ms>-0``, the position before this process's first event.
+Clients treat ids as opaque strings.
 
 Parsing never raises: a ``Last-Event-ID`` comes from the client and may be
 anything; an unparseable one is treated as unknown.
@@ -52,9 +58,10 @@ class EventIdGenerator:
 
     def __init__(self, clock_ms: Callable[[], int] = _wall_clock_ms) -> None:
         self._clock_ms = clock_ms
-        # Anything below `first` was issued by an earlier process (or nobody).
+        # The position before this process's first event: anything below it was
+        # issued by an earlier process (or nobody). `last` is the newest position.
         self.first: EventKey = (clock_ms(), 0)
-        self.last: EventKey = (self.first[0], -1)
+        self.last: EventKey = self.first
 
     def next(self) -> EventKey:
         ms = self._clock_ms()

@@ -8,19 +8,32 @@ Design decisions (read before changing):
    event into each local queue in one pass. Overflow is decided right there
    (close the stream, or drop its oldest event and mark the gap), so a slow
    consumer never slows the others or the publisher.
-3. A subscription registers its queue *before* asking the broker for replay,
-   and records the newest replayed id as the connection's floor; live events
-   at or below it are skipped by the writer. Replay-then-live therefore has no
-   gap (registration came first) and no duplicate (the floor), for any broker.
+3. Exactly once, in order, from the first byte. A stream is registered
+   (``open``) *before* it asks the broker for its replay (``catch_up``); the
+   replay returns every retained event after the client's id and ``head``, the
+   broker's newest position at that snapshot, and every event after ``head``
+   reaches the listener after that call began (the broker contract in
+   ``app.broker.base``). So the stream queues live events while it catches up,
+   then drops the queued ones at or below ``head`` (the replay had them) and
+   from then on each event above its cursor: no gap (registration came first),
+   no duplicate (the cursor), whatever the broker. A new stream is a replay of
+   nothing: it starts at ``head`` and says so in its opening ``id:`` line, so a
+   client cut before its first event resumes exactly. Because ids order all
+   channels, one cursor serves a stream of many channels, and an event that
+   reaches a stream twice (through two of its channels, or a re-read) is
+   skipped by the same comparison.
 4. Three tasks per worker, none per connection: a heartbeat that flags every
    connection each ``SSE_PING_SECONDS``, a reaper that closes connections with
    no event delivered for ``SSE_IDLE_TIMEOUT_SECONDS`` (heartbeats do not
    count: they reach the kernel even for a vanished client), and a shutdown
    watcher that closes every stream as soon as the server is asked to exit
    (uvicorn waits for open responses and never interrupts a stream itself).
-5. ``subscribe`` is an async context manager whose ``finally`` unregisters,
+5. ``open`` is an async context manager whose ``finally`` unregisters,
    releases queued events, tells the broker and logs the end exactly once,
    whatever ended the stream.
+6. A broker that finds its live feed skipped events calls ``resync``: every
+   stream is closed (``CloseReason.RESYNC``, gracefully) and clients resume from
+   history with their ``Last-Event-ID`` — a reconnect instead of a silent gap.
 """
 
 from __future__ import annotations
@@ -132,7 +145,7 @@ class Hub:
     # --- lifecycle -------------------------------------------------------
 
     async def start(self) -> None:
-        await self.broker.connect(self._fan_out)
+        await self.broker.connect(self._fan_out, self._resync)
         await self.limits.start()
         self._tasks = [
             asyncio.create_task(self._every(self.settings.sse_ping_seconds, self.heartbeat)),
@@ -200,6 +213,10 @@ class Hub:
             elif outcome == OVERFLOWED:
                 counters.overflow_disconnects += 1
 
+    def _resync(self, why: str) -> None:
+        closed = self.close_all(CloseReason.RESYNC)
+        logger.warning("resync (%s): closed %d streams to resume from history", why, closed)
+
     def _schedule_flush(self, connection: Connection) -> None:
         if not self._to_flush:
             loop = asyncio.get_running_loop()
@@ -229,15 +246,15 @@ class Hub:
     # --- subscribing -----------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def subscribe(
+    async def open(
         self,
         channels: Iterable[str],
-        last_event_id: str | None = None,
         client: str = "",
         private_channels: frozenset[str] = frozenset(),
-    ) -> AsyncIterator[tuple[Connection, Replay | None]]:
-        """Open a stream on ``channels``; yields the connection and its replay.
-        Private events are delivered (live and in replay) on ``private_channels`` only."""
+    ) -> AsyncIterator[Connection]:
+        """Register a stream on ``channels``; it queues live events from here on, and
+        writes them once ``catch_up`` has placed it. Private events are delivered
+        (live and in replay) on ``private_channels`` only. Raises ``StreamRefusedError``."""
         names = tuple(dict.fromkeys(validate_channel(name) for name in channels))
         self._admit()
         lease = await self._lease(client)
@@ -259,17 +276,7 @@ class Hub:
                 for name in names:
                     await self.broker.subscribe(name)
                     subscribed.append(name)
-                replay = None
-                if last_event_id is not None:
-                    replay = await self.broker.replay(names, last_event_id)
-                    if replay.events:
-                        # The floor comes from everything replayed, hidden events included,
-                        # so their live copies are skipped too.
-                        connection.floor = replay.events[-1].key
-                        replay = _visible(replay, private_channels)
-                    elif replay.reset and replay.head is not None:
-                        connection.floor = parse_event_id(replay.head)
-                yield connection, replay
+                yield connection
             finally:
                 self._unregister(connection)
                 for name in subscribed:
@@ -279,6 +286,29 @@ class Hub:
         finally:
             if lease is not None:
                 await self.limits.release_stream(lease)
+
+    async def catch_up(self, connection: Connection, last_event_id: str | None) -> Replay:
+        """What ``connection`` must send before going live (events after ``last_event_id``,
+        or nothing for a new stream) and the position it goes live after; the events it
+        may not see are left out. Raises ``BrokerUnavailableError``."""
+        replay = await self.broker.replay(connection.channels, last_event_id)
+        head = parse_event_id(replay.head)
+        assert head is not None, replay.head  # brokers issue well-formed positions
+        connection.go_live(head)
+        return _visible(replay, connection.private_channels)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self,
+        channels: Iterable[str],
+        last_event_id: str | None = None,
+        client: str = "",
+        private_channels: frozenset[str] = frozenset(),
+    ) -> AsyncIterator[tuple[Connection, Replay]]:
+        """``open`` and ``catch_up`` in one step, for consumers that need not wait out a
+        broker outage; yields the connection and its replay."""
+        async with self.open(channels, client, private_channels) as connection:
+            yield connection, await self.catch_up(connection, last_event_id)
 
     def _admit(self) -> None:
         limit = self.settings.sse_max_connections

@@ -14,9 +14,17 @@ Design decisions (read before changing):
    ``__call__``, so it spans exactly the life of the response and is released
    by the same ``finally`` whatever ends it. Refusals (connection cap, memory
    guard) happen there too, before any byte is sent, as a 503 JSON response.
-3. The first write carries ``retry:`` and any replay; after that the writer
-   sends whatever has queued in one write (batches), or a heartbeat comment.
-4. A stream closed by the server (idle, overflow, shutdown) ends the chunked
+3. The first write carries ``retry:``, the replay (or a ``reset``) and an
+   ``id:`` line with the position the stream goes live after — with no data,
+   so a browser sets ``lastEventId`` without dispatching an event, and a client
+   cut before its first event resumes exactly. After that the writer sends
+   whatever has queued in one write (batches), or a heartbeat comment.
+4. The broker unreachable when a stream opens (Redis restarting): the stream
+   opens anyway, sends ``retry:`` and heartbeats, and retries the catch-up with
+   backoff for up to ``SSE_REPLAY_WAIT_SECONDS``; live events queue meanwhile.
+   Past that it ends without ``reset`` (the client retries with the same id):
+   ``reset`` means only that history does not reach back.
+5. A stream closed by the server (idle, overflow, shutdown) ends the chunked
    body cleanly so the browser reconnects; on shutdown the last frame is a
    jittered ``retry:`` so a crowd of clients does not come back in one instant.
    If the client stopped reading, that last write is bounded by
@@ -35,16 +43,18 @@ from sse_starlette import EventSourceResponse
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from app.broker.base import Replay
+from app.broker.base import BrokerUnavailableError, Replay
 from app.sse.connection import MAX_BATCH_BYTES, CloseReason, Connection
 from app.sse.direct_write import resume
-from app.sse.encoding import encode_retry
+from app.sse.encoding import PING_FRAME, encode_position, encode_retry
 from app.sse.event_id import MAX_EVENT_ID_LENGTH
 from app.sse.hub import Hub, StreamRefusedError
 
 __all__ = ["FINAL_WRITE_TIMEOUT_SECONDS", "HeraldStreamResponse", "reset_frame"]
 
 FINAL_WRITE_TIMEOUT_SECONDS = 1.0
+# Catch-up retries while the broker is unreachable: backoff from the first to the last.
+CATCH_UP_RETRY_SECONDS = (0.05, 1.0)
 # On shutdown clients are told to wait retry_ms plus up to this factor more.
 SHUTDOWN_RETRY_JITTER = 1.0
 
@@ -68,8 +78,19 @@ def reset_frame(replay: Replay, last_event_id: str) -> bytes:
         {"reason": replay.reason, "last_event_id": last_event_id[:MAX_EVENT_ID_LENGTH]},
         separators=(",", ":"),
     ).encode()
-    id_line = b"id: " + replay.head.encode("ascii") + b"\n" if replay.head else b""
-    return id_line + b"event: reset\ndata: " + data + b"\n\n"
+    return b"id: " + replay.head.encode("ascii") + b"\nevent: reset\ndata: " + data + b"\n\n"
+
+
+def opening_frames(retry_ms: int | None, replay: Replay, last_event_id: str | None) -> list[bytes]:
+    """``retry:`` (unless already sent), then the replay or ``reset``, then the position."""
+    frames = [] if retry_ms is None else [encode_retry(retry_ms)]
+    if replay.reset:
+        frames.append(reset_frame(replay, last_event_id or ""))
+        return frames
+    frames.extend(event.frame for event in replay.events)
+    if not replay.events or replay.events[-1].id != replay.head:
+        frames.append(encode_position(replay.head))
+    return frames
 
 
 def _batches(frames: Iterable[bytes]) -> Iterator[bytes]:
@@ -111,10 +132,10 @@ class HeraldStreamResponse(EventSourceResponse):
             await super().__call__(scope, receive, send)
             return
         try:
-            async with self._hub.subscribe(
-                self._channels, self._last_event_id, self._client, self._private_channels
-            ) as (connection, replay):
-                await self._stream(connection, replay, receive, send)
+            async with self._hub.open(
+                self._channels, self._client, self._private_channels
+            ) as connection:
+                await self._stream(connection, receive, send)
         except StreamRefusedError as refusal:
             refused = JSONResponse(
                 {"detail": refusal.detail},
@@ -123,31 +144,51 @@ class HeraldStreamResponse(EventSourceResponse):
             )
             await refused(scope, receive, send)
 
-    async def _stream(
-        self, connection: Connection, replay: Replay | None, receive: Receive, send: Send
-    ) -> None:
+    async def _stream(self, connection: Connection, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        first = [encode_retry(self._hub.settings.sse_retry_ms)]
-        if replay is not None:
-            if replay.reset:
-                first.append(reset_frame(replay, self._last_event_id or ""))
-            else:
-                first.extend(event.frame for event in replay.events)
         watcher = asyncio.create_task(self._watch_disconnect(connection, receive))
         connection.writer = asyncio.current_task()
         try:
-            for chunk in _batches(first):
-                body = send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if not await self._write(connection, body):
-                    break
-            else:
-                if replay is not None:
-                    connection.delivered += len(replay.events)
+            replay = await self._catch_up(connection, send)
+            if replay is not None:
                 await self._pump(connection, send)
             await self._finish(connection, send)
         finally:
             connection.writer = None
             watcher.cancel()
+
+    async def _catch_up(self, connection: Connection, send: Send) -> Replay | None:
+        """Write the opening frames; None if the stream ended first (closed, or the broker
+        stayed unreachable for SSE_REPLAY_WAIT_SECONDS)."""
+        hub, settings = self._hub, self._hub.settings
+        retry_ms: int | None = settings.sse_retry_ms
+        deadline = hub.clock() + settings.sse_replay_wait_seconds
+        next_ping = hub.clock() + settings.sse_ping_seconds
+        pause = CATCH_UP_RETRY_SECONDS[0]
+        while True:
+            try:
+                replay = await hub.catch_up(connection, self._last_event_id)
+                break
+            except BrokerUnavailableError:
+                pass
+            now = hub.clock()
+            if retry_ms is not None or now >= next_ping:
+                # The client holds an open stream while it waits: retry first, then pings.
+                first = encode_retry(retry_ms) if retry_ms is not None else PING_FRAME
+                retry_ms, next_ping = None, now + settings.sse_ping_seconds
+                write = send({"type": "http.response.body", "body": first, "more_body": True})
+                if not await self._write(connection, write):
+                    return None
+            if connection.closed or now >= deadline:
+                return None
+            await asyncio.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, CATCH_UP_RETRY_SECONDS[1])
+        for chunk in _batches(opening_frames(retry_ms, replay, self._last_event_id)):
+            body = send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not await self._write(connection, body):
+                return None
+        connection.delivered += len(replay.events)
+        return replay
 
     async def _pump(self, connection: Connection, send: Send) -> None:
         clock = self._hub.clock

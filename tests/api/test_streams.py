@@ -44,9 +44,11 @@ async def publish(base_url: str, channel: str, data: object, event: str | None =
     return event_id
 
 
-async def wait_for_subscribers(base_url: str, count: int) -> None:
-    async with httpx.AsyncClient(base_url=base_url) as client:
-        for _ in range(200):
+async def wait_for_subscribers(base_url: str, count: int, timeout: float = 15.0) -> None:
+    # A deadline, not a number of tries: on a loaded machine each /health may take a while.
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as client:
+        while time.monotonic() < deadline:
             if (await client.get("/health")).json()["connections"] >= count:
                 return
             await asyncio.sleep(0.02)

@@ -96,14 +96,20 @@ async def test_replay_returns_exactly_the_events_after_the_id() -> None:
     events = await publish_many(broker, "abaab")
     a = [event for event in events if event.channel == "a"]
     replay = await broker.replay(["a"], events[0].id)
-    assert replay == Replay(events=a[1:])
+    assert replay == Replay(head=events[-1].id, events=a[1:])
     assert not replay.reset
 
 
 async def test_replay_from_the_newest_id_is_empty_not_a_reset() -> None:
     broker = make_broker()
     events = await publish_many(broker, "ab")
-    assert await broker.replay(["a"], events[-1].id) == Replay()
+    assert await broker.replay(["a"], events[-1].id) == Replay(head=events[-1].id)
+
+
+async def test_a_new_stream_gets_no_events_and_the_head_as_its_position() -> None:
+    broker = make_broker()
+    events = await publish_many(broker, "ab")
+    assert await broker.replay(["a"], None) == Replay(head=events[-1].id)
 
 
 async def test_replay_of_several_channels_is_merged_in_id_order() -> None:
@@ -118,7 +124,7 @@ async def test_garbage_id_resets_with_reason_unknown_id(garbage: str) -> None:
     broker = make_broker()
     events = await publish_many(broker, "aa")
     replay = await broker.replay(["a"], garbage)
-    assert replay == Replay(reset=True, reason="unknown_id", head=events[-1].id)
+    assert replay == Replay(head=events[-1].id, reset=True, reason="unknown_id")
 
 
 async def test_future_id_resets_with_reason_unknown_id() -> None:
@@ -127,7 +133,7 @@ async def test_future_id_resets_with_reason_unknown_id() -> None:
     ms, seq = events[-1].key
     for future in [(ms, seq + 1), (ms + 1, 0), (ms * 2, 0)]:
         replay = await broker.replay(["a"], format_event_id(future))
-        assert replay == Replay(reset=True, reason="unknown_id", head=events[-1].id)
+        assert replay == Replay(head=events[-1].id, reset=True, reason="unknown_id")
 
 
 async def test_id_from_before_this_process_resets_with_reason_unknown_id() -> None:
@@ -145,20 +151,25 @@ async def test_id_from_before_this_process_resets_with_reason_unknown_id() -> No
     first_ms, _ = ids.first
     for earlier in [(first_ms - 1, 0), (first_ms - 1, 999), (1, 0), (0, 0)]:
         replay = await broker.replay(["a"], format_event_id(earlier))
-        assert replay == Replay(reset=True, reason="unknown_id", head=events[-1].id), earlier
+        assert replay == Replay(head=events[-1].id, reset=True, reason="unknown_id"), earlier
 
 
-async def test_reset_before_anything_was_published_has_no_head() -> None:
+async def test_before_anything_was_published_the_head_is_the_start_and_resumes_exactly() -> None:
     broker = make_broker()
     replay = await broker.replay(["a"], "garbage")
-    assert replay == Replay(reset=True, reason="unknown_id", head=None)
+    assert replay.reset and replay.reason == "unknown_id"
+    start = (await broker.replay(["a"], None)).head
+    assert start == replay.head
+    (event,) = await publish_many(broker, "a")
+    # A client cut before its first event resumes from the start: nothing lost.
+    assert await broker.replay(["a"], start) == Replay(head=event.id, events=[event])
 
 
 async def test_id_older_than_retained_history_resets_with_reason_history_expired() -> None:
     broker = make_broker(history_size=3)
     events = await publish_many(broker, "aaaaaa")
     replay = await broker.replay(["a"], events[0].id)
-    assert replay == Replay(reset=True, reason="history_expired", head=events[-1].id)
+    assert replay == Replay(head=events[-1].id, reset=True, reason="history_expired")
     # The newest evicted id is the oldest one that still replays exactly.
     assert (await broker.replay(["a"], events[2].id)).events == events[3:]
 
@@ -170,7 +181,7 @@ async def test_id_older_than_a_dropped_channel_resets_with_reason_history_expire
     clock.now = 11
     assert broker.sweep(clock.now) == 2
     replay = await broker.replay(["a"], events[0].id)
-    assert replay == Replay(reset=True, reason="history_expired", head=events[-1].id)
+    assert replay == Replay(head=events[-1].id, reset=True, reason="history_expired")
 
 
 # --- interest, housekeeping, stats -----------------------------------------------------

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page
 
+from app.sse.event_id import parse_event_id
 from tests.e2e.recorder import StreamRecorder, publish
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
@@ -83,6 +84,36 @@ def test_browser_reconnects_after_a_restart_and_gets_what_it_missed_once_in_orde
     assert set(recorder.errors) == {0}, "the browser kept retrying by itself (CONNECTING)"
     assert recorder.opens == 2
     assert recorder.last_event_ids_sent() == [None, ids[2]]
+
+
+def test_a_browser_cut_before_its_first_event_resumes_from_its_opening_position(
+    page: Page, server_factory: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    """Regression: a client cut before any event had no id, reconnected without
+    Last-Event-ID, and lost everything published meanwhile. The opening frames carry the
+    stream's position as an `id:` line without data: the browser keeps it as lastEventId
+    and dispatches nothing."""
+    env = {**QUICK_RETRY, "BROKER_URL": redis_server.url, "REDIS_KEY_PREFIX": uuid.uuid4().hex}
+    server = server_factory(**env)
+    other = server_factory(**env)
+    page.goto(server.base_url + "/")
+    recorder = StreamRecorder(page, "/events/first-byte")
+    recorder.wait_open()
+    time.sleep(0.5)  # the opening frames have arrived
+    server.stop()  # cut before any event
+    ids = [publish(other.base_url, "first-byte", f"while cut {i}") for i in range(3)]
+    server.start()
+    recorder.wait_open(2)
+    ids.append(publish(server.base_url, "first-byte", "live"))
+
+    received = recorder.wait_events(len(ids))
+    time.sleep(0.3)  # a duplicate would arrive right behind
+    assert [r.id for r in recorder.events()] == ids
+    assert [r.data for r in received] == [*(f"while cut {i}" for i in range(3)), "live"]
+    first, resumed_from = recorder.last_event_ids_sent()
+    assert first is None
+    assert resumed_from is not None
+    assert parse_event_id(resumed_from) < parse_event_id(ids[0])  # type: ignore[operator]
 
 
 # The page is made a slow consumer by keeping its main thread busy: the browser

@@ -4,9 +4,11 @@ each other's figures whichever of them a scrape lands on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -23,7 +25,7 @@ import redis
 from tests.api.test_metrics import samples
 from tests.conftest import FAST_TIMERS
 from tests.support.redis_server import RedisServer
-from tests.support.server import ServerProcess
+from tests.support.server import REPO_ROOT, ServerProcess
 from tests.support.sse_client import EventStream, open_stream
 
 pytestmark = pytest.mark.integration
@@ -326,3 +328,91 @@ async def test_a_stats_directory_given_by_hand_is_used_and_kept(
     assert len(listing(tmp_path) or []) == 2
     assert await asyncio.to_thread(server.stop) == 0, server.logs()
     assert listing(tmp_path) == []  # kept, and each worker removed its own snapshot
+
+
+# --- permanent faults stop the deployment, transient ones never do --------------------
+
+
+def test_a_bad_broker_url_stops_gunicorn_at_once_with_its_message() -> None:
+    """Regression: each worker exited with 1 on `unsupported broker scheme` and gunicorn
+    respawned them forever. Settings are checked in the master, before any worker forks."""
+    server = ServerProcess({**FAST_TIMERS, "BROKER_URL": "kafka://broker:9092"})
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "app.main:app", "--bind", f"127.0.0.1:{server.port}"],
+        cwd=REPO_ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - started < 15
+    output = result.stdout + result.stderr
+    assert output.count("unsupported broker scheme") == 1, output
+    assert "Booting worker" not in output
+
+
+async def test_redis_down_while_workers_recycle_then_back_delivery_resumes(
+    servers: list[ServerProcess],
+) -> None:
+    """Regression: a worker recycled while Redis was away could not connect, exited with the
+    boot-error code, and gunicorn shut the whole server down."""
+    redis_server = RedisServer(persistent=True).start()
+    try:
+        server = gunicorn(
+            {"BROKER_URL": redis_server.url, "WEB_CONCURRENCY": "2"},
+            "--max-requests",
+            "4",
+            "--max-requests-jitter",
+            "0",
+        )
+        servers.append(server)
+        redis_server.kill()
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+            # Every request counts: both workers recycle, and their successors boot
+            # while Redis is still away.
+            deadline = time.monotonic() + 30
+            while len(worker_pids(server.logs())) < 6:
+                assert time.monotonic() < deadline, server.logs()
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.get("/health")
+                await asyncio.sleep(0.05)
+            assert server.process is not None and server.process.poll() is None, server.logs()
+            redis_server.start()
+            async with open_stream(server.base_url, "/events/recovered") as stream:
+                await stream.position(timeout=20)
+                published = await client.post("/events/recovered", json={"data": "back"})
+                assert published.status_code == 202
+                (event,) = await stream.events(1, timeout=10)
+        assert event.id == published.json()["id"]
+        assert server.process.poll() is None
+        assert "Worker failed to boot" not in server.logs()
+    finally:
+        redis_server.close()
+
+
+async def test_an_event_published_right_after_a_stream_opens_always_reaches_it(
+    servers: list[ServerProcess], redis_server: RedisServer
+) -> None:
+    """Subscribe, then publish: once a client holds its opening frames, every event
+    published afterwards reaches it, whichever worker takes the publish — with no window
+    between a worker registering a new channel and its reader watching it."""
+    server = gunicorn(
+        {"BROKER_URL": redis_server.url, "REDIS_KEY_PREFIX": "subpub", "WEB_CONCURRENCY": "2"}
+    )
+    servers.append(server)
+    rounds = 30
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        for i in range(rounds):
+            channel = f"fresh-{i}"  # new to both workers: no reader has seen it yet
+            async with open_stream(server.base_url, f"/events/{channel}") as stream:
+                await stream.position()
+                # A new connection each time, so the kernel spreads them over the workers.
+                async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as other:
+                    published = await other.post(f"/events/{channel}", json={"data": i})
+                assert published.status_code == 202
+                (event,) = await stream.events(1, timeout=10)
+            assert event.id == published.json()["id"], f"round {i}"
+        assert (await client.get("/health")).status_code == 200
+    assert len(stream_pids(server.logs())) == 2, "both workers served streams"

@@ -1,5 +1,5 @@
 """One stream's bounded queue: batching, overflow policies, the shared byte budget,
-replay floors, heartbeats, waking and closing."""
+the cursor, heartbeats, waking and closing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from app.sse.connection import (
     ALREADY_CLOSED,
+    ALREADY_HAD,
     DROPPED_OLDEST,
     OVERFLOWED,
     QUEUED,
@@ -191,35 +192,52 @@ def test_budget_within_limit_is_not_exceeded() -> None:
     assert not budget.exceeded
 
 
-# --- replay floor -------------------------------------------------------------
+# --- the cursor: at most once per stream -----------------------------------------
 
 
-def test_floor_skips_events_already_replayed_then_clears() -> None:
+def test_go_live_drops_what_the_replay_covered_and_releases_its_bytes() -> None:
     budget = QueueBudget(1 << 20)
     connection = make_connection(budget=budget)
     events = [make_event(i) for i in range(1, 5)]
     for event in events:
-        connection.push(event)
-    connection.floor = events[1].key
+        connection.push(event)  # queued while catching up: cursor None
+    connection.go_live(events[1].key)
+    assert connection.cursor == events[3].key
     assert connection.take() == (events[2].frame + events[3].frame, 2)
-    assert connection.floor is None
     assert budget.bytes == 0
 
 
-def test_floor_that_skips_everything_returns_none_and_releases_bytes() -> None:
+def test_go_live_past_everything_queued_leaves_nothing_and_keeps_the_head() -> None:
     budget = QueueBudget(1 << 20)
     connection = make_connection(budget=budget)
-    events = [make_event(i) for i in range(1, 3)]
-    for event in events:
+    for event in [make_event(i) for i in range(1, 3)]:
         connection.push(event)
-    connection.floor = events[-1].key
+    connection.go_live((1_700_000_000_000, 7))
     assert connection.take() is None
-    assert connection.floor == events[-1].key  # nothing newer seen yet
     assert budget.bytes == 0
-    newer = make_event(3)
-    connection.push(newer)
-    assert connection.take() == (newer.frame, 1)
-    assert connection.floor is None
+    assert connection.cursor == (1_700_000_000_000, 7)
+
+
+def test_go_live_keeps_one_copy_of_an_event_queued_twice() -> None:
+    connection = make_connection()
+    first, second = make_event(1), make_event(2)
+    for event in (first, first, second, second):
+        connection.push(event)
+    connection.go_live((1_700_000_000_000, 0))
+    assert connection.take() == (first.frame + second.frame, 2)
+
+
+def test_live_push_at_or_below_the_cursor_is_skipped() -> None:
+    # Regression: a live stream received ...125, ...136, ...125 after a resume; every
+    # push above the cursor moves it, so a second copy of any earlier event is refused.
+    connection = make_connection()
+    connection.go_live((1_700_000_000_000, 2))
+    replayed, newer, newest = make_event(2), make_event(3), make_event(4)
+    assert connection.push(replayed) == ALREADY_HAD
+    assert connection.push(newest) == QUEUED
+    assert connection.push(newer) == ALREADY_HAD
+    assert connection.push(newest) == ALREADY_HAD
+    assert connection.take() == (newest.frame, 1)
 
 
 # --- heartbeats ----------------------------------------------------------------

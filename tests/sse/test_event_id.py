@@ -76,26 +76,25 @@ def test_format_event_id() -> None:
 
 def test_generator_issues_increasing_sequence_within_one_millisecond() -> None:
     ids = EventIdGenerator(clock_ms=StepClock(1000))
-    assert [ids.next() for _ in range(3)] == [(1000, 0), (1000, 1), (1000, 2)]
-    assert ids.last == (1000, 2)
+    assert [ids.next() for _ in range(3)] == [(1000, 1), (1000, 2), (1000, 3)]
+    assert ids.last == (1000, 3)
 
 
 def test_generator_restarts_sequence_when_the_clock_advances() -> None:
     ids = EventIdGenerator(clock_ms=StepClock(1000, 1000, 1000, 1005))
-    assert [ids.next() for _ in range(3)] == [(1000, 0), (1000, 1), (1005, 0)]
+    assert [ids.next() for _ in range(3)] == [(1000, 1), (1000, 2), (1005, 0)]
 
 
 def test_generator_stays_monotonic_when_the_clock_steps_back() -> None:
     ids = EventIdGenerator(clock_ms=StepClock(1000, 1000, 1001, 900, 1001, 1002))
     keys = [ids.next() for _ in range(5)]
-    assert keys == [(1000, 0), (1001, 0), (1001, 1), (1001, 2), (1002, 0)]
+    assert keys == [(1000, 1), (1001, 0), (1001, 1), (1001, 2), (1002, 0)]
     assert keys == sorted(set(keys))
 
 
-def test_generator_first_is_below_every_issued_id() -> None:
+def test_generator_first_is_a_position_below_every_issued_id() -> None:
     ids = EventIdGenerator(clock_ms=StepClock(5000, 5000, 4000))
-    assert ids.first == (5000, 0)
-    assert ids.last < ids.first  # nothing issued yet
+    assert ids.first == ids.last == (5000, 0)  # nothing issued yet: the head is the start
     issued = [ids.next(), ids.next()]
-    assert issued == [(5000, 0), (5000, 1)]
-    assert all(key >= ids.first for key in issued)
+    assert issued == [(5000, 1), (5000, 2)]
+    assert all(key > ids.first for key in issued)

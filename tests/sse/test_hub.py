@@ -27,7 +27,7 @@ class RacingBroker(MemoryBroker):
     """Publishes one event between the hub's registration and the broker's replay,
     the window in which a real backplane may deliver an event both ways."""
 
-    async def replay(self, channels: Sequence[str], last_event_id: str) -> Replay:
+    async def replay(self, channels: Sequence[str], last_event_id: str | None) -> Replay:
         self.raced = await self.publish(channels[0], b"data: raced\n")
         return await super().replay(channels, last_event_id)
 
@@ -119,7 +119,7 @@ async def test_subscribe_unregisters_everything_on_normal_exit(
 ) -> None:
     hub = await make_hub()
     async with hub.subscribe(["a", "b"]) as (connection, replay):
-        assert replay is None
+        assert replay == Replay(head=replay.head)  # a new stream: nothing to replay
         assert hub.connection_count == 1
         assert hub.subscriber_count("a") == hub.subscriber_count("b") == 1
         await hub.publish("a", 1)
@@ -401,46 +401,81 @@ async def test_stats_shape(make_hub: MakeHub) -> None:
     assert after["connections"] == after["queued"] == after["queued_bytes"] == 0
 
 
-# --- replay floor ----------------------------------------------------------------------
+# --- catch-up: registration first, then the replay, then the cursor --------------------
 
 
-async def test_replay_floor_skips_live_duplicates(make_hub: MakeHub) -> None:
+async def test_an_event_both_queued_live_and_replayed_is_sent_once(make_hub: MakeHub) -> None:
     hub = await make_hub(broker_class=RacingBroker)
     broker = memory_broker(hub)
     assert isinstance(broker, RacingBroker)
     resume_from = await hub.publish("a", "seen")
     missed = await hub.publish("a", "missed")
     async with hub.subscribe(["a"], last_event_id=resume_from) as (connection, replay):
-        assert replay is not None and not replay.reset
+        assert not replay.reset
         # The raced event arrived live *and* in the replay.
         assert [event.id for event in replay.events] == [missed, broker.raced.id]
-        assert connection.floor == broker.raced.key
-        assert connection.queued == 1
-        assert connection.take() is None  # the live copy is skipped
+        assert replay.head == broker.raced.id
+        assert connection.cursor == broker.raced.key
+        assert connection.take() is None  # the live copy was dropped by go_live
         live = await hub.publish("a", "live")
         payload, count = connection.take() or (b"", 0)
         assert count == 1
         assert payload.startswith(b"id: " + live.encode() + b"\n")
 
 
-async def test_reset_replay_sets_floor_at_the_head(make_hub: MakeHub) -> None:
+async def test_reset_replay_goes_live_at_the_head(make_hub: MakeHub) -> None:
     hub = await make_hub(broker_class=RacingBroker)
     broker = memory_broker(hub)
     assert isinstance(broker, RacingBroker)
     await hub.publish("a", "old")
     async with hub.subscribe(["a"], last_event_id="garbage") as (connection, replay):
-        assert replay is not None and replay.reset and replay.reason == "unknown_id"
+        assert replay.reset and replay.reason == "unknown_id"
         assert replay.head == broker.raced.id
-        assert connection.floor == broker.raced.key
+        assert connection.cursor == broker.raced.key
         assert connection.take() is None  # covered by the reset, not resent
 
 
-async def test_replay_without_events_leaves_no_floor(make_hub: MakeHub) -> None:
+async def test_a_new_stream_starts_at_the_head_and_gets_everything_after(
+    make_hub: MakeHub,
+) -> None:
+    hub = await make_hub(broker_class=RacingBroker)
+    await hub.publish("a", "before")
+    async with hub.subscribe(["a"]) as (connection, replay):
+        raced = memory_broker(hub)
+        assert isinstance(raced, RacingBroker)
+        assert replay == Replay(head=raced.raced.id)  # published before the head: not sent
+        after = await hub.publish("a", "after")
+        payload, count = connection.take() or (b"", 0)
+    assert count == 1 and payload.startswith(b"id: " + after.encode() + b"\n")
+
+
+async def test_replay_from_the_head_is_empty_and_goes_live_there(make_hub: MakeHub) -> None:
     hub = await make_hub()
     newest = await hub.publish("a", 1)
     async with hub.subscribe(["a"], last_event_id=newest) as (connection, replay):
-        assert replay == Replay()
-        assert connection.floor is None
+        assert replay == Replay(head=newest)
+        assert connection.cursor == parse_event_id(newest)
+
+
+async def test_a_live_stream_on_two_channels_gets_each_event_once_in_id_order(
+    make_hub: MakeHub,
+) -> None:
+    hub = await make_hub()
+    async with hub.subscribe(["a", "b"]) as (connection, _):
+        ids = [await hub.publish(name, i) for i, name in enumerate("abab")]
+        payload, count = connection.take() or (b"", 0)
+    assert count == 4
+    sent = [line[4:].decode() for line in payload.split(b"\n") if line.startswith(b"id: ")]
+    assert sent == ids
+
+
+async def test_a_broker_resync_closes_every_stream_to_resume_from_history(
+    make_hub: MakeHub,
+) -> None:
+    hub = await make_hub()
+    async with hub.subscribe(["a"]) as (first, _), hub.subscribe(["b"]) as (second, _):
+        hub._resync("test: the live feed skipped events")
+        assert first.close_reason is second.close_reason is CloseReason.RESYNC
 
 
 async def test_streams_beyond_the_per_client_limit_are_refused_with_429(

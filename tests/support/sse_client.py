@@ -44,6 +44,15 @@ class EventStream:
     async def events(self, count: int, timeout: float = DEFAULT_WAIT_SECONDS) -> list[SSEMessage]:
         return [await self.next_event(timeout) for _ in range(count)]
 
+    async def position(self, timeout: float = DEFAULT_WAIT_SECONDS) -> str:
+        """The id the stream's opening frames set (the client's ``lastEventId``)."""
+        async with asyncio.timeout(timeout):
+            while not self.parser.last_event_id:
+                if self.ended:
+                    raise EOFError("stream ended")
+                await self._read_more()
+        return self.parser.last_event_id
+
     async def until_closed(self, timeout: float = DEFAULT_WAIT_SECONDS) -> list[SSEMessage]:
         """Read to the end of the stream; returns the events that came before it."""
         async with asyncio.timeout(timeout):

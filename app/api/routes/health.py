@@ -1,15 +1,18 @@
-"""``/health``: liveness for load balancers and platforms.
+"""``/health``: readiness for load balancers and platforms.
 
-Stays 200 while the process can answer, whatever the memory level: a worker
-that refuses new streams at ``critical`` still serves the open ones, and a
-platform restarting it on a failed check would cut them all. The memory level
-and the health score (``app.memory.health``) let a balancer prefer other
-workers instead.
+200 while the process can answer and its broker is reachable, whatever the
+memory level: a worker that refuses new streams at ``critical`` still serves
+the open ones, and a platform restarting it on a failed check would cut them
+all. The memory level and the health score (``app.memory.health``) let a
+balancer prefer other workers instead. 503 while the broker is unreachable
+(Redis restarting): publishes fail then, so a balancer should send traffic
+elsewhere; the body names the broker's state, and open streams stay open.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from app.api.deps import HubDep, MemoryGuardDep
 
@@ -18,11 +21,12 @@ __all__ = ["router"]
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
-async def health(hub: HubDep, guard: MemoryGuardDep) -> dict[str, object]:
+@router.get("/health", responses={503: {"description": "The broker is unreachable"}})
+async def health(hub: HubDep, guard: MemoryGuardDep) -> JSONResponse:
     broker = hub.broker.stats()
-    return {
-        "status": "ok",
+    ok = broker.get("state") == "ok"
+    body = {
+        "status": "ok" if ok else "degraded",
         "connections": hub.connection_count,
         "uptime_s": round(hub.clock() - hub.started_at, 1),
         "memory_level": str(guard.level),
@@ -30,3 +34,7 @@ async def health(hub: HubDep, guard: MemoryGuardDep) -> dict[str, object]:
         # The backplane's state (memory: always ok; redis: ok / down while reconnecting).
         "broker": {"url": broker.get("url"), "state": broker.get("state")},
     }
+    if ok:
+        return JSONResponse(body)
+    body["detail"] = f"the broker is unavailable (state: {broker.get('state')})"
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
