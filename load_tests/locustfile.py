@@ -1,7 +1,7 @@
 """Locust scenarios for Herald: subscribers, publishers, streamed responses, an admin poller.
 
 Run headless against a server it starts itself, or a deployment, with
-``python -m load_tests.run_locust`` (see the README's "Load testing"); or use
+``python -m load_tests.run_locust`` (see docs/performance.md, "Load testing"); or use
 Locust directly from the repository root::
 
     PUBLISH_TOKEN=... ADMIN_TOKEN=... python -m locust -f load_tests/locustfile.py \\

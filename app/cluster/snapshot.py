@@ -35,7 +35,7 @@ __all__ = [
 
 
 class WorkerSnapshot(TypedDict):
-    """One worker's figures at wall time ``at`` (documented in the README, "Admin API")."""
+    """One worker's figures at wall time ``at`` (documented in docs/http-api.md, "Admin API")."""
 
     worker: str
     host: str

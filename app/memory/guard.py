@@ -272,7 +272,7 @@ class MemoryGuard:
         )
 
     def snapshot(self) -> dict[str, object]:
-        """The ``memory`` section of the admin metrics (documented in the README)."""
+        """The ``memory`` section of the admin metrics (docs/http-api.md, "Admin API")."""
         settings = self.settings
         limit = self.limit.bytes
         return {

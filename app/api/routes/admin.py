@@ -1,7 +1,7 @@
 """The admin API: what an operator needs to see memory before it hurts.
 
 Every route needs the admin token (``app.api.admin_auth``). The JSON shapes are
-documented in the README ("Admin API"); keys are only ever added, so a
+documented in docs/http-api.md ("Admin API"); keys are only ever added, so a
 dashboard written against them keeps working.
 
 The sections describe the worker that answers; ``workers`` and ``total`` add
