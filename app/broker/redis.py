@@ -291,9 +291,13 @@ class RedisBroker(Broker):
                 )
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
+                # RedisError and OSError are the expected ones; redis-py has also been seen
+                # raising KeyError from its pool when a connection closed under a read.
                 if self._closing:
                     return
+                if not isinstance(exc, RedisError | OSError):
+                    logger.warning("redis reader: unexpected %r; reconnecting", exc)
                 self.read_errors += 1
                 self._verify_after_error = self._position is not None
                 self._mark_down(exc)

@@ -30,8 +30,15 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str] | None = None, argv: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+        *,
+        cwd: Path = REPO_ROOT,
+    ) -> None:
         self.port = free_port()
+        self.cwd = cwd  # another checkout, for before/after measurements
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
@@ -51,7 +58,7 @@ class ServerProcess:
         at all: a server whose broker is unreachable serves, but reports 503)."""
         self.process = subprocess.Popen(
             self.argv,
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
