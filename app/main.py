@@ -23,6 +23,8 @@ from app.core.config import Settings, SettingsError, load_settings
 from app.core.logging import configure_logging
 from app.limits import create_client_limits
 from app.memory.guard import MemoryGuard, level_tracker
+from app.mercure import routes as mercure
+from app.mercure.subscriptions import SubscriptionRegistry
 from app.middleware.memory_headers import MemoryHeadersMiddleware
 from app.middleware.stream_fast_path import StreamFastPath
 from app.responses.producers.base import Producer
@@ -98,6 +100,7 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
     app.state.tokens = tokens
     app.state.proxies = TrustedProxies(settings.trusted_proxies)
     app.state.admin_streams = admin_stream.StreamSlots(settings.admin_stream_max_connections)
+    app.state.mercure_subscriptions = SubscriptionRegistry(settings.mercure_subscriptions_max)
     # Added first, so it is the innermost middleware: CORS and the rest still wrap streams.
     app.add_middleware(StreamFastPath)
     if settings.cors_origins:
@@ -106,7 +109,9 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
             allow_origins=settings.cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Cache-Control"],
+            # The Mercure subscription API's cursor and the stream's resume point.
+            expose_headers=["Link", "Mercure-Last-Event-ID"],
         )
     if settings.memory_headers:
         app.add_middleware(MemoryHeadersMiddleware)
@@ -117,6 +122,7 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
     app.include_router(admin_stream.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
+    app.include_router(mercure.router)
     return app
 
 

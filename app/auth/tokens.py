@@ -5,6 +5,10 @@ The algorithm is pinned by configuration, never taken from the token alone:
 or ES256 (an EC key) only, and each key is used only for its own family. So
 ``alg: none`` is refused, and so is the classic confusion of signing HS256 with
 the public key as the HMAC secret.
+
+``decode`` is the shared core: Herald's routes read grants from its claims, the
+Mercure hub (``app.mercure.tokens``) adds the RFC 9068 checks (``typ``, ``aud``,
+``iss``, a required ``exp``) through its keyword arguments.
 """
 
 from __future__ import annotations
@@ -64,12 +68,32 @@ class TokenVerifier:
         return sorted(self._keys)
 
     def verify(self, token: str) -> Grants:
+        return Grants.from_claims(self.decode(token))
+
+    def decode(
+        self,
+        token: str,
+        *,
+        types: frozenset[str] | None = None,
+        audience: str | None = None,
+        issuers: list[str] | None = None,
+        require: tuple[str, ...] = (),
+    ) -> dict[str, object]:
+        """The verified claims. ``types``: accepted ``typ`` header values (lower case,
+        ``application/`` prefix removed); ``audience`` must be in ``aud``; ``iss`` must be
+        one of ``issuers``; ``require``: claims that must be present."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidTokenError("token too long")
         try:
-            algorithm = jwt.get_unverified_header(token).get("alg")
+            header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise InvalidTokenError("malformed token") from None
+        algorithm = header.get("alg")
+        if types is not None:
+            typ = header.get("typ")
+            kind = typ.lower().removeprefix("application/") if isinstance(typ, str) else None
+            if kind not in types:
+                raise InvalidTokenError("token type (typ) not accepted here")
         key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
         if key is None:
             raise InvalidTokenError(
@@ -81,7 +105,9 @@ class TokenVerifier:
                 key.material,  # type: ignore[arg-type]
                 algorithms=[key.algorithm],
                 leeway=self.leeway_seconds,
-                options={"require": [], "verify_aud": False},
+                audience=audience,
+                issuer=issuers,
+                options={"require": list(require), "verify_aud": audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise InvalidTokenError("token has expired") from None
@@ -89,8 +115,14 @@ class TokenVerifier:
             raise InvalidTokenError("token is not valid yet (nbf)") from None
         except jwt.InvalidSignatureError:
             raise InvalidTokenError("token signature is invalid") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidTokenError("token audience (aud) is not this hub") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidTokenError("token issuer (iss) is not trusted") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidTokenError(f"token lacks the {exc.claim!r} claim") from None
         except jwt.PyJWTError:
             raise InvalidTokenError("malformed token") from None
         if not isinstance(claims, dict):
             raise InvalidTokenError("malformed token")
-        return Grants.from_claims(claims)
+        return claims

@@ -73,8 +73,13 @@ class Broker(ABC):
     async def disconnect(self) -> None: ...
 
     @abstractmethod
-    async def publish(self, channel: str, body: bytes, private: bool = False) -> Event:
-        """Assign an id, retain the event for replay and deliver it to every subscribed process."""
+    async def publish(
+        self, channel: str, body: bytes, private: bool = False, *, event_id: str | None = None
+    ) -> Event:
+        """Assign a position, retain the event for replay and deliver it to every subscribed
+        process. ``event_id`` (a publisher's own, e.g. Mercure's ``id`` field; never one that
+        parses as a position) becomes the event's id on the wire and a resume cursor that
+        resolves to this event's position, for as long as the event is retained."""
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:
@@ -85,10 +90,21 @@ class Broker(ABC):
         """One local subscriber of ``channel`` has gone."""
 
     @abstractmethod
-    async def replay(self, channels: Sequence[str], last_event_id: str | None) -> Replay:
+    async def replay(
+        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+    ) -> Replay:
         """Retained events of ``channels`` after ``last_event_id``, oldest first, and the
-        head position (no events for ``None``: a new stream starts at the head).
-        Raises ``BrokerUnavailableError`` when the broker cannot answer now."""
+        head position (no events for ``None``: a new stream starts at the head; all that is
+        retained for ``EARLIEST``). ``last_event_id`` is a position or a publisher-supplied
+        id. ``every_channel``: events of every channel (a pattern subscription filters
+        them). Raises ``BrokerUnavailableError`` when the broker cannot answer now."""
+
+    async def watch_every_channel(self) -> None:  # noqa: B027 - optional capability
+        """This process has a subscriber that may want any channel (a pattern); a broker
+        that delivers every channel to every process anyway needs do nothing."""
+
+    async def unwatch_every_channel(self) -> None:  # noqa: B027 - optional capability
+        """One such subscriber has gone."""
 
     @abstractmethod
     def sweep(self, now: float) -> int:

@@ -10,6 +10,10 @@ been lost. A client resuming from an id at or above every floor of its channels
 gets an exact replay; below it, it is told to reset. Ids are ordered across
 channels (one generator), so the globally oldest event is at the front of one
 insertion-ordered map and the byte budget evicts it in O(1).
+
+Publisher-supplied ids (Mercure's ``id`` field) are cursors too: an index maps
+each to the position of the earliest retained event that carries it, and an
+entry leaves with its event, so the index is bounded by the history itself.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class HistoryStore:
         self._dropped_floor = floor
         self._logs: OrderedDict[str, _ChannelLog] = OrderedDict()
         self._all: OrderedDict[EventKey, Event] = OrderedDict()
+        # Publisher-supplied id -> position of the earliest retained event carrying it.
+        self._supplied_ids: dict[str, EventKey] = {}
 
     def __len__(self) -> int:
         return len(self._all)
@@ -79,10 +85,12 @@ class HistoryStore:
         log.last_activity = now
         return log
 
-    def append(self, event: Event, now: float) -> None:
+    def append(self, event: Event, now: float, *, supplied_id: bool = False) -> None:
         log = self._log(event.channel, now)
         log.events.append(event)
         self._all[event.key] = event
+        if supplied_id:
+            self._supplied_ids.setdefault(event.id, event.key)
         self.bytes += len(event.frame) + EVENT_OVERHEAD_BYTES
         if len(log.events) > self.max_events:
             self._evict(log, log.events.popleft())
@@ -91,19 +99,31 @@ class HistoryStore:
             oldest_log = self._logs[oldest.channel]
             self._evict(oldest_log, oldest_log.events.popleft())
 
-    def _evict(self, log: _ChannelLog, event: Event) -> None:
+    def _forget(self, event: Event) -> None:
         del self._all[event.key]
+        if self._supplied_ids and self._supplied_ids.get(event.id) == event.key:
+            del self._supplied_ids[event.id]
+
+    def resolve(self, supplied_id: str) -> EventKey | None:
+        """The position of the earliest retained event whose publisher gave it this id."""
+        return self._supplied_ids.get(supplied_id)
+
+    def _evict(self, log: _ChannelLog, event: Event) -> None:
+        self._forget(event)
         self.bytes -= len(event.frame) + EVENT_OVERHEAD_BYTES
         log.floor = max(log.floor, event.key)
         self.evicted += 1
 
-    def since(self, channels: Iterable[str], after: EventKey) -> list[Event] | None:
-        """Events after ``after`` on ``channels`` in id order, or None if some may be lost."""
+    def since(
+        self, channels: Iterable[str], after: EventKey, *, exact: bool = True
+    ) -> list[Event] | None:
+        """Events after ``after`` on ``channels`` in id order, or None if some may be lost
+        (``exact=False``: whatever is retained, lost or not)."""
         runs: list[list[Event]] = []
         for channel in channels:
             log = self._logs.get(channel)
             floor = log.floor if log is not None else self._dropped_floor
-            if after < floor:
+            if exact and after < floor:
                 return None
             if log is None:
                 continue
@@ -117,6 +137,21 @@ class HistoryStore:
         if len(runs) == 1:
             return runs[0]
         return list(merge(*runs, key=lambda event: event.key))
+
+    def since_all(self, after: EventKey, *, exact: bool = True) -> list[Event] | None:
+        """Events after ``after`` on every channel, in id order (the replay of a pattern
+        subscription), or None if some may be lost; costs what is newer than ``after``."""
+        if exact:
+            floors = (log.floor for log in self._logs.values())
+            if after < max(floors, default=self._dropped_floor) or after < self._dropped_floor:
+                return None
+        run: list[Event] = []
+        for key, event in reversed(self._all.items()):
+            if key <= after:
+                break
+            run.append(event)
+        run.reverse()
+        return run
 
     def add_interest(self, channel: str, now: float) -> None:
         self._log(channel, now).interest += 1
@@ -161,7 +196,7 @@ class HistoryStore:
         self._dropped_floor = max(self._dropped_floor, newest, log.floor)
         while log.events:
             event = log.events.popleft()
-            del self._all[event.key]
+            self._forget(event)
             self.bytes -= len(event.frame) + EVENT_OVERHEAD_BYTES
         self.channels_dropped += 1
 
@@ -169,6 +204,7 @@ class HistoryStore:
         return {
             "channels": len(self._logs),
             "events": len(self._all),
+            "supplied_ids": len(self._supplied_ids),
             "bytes": self.bytes,
             "max_bytes": self.max_bytes,
             "evicted": self.evicted,

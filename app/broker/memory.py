@@ -15,7 +15,13 @@ from app.broker.base import Broker, EventListener, Replay, ResyncListener
 from app.broker.history import HistoryStore
 from app.sse.encoding import encode_frame
 from app.sse.event import Event
-from app.sse.event_id import EventIdGenerator, format_event_id, parse_event_id
+from app.sse.event_id import (
+    EARLIEST,
+    EventIdGenerator,
+    EventKey,
+    format_event_id,
+    parse_event_id,
+)
 
 __all__ = ["MemoryBroker"]
 
@@ -49,11 +55,13 @@ class MemoryBroker(Broker):
     async def disconnect(self) -> None:
         self._listener = None
 
-    async def publish(self, channel: str, body: bytes, private: bool = False) -> Event:
+    async def publish(
+        self, channel: str, body: bytes, private: bool = False, *, event_id: str | None = None
+    ) -> Event:
         key = self._ids.next()
-        event_id = format_event_id(key)
-        event = Event(key, event_id, channel, encode_frame(event_id, body), private)
-        self.history.append(event, self._clock())
+        shown = event_id if event_id is not None else format_event_id(key)
+        event = Event(key, shown, channel, encode_frame(shown, body), private)
+        self.history.append(event, self._clock(), supplied_id=event_id is not None)
         if self._listener is not None:
             self._listener(event)
         return event
@@ -64,18 +72,27 @@ class MemoryBroker(Broker):
     async def unsubscribe(self, channel: str) -> None:
         self.history.remove_interest(channel, self._clock())
 
-    async def replay(self, channels: Sequence[str], last_event_id: str | None) -> Replay:
+    async def replay(
+        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+    ) -> Replay:
         # No await from here on: the snapshot and the head are one instant, and every
         # later event reaches the listener after this call (the broker contract).
         head = format_event_id(self._ids.last)
         if last_event_id is None:
             return Replay(head=head)
-        after = parse_event_id(last_event_id)
-        # Garbage, an id not issued yet, or one issued before this process began
-        # (a restart): unknown here, whatever the history floors say.
-        if after is None or after > self._ids.last or after < self._ids.first:
-            return Replay(head=head, reset=True, reason="unknown_id")
-        events = self.history.since(channels, after)
+        exact = last_event_id != EARLIEST
+        after: EventKey = (0, 0)
+        if exact:
+            found = parse_event_id(last_event_id) or self.history.resolve(last_event_id)
+            # Garbage, an id not issued yet, or one issued before this process began
+            # (a restart): unknown here, whatever the history floors say.
+            if found is None or found > self._ids.last or found < self._ids.first:
+                return Replay(head=head, reset=True, reason="unknown_id")
+            after = found
+        if every_channel:
+            events = self.history.since_all(after, exact=exact)
+        else:
+            events = self.history.since(channels, after, exact=exact)
         if events is None:
             return Replay(head=head, reset=True, reason="history_expired")
         return Replay(head=head, events=events)

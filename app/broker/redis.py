@@ -72,7 +72,7 @@ from redis.exceptions import RedisError, ResponseError
 from app.broker.base import Broker, BrokerUnavailableError, EventListener, Replay, ResyncListener
 from app.sse.encoding import encode_frame
 from app.sse.event import Event
-from app.sse.event_id import EventKey, format_event_id, parse_event_id
+from app.sse.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
 
 __all__ = ["RedisBroker", "redact_url"]
 
@@ -95,24 +95,35 @@ READER_STOP_SECONDS = 2.0
 BODY_FIELD = b"b"
 PRIVATE_FIELD = b"p"  # b"1" on private events
 PREVIOUS_FIELD = b"v"  # channel entries: the id of the channel's previous entry
+SUPPLIED_ID_FIELD = b"i"  # the publisher's own id, shown instead of the entry id
 CHANNEL_FIELD = b"c"  # log entries only
 NUMBER_FIELD = b"n"  # log entries only
 UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
 
-# KEYS: log, counter, the channel's stream. ARGV: channel, body, private flag,
-# log size, history size, channel TTL (ms). Returns the event id.
+# KEYS: log, counter, the channel's stream, the supplied id's key. ARGV: channel, body,
+# private flag, log size, history size, channel TTL (ms), supplied id ('' for none).
+# Returns the event id.
 PUBLISH_SCRIPT = """
 local n = redis.call('INCR', KEYS[2])
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
-                      'n', n, 'c', ARGV[1], 'b', ARGV[2], 'p', ARGV[3])
+local log_fields = {'n', n, 'c', ARGV[1], 'b', ARGV[2], 'p', ARGV[3]}
 local fields = {'b', ARGV[2], 'p', ARGV[3]}
+if ARGV[7] ~= '' then
+  log_fields[9] = 'i'
+  log_fields[10] = ARGV[7]
+  fields[5] = 'i'
+  fields[6] = ARGV[7]
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', unpack(log_fields))
 local previous = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
 if previous then
-  fields[5] = 'v'
-  fields[6] = previous[1]
+  fields[#fields + 1] = 'v'
+  fields[#fields + 1] = previous[1]
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, unpack(fields))
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
+if ARGV[7] ~= '' then
+  redis.call('SET', KEYS[4], id, 'NX', 'PX', ARGV[6])
+end
 return id
 """
 
@@ -128,8 +139,10 @@ def redact_url(url: str) -> str:
 
 
 def _event(entry_id: bytes, channel: str, fields: dict[bytes, bytes]) -> Event:
-    """A stream entry as an Event: the entry id is the event id."""
-    event_id = entry_id.decode()
+    """A stream entry as an Event: the entry id is its position and, unless the publisher
+    supplied one, its id."""
+    supplied = fields.get(SUPPLIED_ID_FIELD)
+    event_id = supplied.decode() if supplied else entry_id.decode()
     body = fields.get(BODY_FIELD, b"")
     private = fields.get(PRIVATE_FIELD) == b"1"
     return Event(_key_of(entry_id), event_id, channel, encode_frame(event_id, body), private)
@@ -175,6 +188,8 @@ class RedisBroker(Broker):
         self._number = 0
         self._verify_after_error = False
         self._interest: dict[str, int] = {}
+        # Local subscribers that may want any channel (patterns): the reader keeps all.
+        self._every_channel = 0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -182,6 +197,10 @@ class RedisBroker(Broker):
 
     def key(self, channel: str) -> str:
         return f"{self.key_prefix}:{{{channel}}}"
+
+    def supplied_id_key(self, supplied_id: str) -> str:
+        # Expires with the channel TTL: it need only outlive the event's history.
+        return f"{self.key_prefix}:id:{supplied_id}"
 
     @property
     def client(self) -> aioredis.Redis:
@@ -249,18 +268,31 @@ class RedisBroker(Broker):
 
     # --- publish ---------------------------------------------------------
 
-    async def publish(self, channel: str, body: bytes, private: bool = False) -> Event:
+    async def publish(
+        self, channel: str, body: bytes, private: bool = False, *, event_id: str | None = None
+    ) -> Event:
         assert self._publish is not None, "connect() first"
         flag = b"1" if private else b""
+        supplied = event_id or ""
+        id_key = self.supplied_id_key(supplied) if supplied else self.log_key
         try:
             entry_id = await self._publish(
-                keys=[self.log_key, self.counter_key, self.key(channel)],
-                args=[channel, body, flag, self.log_size, self.history_size, self.channel_ttl_ms],
+                keys=[self.log_key, self.counter_key, self.key(channel), id_key],
+                args=[
+                    channel,
+                    body,
+                    flag,
+                    self.log_size,
+                    self.history_size,
+                    self.channel_ttl_ms,
+                    supplied,
+                ],
             )
         except (RedisError, OSError) as exc:
             self._mark_down(exc)
             raise BrokerUnavailableError(UNAVAILABLE) from None
-        return _event(cast(bytes, entry_id), channel, {BODY_FIELD: body, PRIVATE_FIELD: flag})
+        fields = {BODY_FIELD: body, PRIVATE_FIELD: flag, SUPPLIED_ID_FIELD: supplied.encode()}
+        return _event(cast(bytes, entry_id), channel, fields)
 
     # --- subscriptions ---------------------------------------------------
 
@@ -274,6 +306,12 @@ class RedisBroker(Broker):
             self._interest[channel] = count
         else:
             self._interest.pop(channel, None)
+
+    async def watch_every_channel(self) -> None:
+        self._every_channel += 1
+
+    async def unwatch_every_channel(self) -> None:
+        self._every_channel = max(0, self._every_channel - 1)
 
     # --- the reader ------------------------------------------------------
 
@@ -339,7 +377,7 @@ class RedisBroker(Broker):
             self._number = number
             self._position = entry_id
             channel = fields[CHANNEL_FIELD].decode()
-            if listener is not None and channel in interest:
+            if listener is not None and (channel in interest or self._every_channel):
                 listener(_event(entry_id, channel, fields))
 
     def _skipped(self, why: str) -> None:
@@ -355,19 +393,29 @@ class RedisBroker(Broker):
 
     # --- replay ----------------------------------------------------------
 
-    async def replay(self, channels: Sequence[str], last_event_id: str | None) -> Replay:
+    async def replay(
+        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+    ) -> Replay:
         if self._commands is None or self._position is None:
             # Until the reader holds a position, live delivery after a head is not assured.
             raise BrokerUnavailableError(UNAVAILABLE)
-        after = parse_event_id(last_event_id) if last_event_id is not None else None
+        exact = last_event_id != EARLIEST
+        after: EventKey | None = None
+        if last_event_id is not None:
+            after = parse_event_id(last_event_id) if exact else (0, 0)
+            if after is None:
+                after = await self._resolve(last_event_id)
+        # Each source: a channel's stream, or the log for a pattern subscription.
+        sources = [self.log_key] if every_channel else [self.key(c) for c in channels]
+        low = f"({format_event_id(after)}" if exact and after is not None else "-"
         try:
             async with self._commands.pipeline(transaction=True) as pipe:
                 pipe.time()
                 pipe.xinfo_stream(self.log_key)
                 if last_event_id is not None and after is not None:
-                    for channel in channels:
-                        pipe.exists(self.key(channel))
-                        pipe.xrange(self.key(channel), min=f"({format_event_id(after)}", max="+")
+                    for source in sources:
+                        pipe.exists(source)
+                        pipe.xrange(source, min=low, max="+")
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self._mark_down(exc)
@@ -388,16 +436,44 @@ class RedisBroker(Broker):
         if after is None or after > head_key:
             return Replay(head=head, reset=True, reason="unknown_id")
         events: list[Event] = []
-        for index, channel in enumerate(channels):
+        for index in range(len(sources)):
             exists, entries = results[2 + 2 * index], results[3 + 2 * index]
             if isinstance(entries, Exception):
                 raise BrokerUnavailableError(UNAVAILABLE)
-            if self._lost(after, bool(exists), entries, now_ms):
+            if every_channel:
+                if exact and self._log_lost(after, entries, log_info):
+                    return Replay(head=head, reset=True, reason="history_expired")
+                events.extend(
+                    _event(entry_id, fields[CHANNEL_FIELD].decode(), fields)
+                    for entry_id, fields in entries
+                )
+                continue
+            if exact and self._lost(after, bool(exists), entries, now_ms):
                 return Replay(head=head, reset=True, reason="history_expired")
+            channel = channels[index]
             events.extend(_event(entry_id, channel, fields) for entry_id, fields in entries)
-        if len(channels) > 1:
+        if len(sources) > 1:
             events.sort(key=lambda event: event.key)
         return Replay(head=head, events=events)
+
+    async def _resolve(self, supplied_id: str) -> EventKey | None:
+        """The position of the event a publisher gave this id (while its key lives)."""
+        assert self._commands is not None
+        try:
+            found = await self._commands.get(self.supplied_id_key(supplied_id))
+        except (RedisError, OSError) as exc:
+            self._mark_down(exc)
+            raise BrokerUnavailableError(UNAVAILABLE) from None
+        return _key_of(found) if found else None
+
+    @staticmethod
+    def _log_lost(after: EventKey, entries: list[Any], log_info: object) -> bool:
+        """Whether the log (trimmed to REDIS_LOG_SIZE) may lack an event after ``after``:
+        its oldest entry is newer than ``after`` and is not the first event ever."""
+        if not isinstance(log_info, dict) or not log_info.get("first-entry"):
+            return False
+        first_id, fields = log_info["first-entry"]
+        return _key_of(first_id) > after and int(fields.get(NUMBER_FIELD, 1)) > 1
 
     def _lost(self, after: EventKey, exists: bool, entries: list[Any], now_ms: int) -> bool:
         """Whether a channel's history may lack an event after ``after`` (design note 8)."""
@@ -424,6 +500,7 @@ class RedisBroker(Broker):
             "url": redact_url(self.url),
             "state": self.state,
             "channels_read": len(self._interest),
+            "every_channel_readers": self._every_channel,
             "log_position": self._position.decode() if self._position else None,
             "reconnects": self.reconnects,
             "read_errors": self.read_errors,

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     # for its replay, then ends without `reset` so the client retries with the same id.
     sse_replay_wait_seconds: float = Field(default=30, ge=0, le=3600)
 
+    # Pattern subscriptions (Mercure URL patterns, `*`): channels whose matching patterns
+    # are cached (app/sse/patterns.py); each entry is the channel and the numbers of the
+    # patterns that match it.
+    sse_pattern_cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
+
     # --- history (replay) ---
     sse_history_size: int = Field(default=1000, ge=0, le=1_000_000)
     sse_history_max_mb: float = Field(default=32, ge=0)
@@ -84,6 +89,22 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: float = Field(default=30, ge=0, le=600)
     cookie_name: str = Field(default="herald_auth", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     allow_anonymous: bool = True
+    # Mercure (app/mercure): the hub's resource identifier, which tokens must name in
+    # `aud` (RFC 9068), and the trusted issuers (`iss`, comma-separated). Without
+    # JWT_AUDIENCE the Mercure hub accepts no token (anonymous subscribers only).
+    jwt_audience: str | None = None
+    jwt_issuer: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    mercure_cookie_name: str = Field(
+        default="__Secure-mercure_access_token", pattern=r"^[A-Za-z0-9_.-]{1,64}$"
+    )
+    # Bounds on one Mercure request: matchers per subscription, characters per matcher
+    # or topic, topics per publish, publish body bytes (then 413).
+    mercure_max_matchers: int = Field(default=64, ge=1, le=10_000)
+    mercure_max_matcher_length: int = Field(default=2048, ge=16, le=65_536)
+    mercure_max_topics: int = Field(default=32, ge=1, le=1000)
+    mercure_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * MB)
+    # Active subscriptions kept for the subscription API (oldest ended ones go first).
+    mercure_subscriptions_max: int = Field(default=10_000, ge=1, le=10_000_000)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- streamed responses ---
@@ -126,13 +147,22 @@ class Settings(BaseSettings):
     admin_ticket_seconds: float = Field(default=60, ge=1, le=3600)
     admin_stream_max_connections: int = Field(default=10, ge=1, le=1000)
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", "jwt_issuer", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         # A comma-separated list is what people type into a dashboard's env form;
         # pydantic-settings would otherwise insist on a JSON array.
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard_with_credentials(cls, value: list[str]) -> list[str]:
+        # Credentials (cookies) are allowed on CORS requests: a `*` would be reflected
+        # to any site, which could then read a subscriber's private updates.
+        if "*" in value:
+            raise ValueError("list the trusted origins; '*' is refused (credentials are on)")
         return value
 
     @field_validator("trusted_proxies")
@@ -168,7 +198,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "publish_token", "admin_token", "upstream_api_key", "jwt_secret", mode="before"
+        "publish_token",
+        "admin_token",
+        "upstream_api_key",
+        "jwt_secret",
+        "jwt_audience",
+        mode="before",
     )
     @classmethod
     def _empty_token_is_unset(cls, value: object) -> object:

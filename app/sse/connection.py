@@ -73,6 +73,7 @@ class CloseReason(StrEnum):
     OVERFLOW = "overflow"
     RESYNC = "resync"  # the broker's live feed skipped events: resume from history
     SHUTDOWN = "shutdown"
+    TOKEN_EXPIRED = "token_expired"  # the subscriber's access token reached its exp
 
 
 class QueueBudget:

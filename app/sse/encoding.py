@@ -77,8 +77,9 @@ def encode_body(data: object, event: str | None = None) -> bytes:
 
 
 def encode_frame(event_id: str, body: bytes) -> bytes:
-    """A complete event: its id line, its body and the blank line that dispatches it."""
-    return b"id: " + event_id.encode("ascii") + b"\n" + body + b"\n"
+    """A complete event: its id line, its body and the blank line that dispatches it.
+    (UTF-8: a publisher-supplied id may be an IRI; callers keep line breaks out.)"""
+    return b"id: " + event_id.encode() + b"\n" + body + b"\n"
 
 
 def encode_position(event_id: str) -> bytes:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 __all__ = [
+    "EARLIEST",
     "MAX_EVENT_ID_LENGTH",
     "EventIdGenerator",
     "EventKey",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 MAX_EVENT_ID_LENGTH = 64
+EARLIEST = "earliest"
+"""The reserved resume point (Mercure's): every retained event of the stream's channels."""
 
 EventKey = tuple[int, int]
 

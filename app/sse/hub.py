@@ -34,6 +34,14 @@ Design decisions (read before changing):
 6. A broker that finds its live feed skipped events calls ``resync``: every
    stream is closed (``CloseReason.RESYNC``, gracefully) and clients resume from
    history with their ``Last-Event-ID`` — a reconnect instead of a silent gap.
+7. Pattern subscriptions (Mercure's URL patterns and ``*``) sit beside the exact
+   channels: ``open(..., patterns=...)`` puts the stream in a ``PatternIndex``
+   whose bounded cache makes matching cost once per distinct channel, not once
+   per subscriber per event (``app.sse.patterns``). Such a stream replays every
+   channel and keeps the events its patterns or channels match; the broker is
+   told to deliver every channel to this process while one is open.
+   ``private_channels`` is any container: a Mercure stream's answers ``in`` from
+   its token's grants, so a private event's check stays one expression.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Container, Iterable
 from dataclasses import dataclass
 
 from app.broker.base import Broker, Replay
@@ -61,6 +69,7 @@ from app.sse.connection import (
 from app.sse.encoding import encode_body
 from app.sse.event import Event
 from app.sse.event_id import parse_event_id
+from app.sse.patterns import PatternIndex, TopicPattern
 from app.sse.shutdown import shutdown_requested
 
 __all__ = ["CHANNEL_PATTERN", "Hub", "InvalidChannelError", "StreamRefusedError"]
@@ -131,6 +140,8 @@ class Hub:
         self.counters = HubCounters()
         self.closed_by_reason: Counter[str] = Counter()
         self._channels: dict[str, set[Connection]] = {}
+        self._patterns: PatternIndex[Connection] = PatternIndex(settings.sse_pattern_cache_size)
+        self._patterns_of: dict[Connection, tuple[TopicPattern, ...]] = {}
         self._connections: set[Connection] = set()
         self._tasks: list[asyncio.Task[None]] = []
         # Connections with events to write directly, flushed once per loop iteration
@@ -195,13 +206,30 @@ class Hub:
         self.counters.published += 1
         return published.id
 
+    async def publish_frame(
+        self, channel: str, body: bytes, *, private: bool = False, event_id: str | None = None
+    ) -> str:
+        """Publish an already encoded body (another protocol's front, which validated the
+        channel and fields under its own rules) with an optional publisher-supplied id;
+        returns the event id. Raises ``BrokerUnavailableError``."""
+        published = await self.broker.publish(channel, body, private, event_id=event_id)
+        self.counters.published += 1
+        return published.id
+
     def subscriber_count(self, channel: str) -> int:
         return len(self._channels.get(channel, ()))
 
     def _fan_out(self, event: Event) -> None:
         subscribers = self._channels.get(event.channel)
-        if not subscribers:
-            return
+        if subscribers:
+            self._push(event, subscribers)
+        if self._patterns:
+            for matched in self._patterns.subscribers_for(event.channel):
+                # A stream also subscribed exactly, or by two patterns, gets the event
+                # once: its cursor skips the second push (design note 3).
+                self._push(event, matched)
+
+    def _push(self, event: Event, subscribers: set[Connection]) -> None:
         counters = self.counters
         if event.private:
             # Rare path: the per-subscriber check costs only private events.
@@ -250,12 +278,18 @@ class Hub:
         self,
         channels: Iterable[str],
         client: str = "",
-        private_channels: frozenset[str] = frozenset(),
+        private_channels: Container[str] = frozenset(),
+        *,
+        patterns: Iterable[TopicPattern] = (),
+        validated: bool = False,
     ) -> AsyncIterator[Connection]:
-        """Register a stream on ``channels``; it queues live events from here on, and
-        writes them once ``catch_up`` has placed it. Private events are delivered
-        (live and in replay) on ``private_channels`` only. Raises ``StreamRefusedError``."""
-        names = tuple(dict.fromkeys(validate_channel(name) for name in channels))
+        """Register a stream on ``channels`` and ``patterns``; it queues live events from
+        here on, and writes them once ``catch_up`` has placed it. Private events are
+        delivered (live and in replay) on ``private_channels`` only. ``validated``: the
+        caller checked the names under its own rules. Raises ``StreamRefusedError``."""
+        check = (lambda name: name) if validated else validate_channel
+        names = tuple(dict.fromkeys(check(name) for name in channels))
+        stream_patterns = tuple(dict.fromkeys(patterns))
         self._admit()
         lease = await self._lease(client)
         try:
@@ -267,12 +301,16 @@ class Hub:
                 budget=self.budget,
                 now=self.clock(),
                 client=client,
-                private_channels=private_channels,
+                private_channels=private_channels,  # type: ignore[arg-type]
                 on_ready=self._schedule_flush,
             )
-            self._register(connection)
+            self._register(connection, stream_patterns)
             subscribed: list[str] = []
+            watching = False
             try:
+                if stream_patterns:
+                    await self.broker.watch_every_channel()
+                    watching = True
                 for name in names:
                     await self.broker.subscribe(name)
                     subscribed.append(name)
@@ -282,6 +320,9 @@ class Hub:
                 for name in subscribed:
                     with contextlib.suppress(Exception):
                         await self.broker.unsubscribe(name)
+                if watching:
+                    with contextlib.suppress(Exception):
+                        await self.broker.unwatch_every_channel()
                 self._log_end(connection)
         finally:
             if lease is not None:
@@ -291,10 +332,15 @@ class Hub:
         """What ``connection`` must send before going live (events after ``last_event_id``,
         or nothing for a new stream) and the position it goes live after; the events it
         may not see are left out. Raises ``BrokerUnavailableError``."""
-        replay = await self.broker.replay(connection.channels, last_event_id)
+        patterns = self._patterns_of.get(connection)
+        replay = await self.broker.replay(
+            connection.channels, last_event_id, every_channel=patterns is not None
+        )
         head = parse_event_id(replay.head)
         assert head is not None, replay.head  # brokers issue well-formed positions
         connection.go_live(head)
+        if patterns is not None:
+            replay = _matching(replay, frozenset(connection.channels), patterns)
         return _visible(replay, connection.private_channels)
 
     @contextlib.asynccontextmanager
@@ -303,7 +349,7 @@ class Hub:
         channels: Iterable[str],
         last_event_id: str | None = None,
         client: str = "",
-        private_channels: frozenset[str] = frozenset(),
+        private_channels: Container[str] = frozenset(),
     ) -> AsyncIterator[tuple[Connection, Replay]]:
         """``open`` and ``catch_up`` in one step, for consumers that need not wait out a
         broker outage; yields the connection and its replay."""
@@ -327,10 +373,14 @@ class Hub:
         except LimitExceededError as exc:
             raise StreamRefusedError(exc.detail, exc.retry_after, status_code=429) from None
 
-    def _register(self, connection: Connection) -> None:
+    def _register(self, connection: Connection, patterns: tuple[TopicPattern, ...]) -> None:
         self._connections.add(connection)
         for name in connection.channels:
             self._channels.setdefault(name, set()).add(connection)
+        if patterns:
+            self._patterns_of[connection] = patterns
+            for pattern in patterns:
+                self._patterns.add(pattern, connection)
         self.counters.opened += 1
 
     def _unregister(self, connection: Connection) -> None:
@@ -345,6 +395,8 @@ class Hub:
                 subscribers.discard(connection)
                 if not subscribers:
                     del self._channels[name]
+        for pattern in self._patterns_of.pop(connection, ()):
+            self._patterns.discard(pattern, connection)
         connection.discard_queue()
         self.counters.delivered += connection.delivered
 
@@ -404,6 +456,7 @@ class Hub:
         return {
             "connections": len(self._connections),
             "channels": len(self._channels),
+            "patterns": self._patterns.stats(),
             "queued": sum(c.queued for c in self._connections),
             "queued_bytes": self.budget.bytes,
             "queued_bytes_limit": self.budget.limit,
@@ -419,7 +472,19 @@ class Hub:
         }
 
 
-def _visible(replay: Replay, private_channels: frozenset[str]) -> Replay:
+def _matching(
+    replay: Replay, channels: frozenset[str], patterns: tuple[TopicPattern, ...]
+) -> Replay:
+    """The replay of every channel narrowed to what a pattern stream subscribed to."""
+    events = [
+        e
+        for e in replay.events
+        if e.channel in channels or any(p.matches(e.channel) for p in patterns)
+    ]
+    return dataclasses.replace(replay, events=events)
+
+
+def _visible(replay: Replay, private_channels: Container[str]) -> Replay:
     """Replay without the private events this subscriber may not see."""
     if not any(event.private for event in replay.events):
         return replay

@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Container, Iterable, Iterator
 
 from sse_starlette import EventSourceResponse
 from starlette.responses import JSONResponse
@@ -49,6 +49,7 @@ from app.sse.direct_write import resume
 from app.sse.encoding import PING_FRAME, encode_position, encode_retry
 from app.sse.event_id import MAX_EVENT_ID_LENGTH
 from app.sse.hub import Hub, StreamRefusedError
+from app.sse.patterns import TopicPattern
 
 __all__ = ["FINAL_WRITE_TIMEOUT_SECONDS", "HeraldStreamResponse", "reset_frame"]
 
@@ -114,8 +115,10 @@ class HeraldStreamResponse(EventSourceResponse):
         *,
         last_event_id: str | None = None,
         client: str = "",
-        private_channels: frozenset[str] = frozenset(),
+        private_channels: Container[str] = frozenset(),
         headers: dict[str, str] | None = None,
+        patterns: tuple[TopicPattern, ...] = (),
+        validated: bool = False,
     ) -> None:
         super().__init__(_NO_CONTENT, ping=0, headers=headers)
         # Never used: __call__ below replaces the machinery the lock guards, and an
@@ -126,6 +129,9 @@ class HeraldStreamResponse(EventSourceResponse):
         self._last_event_id = last_event_id
         self._client = client
         self._private_channels = private_channels
+        # Another protocol's front (app.mercure): patterns, and names it validated itself.
+        self._patterns = patterns
+        self._validated = validated
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"].upper() == "HEAD":
@@ -133,7 +139,11 @@ class HeraldStreamResponse(EventSourceResponse):
             return
         try:
             async with self._hub.open(
-                self._channels, self._client, self._private_channels
+                self._channels,
+                self._client,
+                self._private_channels,
+                patterns=self._patterns,
+                validated=self._validated,
             ) as connection:
                 await self._stream(connection, receive, send)
         except StreamRefusedError as refusal:

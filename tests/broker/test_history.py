@@ -251,6 +251,7 @@ def test_stats_shape() -> None:
     assert store.stats() == {
         "channels": 1,
         "events": 1,
+        "supplied_ids": 0,
         "bytes": cost(last),
         "max_bytes": 10_000,
         "evicted": 1,

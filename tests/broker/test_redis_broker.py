@@ -184,16 +184,18 @@ async def test_events_trimmed_from_the_log_before_the_reader_got_them_cause_a_re
             for _ in range(3):
                 pipe.eval(
                     PUBLISH_SCRIPT,
-                    3,
+                    4,
                     watched.log_key,
                     watched.counter_key,
                     watched.key("a"),
+                    watched.log_key,
                     "a",
                     b"data: x\n",
                     b"",
                     100,
                     100,
                     60_000,
+                    "",
                 )
             pipe.xtrim(watched.log_key, maxlen=1, approximate=False)
             await pipe.execute()

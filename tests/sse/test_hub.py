@@ -27,9 +27,11 @@ class RacingBroker(MemoryBroker):
     """Publishes one event between the hub's registration and the broker's replay,
     the window in which a real backplane may deliver an event both ways."""
 
-    async def replay(self, channels: Sequence[str], last_event_id: str | None) -> Replay:
+    async def replay(
+        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+    ) -> Replay:
         self.raced = await self.publish(channels[0], b"data: raced\n")
-        return await super().replay(channels, last_event_id)
+        return await super().replay(channels, last_event_id, every_channel=every_channel)
 
 
 MakeHub = Callable[..., Awaitable[Hub]]
@@ -368,6 +370,7 @@ async def test_stats_shape(make_hub: MakeHub) -> None:
     assert set(stats) == {
         "connections",
         "channels",
+        "patterns",
         "queued",
         "queued_bytes",
         "queued_bytes_limit",

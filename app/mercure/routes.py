@@ -1,0 +1,287 @@
+"""The Mercure hub's HTTP surface: ``/.well-known/mercure`` (subscribe, publish), the
+subscription API under it, and the protected resource metadata (RFC 9728).
+
+One hub underneath: a Mercure topic is a Herald channel of the same name, so a
+Mercure update and a Herald event are the same event in the same sequence, with
+the same history, backplane, limits, memory guard and metrics. Topics here follow
+Mercure's rules (``app.mercure.topics``), not Herald's channel-name pattern.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.deps import client_address
+from app.broker.base import BrokerUnavailableError
+from app.mercure.grants import AUTHORIZATION_DETAIL_TYPE, ReadGrant
+from app.mercure.matchers import (
+    EXACT,
+    MATCHER_TYPES,
+    URLPATTERN,
+    InvalidMatcherError,
+    Matcher,
+    parse_matcher,
+)
+from app.mercure.publishing import PublishRejected, PublishTooLarge, encode_update, parse_update
+from app.mercure.requests import (
+    METADATA_PATH,
+    MercureRefusal,
+    authenticate,
+    hub_url,
+    same_origin,
+)
+from app.mercure.stream import MercureStreamResponse
+from app.mercure.subscriptions import (
+    SUBSCRIPTIONS_PATH,
+    Subscription,
+    SubscriptionRegistry,
+    SubscriptionsFull,
+    new_subscriber_id,
+)
+from app.mercure.topics import EARLIEST, HUB_PATH, forbidden_character
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["mercure"])
+
+LAST_EVENT_ID_QUERY = "last_event_id"
+MAX_LAST_EVENT_ID_LENGTH = 1024
+MATCH_PREFIX = "match"
+LAST_EVENT_ID_RESPONSE_HEADER = "Mercure-Last-Event-ID"
+
+
+def _refused(request: Request, refusal: MercureRefusal) -> JSONResponse:
+    return JSONResponse(
+        {"detail": refusal.detail}, status_code=refusal.status, headers=refusal.headers(request)
+    )
+
+
+def _bad(detail: str) -> MercureRefusal:
+    return MercureRefusal(400, detail, challenge=False)
+
+
+def _query(request: Request) -> list[tuple[str, str]]:
+    raw = request.scope.get("query_string", b"").decode("latin-1")
+    try:
+        return parse_qsl(raw, keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise _bad("the query string holds a value that is not UTF-8") from None
+
+
+def _matchers(request: Request, pairs: list[tuple[str, str]]) -> list[tuple[str, Matcher]]:
+    settings = request.app.state.settings
+    found: list[tuple[str, Matcher]] = []
+    for name, value in pairs:
+        if not name.lower().startswith(MATCH_PREFIX):
+            continue
+        kind = EXACT if name == MATCH_PREFIX else name[len(MATCH_PREFIX) + 1 :]
+        if name != MATCH_PREFIX and (not name.startswith("match_") or kind not in MATCHER_TYPES):
+            raise _bad(f"unknown matcher parameter {name[:40]!r}: use match or match_urlpattern")
+        if len(found) >= settings.mercure_max_matchers:
+            raise _bad(f"more than {settings.mercure_max_matchers} matchers")
+        try:
+            matcher = parse_matcher(
+                kind,
+                value,
+                hub_url=hub_url(settings),
+                max_length=settings.mercure_max_matcher_length,
+            )
+        except InvalidMatcherError as exc:
+            raise _bad(f"{name}: {exc}") from None
+        found.append((kind, matcher))
+    if not found:
+        raise _bad("give at least one match or match_urlpattern parameter")
+    return found
+
+
+def _last_event_id(request: Request, pairs: list[tuple[str, str]]) -> str | None:
+    header = request.headers.get("last-event-id")
+    query = next((v for n, v in pairs if n == LAST_EVENT_ID_QUERY), None)
+    chosen = header if header is not None else query
+    if chosen is None:
+        return None
+    if len(chosen) > MAX_LAST_EVENT_ID_LENGTH or forbidden_character(chosen) is not None:
+        raise _bad("the last event id is too long or holds a forbidden character")
+    return chosen
+
+
+async def _resume_point(request: Request, requested: str) -> str:
+    """The id the stream resumes from: the requested one if the hub knows it, else
+    ``earliest`` (the spec's answer for an id that does not exist or was discarded).
+    Also the value of the ``Mercure-Last-Event-ID`` response header."""
+    if requested == EARLIEST:
+        return EARLIEST
+    try:
+        probe = await request.app.state.hub.broker.replay([], requested)
+    except BrokerUnavailableError:
+        return requested  # the stream waits for the broker and resolves it then
+    return EARLIEST if probe.reset else requested
+
+
+@router.get(HUB_PATH, summary="Subscribe (Mercure)", response_model=None)
+async def subscribe(request: Request) -> Response:
+    state = request.app.state
+    settings = state.settings
+    try:
+        pairs = _query(request)
+        matchers = _matchers(request, pairs)
+        last_event_id = _last_event_id(request, pairs)
+        presented = authenticate(request, settings, state.tokens)
+        if presented.anonymous and not settings.allow_anonymous:
+            raise MercureRefusal(401, "a token is required to subscribe", challenge=True)
+    except MercureRefusal as refusal:
+        return _refused(request, refusal)
+    headers: dict[str, str] = {}
+    if last_event_id is not None:
+        last_event_id = await _resume_point(request, last_event_id)
+        headers[LAST_EVENT_ID_RESPONSE_HEADER] = last_event_id
+    subscriber = new_subscriber_id()
+    subscriptions = list(
+        {
+            (kind, m.source): Subscription(
+                kind, m.source, subscriber, presented.grants.payload_for(m.source)
+            )
+            for kind, m in matchers
+        }.values()
+    )
+    registry: SubscriptionRegistry = state.mercure_subscriptions
+    try:
+        registry.check_room(len(subscriptions))
+    except SubscriptionsFull as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+    exact = tuple(dict.fromkeys(m.source for _, m in matchers if m.is_exact))
+    patterns = tuple(dict.fromkeys(m for _, m in matchers if not m.is_exact))
+    return MercureStreamResponse(
+        state.hub,
+        exact,
+        patterns=patterns,
+        last_event_id=last_event_id,
+        client=client_address(request),
+        read_grant=ReadGrant(presented.grants),
+        expires_at=presented.expires_at,
+        subscriptions=subscriptions,
+        registry=registry,
+        headers=headers,
+    )
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PublishTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(HUB_PATH, summary="Publish (Mercure)", response_model=None)
+async def publish(request: Request) -> Response:
+    state = request.app.state
+    settings = state.settings
+    try:
+        presented = authenticate(request, settings, state.tokens)
+        if presented.anonymous:
+            raise MercureRefusal(401, "publishing requires an access token", challenge=True)
+        if presented.by_cookie and not same_origin(request):
+            raise MercureRefusal(
+                403, "a publish authorized by cookie must come from this origin", challenge=False
+            )
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise _bad("the body must be application/x-www-form-urlencoded")
+        update = parse_update(
+            await _body(request, settings.mercure_max_body_bytes),
+            hub_url=hub_url(settings),
+            max_topics=settings.mercure_max_topics,
+            max_field_length=settings.mercure_max_matcher_length,
+        )
+        if not all(presented.grants.can_publish(topic) for topic in update.topics):
+            raise MercureRefusal(
+                403,
+                "the token does not grant publishing to every topic",
+                "insufficient_scope",
+                challenge=True,
+            )
+    except MercureRefusal as refusal:
+        return _refused(request, refusal)
+    except PublishRejected as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+    except PublishTooLarge as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=413)
+    try:
+        event_id = await state.hub.publish_frame(
+            update.topic, encode_update(update), private=update.private, event_id=update.id
+        )
+    except BrokerUnavailableError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+    return Response(event_id, media_type="text/plain; charset=utf-8")
+
+
+@router.get(METADATA_PATH, summary="Protected resource metadata (RFC 9728)")
+async def metadata(request: Request) -> dict[str, Any]:
+    settings = request.app.state.settings
+    resource = settings.jwt_audience or str(request.base_url).rstrip("/") + HUB_PATH
+    return {
+        "resource": resource,
+        "authorization_details_types_supported": [AUTHORIZATION_DETAIL_TYPE],
+        "bearer_methods_supported": ["header"],
+        "mercure_cookie": settings.mercure_cookie_name,
+        "mercure_matcher_types_supported": [EXACT, URLPATTERN],
+        "mercure_subscriptions": True,
+    }
+
+
+async def _head_id(request: Request) -> str:
+    try:
+        head = (await request.app.state.hub.broker.replay([], None)).head
+    except BrokerUnavailableError:
+        return EARLIEST
+    return str(head)
+
+
+@router.get(SUBSCRIPTIONS_PATH, summary="Active subscriptions (Mercure)", response_model=None)
+@router.get(SUBSCRIPTIONS_PATH + "/{rest:path}", include_in_schema=False, response_model=None)
+async def subscriptions(request: Request, rest: str = "") -> Response:
+    state = request.app.state
+    raw_path = request.scope.get("raw_path", b"").decode("latin-1").split("?")[0]
+    try:
+        presented = authenticate(request, state.settings, state.tokens)
+        if presented.anonymous:
+            raise MercureRefusal(401, "the subscription API requires a token", challenge=True)
+        if not presented.grants.can_subscribe(raw_path):
+            raise MercureRefusal(
+                403,
+                "the token does not grant subscribe on this URL",
+                "insufficient_scope",
+                challenge=True,
+            )
+    except MercureRefusal as refusal:
+        return _refused(request, refusal)
+    segments = [unquote(part) for part in raw_path[len(SUBSCRIPTIONS_PATH) :].split("/")[1:]]
+    registry: SubscriptionRegistry = state.mercure_subscriptions
+    head = await _head_id(request)
+    link = (
+        f'<{str(request.base_url).rstrip("/")}{HUB_PATH}>; rel="mercure"; '
+        f'last-event-id="{head}"; type="mercure"; content-type="application/json"'
+    )
+    headers = {"Link": link, "Cache-Control": "must-revalidate"}
+    if len(segments) == 3:
+        found = registry.get(raw_path)
+        if found is None:
+            return JSONResponse({"detail": "no such subscription"}, 404, headers=headers)
+        return JSONResponse(found.document(), headers=headers)
+    if len(segments) not in (0, 2):
+        return JSONResponse({"detail": "no such resource"}, 404, headers=headers)
+    selected = registry.select(*segments) if segments else registry.select()
+    document = {
+        "id": raw_path,
+        "type": "subscriptions",
+        "subscriptions": [s.document() for s in selected],
+    }
+    return JSONResponse(document, headers=headers)

@@ -1,0 +1,100 @@
+"""A Mercure subscriber's stream: Herald's stream response, plus what Mercure adds
+around it — closing at the token's ``exp`` and announcing the subscriptions.
+
+The stream itself (registration, replay, heartbeats as SSE comments, direct
+writes, shutdown) is ``HeraldStreamResponse`` unchanged; this subclass only
+wraps its ``_stream`` step, which runs once the hub has registered the
+connection and ends when it is over:
+
+* a timer (a loop ``TimerHandle``, not a task) closes the connection at the
+  token's ``exp``, as the spec requires for long-lived connections;
+* subscription events (``active: true`` then ``false``) are published through
+  the hub, private, SSE type ``mercure``, so they reach every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Container, Iterable
+
+from starlette.types import Receive, Send
+
+from app.mercure.subscriptions import Subscription, SubscriptionRegistry
+from app.mercure.topics import MERCURE_EVENT_TYPE
+from app.sse.connection import CloseReason, Connection
+from app.sse.hub import Hub
+from app.sse.patterns import TopicPattern
+from app.sse.response import HeraldStreamResponse
+
+__all__ = ["MercureStreamResponse", "subscription_event_body"]
+
+logger = logging.getLogger("herald.mercure")
+
+
+def subscription_event_body(subscription: Subscription, active: bool) -> bytes:
+    data = subscription.event_data(active)
+    return f"event: {MERCURE_EVENT_TYPE}\ndata: {data}\n".encode()
+
+
+class MercureStreamResponse(HeraldStreamResponse):
+    def __init__(
+        self,
+        hub: Hub,
+        channels: tuple[str, ...],
+        *,
+        patterns: tuple[TopicPattern, ...],
+        last_event_id: str | None,
+        client: str,
+        read_grant: Container[str],
+        expires_at: float | None,
+        subscriptions: list[Subscription],
+        registry: SubscriptionRegistry,
+        headers: dict[str, str],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            hub,
+            channels,
+            last_event_id=last_event_id,
+            client=client,
+            private_channels=read_grant,
+            headers=headers,
+            patterns=patterns,
+            validated=True,
+        )
+        self._expires_at = expires_at
+        self._subscriptions = subscriptions
+        self._registry = registry
+        self._wall_clock = wall_clock
+
+    async def _stream(self, connection: Connection, receive: Receive, send: Send) -> None:
+        timer = None
+        if self._expires_at is not None:
+            delay = max(0.0, self._expires_at - self._wall_clock())
+            timer = asyncio.get_running_loop().call_later(
+                delay, connection.close, CloseReason.TOKEN_EXPIRED
+            )
+        # Registered here, inside the hub's open, so a refused stream leaves nothing.
+        self._registry.add(self._subscriptions)
+        try:
+            await self._announce(self._subscriptions, active=True)
+            await super()._stream(connection, receive, send)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._registry.remove(self._subscriptions)
+            await self._announce(self._subscriptions, active=False)
+
+    async def _announce(self, subscriptions: Iterable[Subscription], *, active: bool) -> None:
+        hub = self._hub
+        for subscription in subscriptions:
+            try:
+                await hub.publish_frame(
+                    subscription.topic,
+                    subscription_event_body(subscription, active),
+                    private=True,
+                )
+            except Exception:  # the broker is down: the stream itself goes on (or is over)
+                logger.warning("subscription event for %s not published", subscription.topic)
