@@ -145,6 +145,7 @@ class HeraldCollector:
         yield from self._families(_GAUGES_MEMORY, GaugeMetricFamily)
         yield self._cleanups()
         yield from self._families(_GAUGES_TREND, GaugeMetricFamily)
+        yield self._admin_actions()
 
     def _families(
         self,
@@ -156,6 +157,19 @@ class HeraldCollector:
             for snapshot in self.workers:
                 family.add_metric([snapshot["worker"]], read(snapshot))
             yield family
+
+    def _admin_actions(self) -> Metric:
+        # Counted by the worker that coordinated each action, so the sum over
+        # workers counts every action once (app.admin.audit).
+        family = CounterMetricFamily(
+            "herald_admin_actions",
+            "Operator actions (app.admin) coordinated by this worker, by action.",
+            labels=[WORKER_LABEL, "action"],
+        )
+        for snapshot in self.workers:
+            for action, count in sorted(snapshot.get("admin_actions", {}).items()):
+                family.add_metric([snapshot["worker"], action], count)
+        return family
 
     def _cleanups(self) -> Metric:
         family = CounterMetricFamily(

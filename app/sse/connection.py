@@ -65,6 +65,8 @@ class CloseReason(StrEnum):
     IDLE = "idle"
     OVERFLOW = "overflow"
     SHUTDOWN = "shutdown"
+    ADMIN = "admin"  # POST /api/admin/streams/close
+    DRAIN = "drain"  # POST /api/admin/drain
 
 
 class QueueBudget:
@@ -108,6 +110,7 @@ class Connection:
         "close_reason",
         "delivered",
         "dropped",
+        "farewell_retry_ms",
         "floor",
         "flush_pending",
         "held_write",
@@ -144,6 +147,9 @@ class Connection:
         self.floor: EventKey | None = None
         self.ping_due = False
         self.close_reason: CloseReason | None = None
+        # The ``retry:`` of the stream's last frame when an operator closed it
+        # (app.admin): None writes no farewell retry unless the reason is SHUTDOWN.
+        self.farewell_retry_ms: int | None = None
         self.writer: asyncio.Task[object] | None = None
         self.sending = False
         # Direct writes: the stream's ASGI send while the writer is pumping (None before

@@ -47,6 +47,7 @@ EXPECTED_FAMILIES = {
     "herald_memory_cleanups": "counter",
     "herald_memory_rss_slope_bytes_per_second": "gauge",
     "herald_memory_leak_suspected": "gauge",
+    "herald_admin_actions": "counter",
 }
 
 

@@ -334,7 +334,7 @@ def test_stats_shape_and_values() -> None:
         "hits": 0,
         "misses": 0,
         "hit_rate": 0.0,
-        "evictions": {"items": 0, "bytes": 0, "ttl": 0, "pressure": 0},
+        "evictions": {"items": 0, "bytes": 0, "ttl": 0, "pressure": 0, "operator": 0},
         "rejected": 0,
     }
 
@@ -362,7 +362,13 @@ def test_stats_snapshot_does_not_change_afterwards() -> None:
 
     assert snapshot.items == 0
     assert snapshot.evictions["items"] == 0
-    assert snapshot.as_dict()["evictions"] == {"items": 0, "bytes": 0, "ttl": 0, "pressure": 0}
+    assert snapshot.as_dict()["evictions"] == {
+        "items": 0,
+        "bytes": 0,
+        "ttl": 0,
+        "pressure": 0,
+        "operator": 0,
+    }
     assert cache.stats().evictions["items"] == 1
 
 
