@@ -92,7 +92,8 @@ class CacheClearRequest(TargetedRequest):
 
 
 class StreamsCloseRequest(TargetedRequest):
-    channel: str | None = Field(default=None, pattern=CHANNEL_PATTERN.pattern)
+    # Anchored: pydantic searches a pattern, where the hub matches it whole.
+    channel: str | None = Field(default=None, pattern=f"^{CHANNEL_PATTERN.pattern}$")
     client: str | None = Field(default=None, max_length=64)
     retry_ms: int | None = Field(default=None, ge=MIN_RETRY_MS, le=MAX_RETRY_MS)
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from app.admin.actions import ACTION_MODELS
 from app.cluster.snapshot import WorkerSnapshot
 from app.memory.levels import MemoryLevel
 
@@ -160,15 +161,17 @@ class HeraldCollector:
 
     def _admin_actions(self) -> Metric:
         # Counted by the worker that coordinated each action, so the sum over
-        # workers counts every action once (app.admin.audit).
+        # workers counts every action once (app.admin.audit). Every action has
+        # a sample from 0, so rate() and increase() see the first one.
         family = CounterMetricFamily(
             "herald_admin_actions",
             "Operator actions (app.admin) coordinated by this worker, by action.",
             labels=[WORKER_LABEL, "action"],
         )
         for snapshot in self.workers:
-            for action, count in sorted(snapshot.get("admin_actions", {}).items()):
-                family.add_metric([snapshot["worker"], action], count)
+            counts = snapshot.get("admin_actions", {})
+            for action in ACTION_MODELS:
+                family.add_metric([snapshot["worker"], action], counts.get(action, 0))
         return family
 
     def _cleanups(self) -> Metric:
