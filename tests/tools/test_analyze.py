@@ -78,5 +78,6 @@ def test_over_the_warning_line_the_largest_structure_is_shrunk() -> None:
     calm = analyze(document(rss=100 * MB, cache_bytes=MB, history_bytes=MB))
     assert calm.endswith(
         "Recommendations:\n"
-        "  Nothing to change: no bound is near its limit; the closest is the response cache bytes at 10 %."
+        "  Nothing to change: no bound is near its limit;"
+        " the closest is the response cache bytes at 10 %."
     )
