@@ -17,7 +17,8 @@ Design decisions:
 
 * ``missing`` names the workers the exchange lists that did not answer in
   time; ``failed`` those that answered with an error (or could not be
-  reached). ``complete`` is true only when every named worker did it. The
+  reached). ``complete`` is true only when every named worker did it and the
+  exchange could say which workers there are (``exchange.state`` ok). The
   status is 200 either way: the action happened where it could, and the body
   says exactly where.
 * ``total`` sums every number of the per-worker results, recursively (bytes
@@ -178,7 +179,8 @@ class ActionCoordinator:
             "answered": len(gathered.results),
             "missing": missing,
             "failed": failed,
-            "complete": not missing and not failed,
+            # With the exchange down the other workers are unknown, not absent.
+            "complete": not missing and not failed and reading.exchange_state == "ok",
             "bus": self.bus.kind,
             "exchange": {"kind": reading.exchange, "state": reading.exchange_state},
         }
