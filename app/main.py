@@ -14,11 +14,25 @@ from functools import partial
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api.routes import admin, admin_stream, dashboard, events, health, metrics, responses
+from app.admin.actions import WorkerActions
+from app.admin.audit import AuditTrail
+from app.admin.dispatch import ActionCoordinator
+from app.admin.drain import DrainState
+from app.api.routes import (
+    admin,
+    admin_actions,
+    admin_stream,
+    dashboard,
+    events,
+    health,
+    metrics,
+    responses,
+)
 from app.auth.client_address import TrustedProxies
 from app.auth.tokens import TokenVerifier
 from app.broker import create_broker
 from app.cluster import ClusterView, create_exchange, take_snapshot, worker_id
+from app.cluster.actions import create_bus
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.logging import configure_logging
 from app.limits import create_client_limits
@@ -65,15 +79,28 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         hub = Hub(settings, broker, limits=create_client_limits(settings, broker, worker))
         service = ResponseService(settings, producer_registry)
         guard = MemoryGuard(settings, hub, service)
+        audit = AuditTrail()
         cluster = ClusterView(
             create_exchange(settings, broker, worker),
-            partial(take_snapshot, hub, service, guard, host=host, pid=pid),
+            partial(
+                take_snapshot, hub, service, guard, host=host, pid=pid, admin_actions=audit.counts
+            ),
             interval_seconds=settings.metrics_share_seconds,
+        )
+        drain = DrainState()
+        actions = ActionCoordinator(
+            WorkerActions(hub, service, drain),
+            create_bus(settings, broker, worker),
+            cluster,
+            timeout_seconds=settings.admin_action_timeout_seconds,
         )
         app.state.hub = hub
         app.state.responses = service
         app.state.memory = guard
         app.state.cluster = cluster
+        app.state.drain = drain
+        app.state.audit = audit
+        app.state.actions = actions
         if settings.publish_token is None and not tokens.enabled:
             logger.warning("PUBLISH_TOKEN is not set: only loopback clients may publish")
         if settings.admin_token is None:
@@ -84,10 +111,15 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         # After the guard (its first sample is in the first snapshot) and the
         # broker's connection (the Redis exchange uses it).
         await cluster.start()
+        for checks in (hub.admission_checks, service.admission_checks):
+            checks.append(drain.refusal)
+        # After the cluster view: the bus is for workers that others can see.
+        await actions.start()
         try:
             yield
         finally:
-            # First: the snapshot is removed while the broker is still connected.
+            # First: the bus and the snapshot go while the broker is still connected.
+            await actions.stop()
             await cluster.stop()
             await guard.stop()
             await service.stop()
@@ -114,6 +146,7 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
     app.include_router(events.router)
     app.include_router(responses.router)
     app.include_router(admin.router)
+    app.include_router(admin_actions.router)
     app.include_router(admin_stream.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)

@@ -11,6 +11,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from app.admin.audit import AuditTrail
+from app.admin.dispatch import ActionCoordinator
+from app.admin.drain import DrainState
 from app.auth.client_address import TrustedProxies
 from app.auth.tokens import TokenVerifier
 from app.cluster.view import ClusterView
@@ -20,7 +23,10 @@ from app.responses.service import ResponseService
 from app.sse.hub import Hub
 
 __all__ = [
+    "ActionCoordinatorDep",
+    "AuditTrailDep",
     "ClusterViewDep",
+    "DrainStateDep",
     "HubDep",
     "MemoryGuardDep",
     "ResponseServiceDep",
@@ -51,3 +57,6 @@ ResponseServiceDep = Annotated[ResponseService, Depends(_from_state("responses")
 MemoryGuardDep = Annotated[MemoryGuard, Depends(_from_state("memory"))]
 ClusterViewDep = Annotated[ClusterView, Depends(_from_state("cluster"))]
 TokenVerifierDep = Annotated[TokenVerifier, Depends(_from_state("tokens"))]
+ActionCoordinatorDep = Annotated[ActionCoordinator, Depends(_from_state("actions"))]
+AuditTrailDep = Annotated[AuditTrail, Depends(_from_state("audit"))]
+DrainStateDep = Annotated[DrainState, Depends(_from_state("drain"))]

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from app.admin.actions import ACTION_MODELS
 from app.cluster.snapshot import WorkerSnapshot
 from app.memory.levels import MemoryLevel
 
@@ -145,6 +146,7 @@ class HeraldCollector:
         yield from self._families(_GAUGES_MEMORY, GaugeMetricFamily)
         yield self._cleanups()
         yield from self._families(_GAUGES_TREND, GaugeMetricFamily)
+        yield self._admin_actions()
 
     def _families(
         self,
@@ -156,6 +158,21 @@ class HeraldCollector:
             for snapshot in self.workers:
                 family.add_metric([snapshot["worker"]], read(snapshot))
             yield family
+
+    def _admin_actions(self) -> Metric:
+        # Counted by the worker that coordinated each action, so the sum over
+        # workers counts every action once (app.admin.audit). Every action has
+        # a sample from 0, so rate() and increase() see the first one.
+        family = CounterMetricFamily(
+            "herald_admin_actions",
+            "Operator actions (app.admin) coordinated by this worker, by action.",
+            labels=[WORKER_LABEL, "action"],
+        )
+        for snapshot in self.workers:
+            counts = snapshot.get("admin_actions", {})
+            for action in ACTION_MODELS:
+                family.add_metric([snapshot["worker"], action], counts.get(action, 0))
+        return family
 
     def _cleanups(self) -> Metric:
         family = CounterMetricFamily(

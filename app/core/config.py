@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     admin_stream_seconds: float = Field(default=2, ge=0.1, le=3600)
     admin_ticket_seconds: float = Field(default=60, ge=1, le=3600)
     admin_stream_max_connections: int = Field(default=10, ge=1, le=1000)
+    # Operator actions (app.admin): how long the worker that received one waits
+    # for the others' answers. At most 4 s: the wait is a BLPOP on the Redis
+    # command pool, whose socket timeout is 5 s.
+    admin_action_timeout_seconds: float = Field(default=3, gt=0, le=4)
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod

@@ -73,6 +73,8 @@ class CloseReason(StrEnum):
     OVERFLOW = "overflow"
     RESYNC = "resync"  # the broker's live feed skipped events: resume from history
     SHUTDOWN = "shutdown"
+    ADMIN = "admin"  # POST /api/admin/streams/close
+    DRAIN = "drain"  # POST /api/admin/drain
 
 
 class QueueBudget:
@@ -117,6 +119,7 @@ class Connection:
         "cursor",
         "delivered",
         "dropped",
+        "farewell_retry_ms",
         "flush_pending",
         "held_write",
         "last_delivery",
@@ -152,6 +155,9 @@ class Connection:
         self.cursor: EventKey | None = None
         self.ping_due = False
         self.close_reason: CloseReason | None = None
+        # The ``retry:`` of the stream's last frame when an operator closed it
+        # (app.admin): None writes no farewell retry unless the reason is SHUTDOWN.
+        self.farewell_retry_ms: int | None = None
         self.writer: asyncio.Task[object] | None = None
         self.sending = False
         # Direct writes: the stream's ASGI send while the writer is pumping (None before

@@ -382,6 +382,21 @@ class Hub:
                 "cleanup: reaped %d idle streams, dropped %d idle channels", reaped, dropped
             )
 
+    def close_where(
+        self,
+        matches: Callable[[Connection], bool],
+        reason: CloseReason,
+        retry_ms: Callable[[], int] | None = None,
+    ) -> int:
+        """Close the open streams ``matches`` selects; each one's last frame is
+        ``retry: retry_ms()`` (called per stream, so the caller can jitter it)."""
+        chosen = [c for c in self._connections if not c.closed and matches(c)]
+        for connection in chosen:
+            if retry_ms is not None:
+                connection.farewell_retry_ms = retry_ms()
+            connection.close(reason)
+        return len(chosen)
+
     def close_all(self, reason: CloseReason) -> int:
         open_connections = [c for c in self._connections if not c.closed]
         for connection in open_connections:

@@ -26,7 +26,8 @@ Design decisions (read before changing):
    ``reset`` means only that history does not reach back.
 5. A stream closed by the server (idle, overflow, shutdown) ends the chunked
    body cleanly so the browser reconnects; on shutdown the last frame is a
-   jittered ``retry:`` so a crowd of clients does not come back in one instant.
+   jittered ``retry:`` so a crowd of clients does not come back in one instant
+   (an operator's close or drain, ``app.admin``, sets its own jittered value).
    If the client stopped reading, that last write is bounded by
    ``FINAL_WRITE_TIMEOUT_SECONDS`` rather than awaited forever.
 """
@@ -235,7 +236,9 @@ class HeraldStreamResponse(EventSourceResponse):
 
     async def _finish(self, connection: Connection, send: Send) -> None:
         body = b""
-        if connection.close_reason is CloseReason.SHUTDOWN:
+        if connection.farewell_retry_ms is not None:  # closed by an operator (app.admin)
+            body = encode_retry(connection.farewell_retry_ms)
+        elif connection.close_reason is CloseReason.SHUTDOWN:
             retry_ms = self._hub.settings.sse_retry_ms
             body = encode_retry(retry_ms + int(random.random() * SHUTDOWN_RETRY_JITTER * retry_ms))
         final = send({"type": "http.response.body", "body": body, "more_body": False})

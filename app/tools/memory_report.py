@@ -14,6 +14,9 @@ many reports (scripts and tests), Ctrl-C at any time.
 Exit status: 0 when the last fetch worked, 1 when it did not (server down,
 wrong token, admin API off), 2 for bad arguments.
 
+Operator actions (``--cleanup``, ``--clear-cache``, ``--close-channel``,
+``--drain``, ``--undrain``, ``--analyze``...) are in :mod:`app.tools.operate`.
+
 Rendering is a set of pure functions of the metrics document, so tests check
 the exact text without a terminal.
 """
@@ -32,6 +35,7 @@ from typing import Any, TextIO
 import httpx
 
 from app.memory.units import format_bytes
+from app.tools.operate import add_action_arguments, run_action
 
 __all__ = [
     "DEFAULT_URL",
@@ -341,6 +345,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_SECONDS,
         help=f"HTTP timeout in seconds ({DEFAULT_TIMEOUT_SECONDS:g})",
     )
+    add_action_arguments(parser)
     return parser
 
 
@@ -389,6 +394,9 @@ def main(
     err = err or sys.stderr
     args = _parser().parse_args(argv)
     with httpx.Client() as client:
+        acted = run_action(client, args, out, err)
+        if acted is not None:
+            return acted
         if args.watch is None:
             try:
                 metrics = fetch_metrics(client, args.url, args.token, args.timeout)

@@ -158,7 +158,9 @@ def test_admin_metrics_shape(admin_server: ServerProcess) -> None:
         "workers",
         "total",
         "exchange",
+        "limits",
     }
+    assert document["limits"]["sse_max_connections"] == 10_000  # the default, as configured
 
     memory = document["memory"]
     assert {
