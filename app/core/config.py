@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     # Under load, gather events for this long after a write pass so each stream gets
     # them in one socket write; an idle hub writes at once. 0 writes every pass at once.
     sse_write_coalesce_ms: float = Field(default=20, ge=0, le=1000)
+    # Kernel send buffer (SO_SNDBUF) of each stream's socket; the kernel doubles it for
+    # bookkeeping. 0 leaves the kernel's autotuning (up to tcp_wmem's max, 4 MiB here).
+    sse_socket_send_buffer_kb: int = Field(default=64, ge=0, le=64 * 1024)
+    # High-water mark of each stream's asyncio transport write buffer (one write may
+    # land on top of it before writing pauses).
+    sse_transport_buffer_kb: int = Field(default=64, ge=1, le=64 * 1024)
 
     # --- history (replay) ---
     sse_history_size: int = Field(default=1000, ge=0, le=1_000_000)

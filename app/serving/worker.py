@@ -8,6 +8,9 @@ until gunicorn kills it at ``--timeout``, while every EventSource reconnect
 counts as one more request. This worker registers a shutdown probe that sees
 the server draining for any reason: SIGTERM/SIGINT (gunicorn stop, SIGHUP
 reload of old workers), SIGQUIT, or max-requests.
+
+It also serves with Herald's HTTP protocol (:mod:`app.serving.protocols`), which
+hands each stream its transport, as ``python -m app`` does.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from app.serving.protocols import HeraldHttpProtocol
 from app.sse.shutdown import register_shutdown_probe
 
 __all__ = ["HeraldWorker", "server_is_draining"]
@@ -36,6 +40,8 @@ class HeraldWorker(UvicornWorker):  # type: ignore[misc]  # untyped base
     CONFIG_KWARGS: ClassVar[dict[str, object]] = {
         **UvicornWorker.CONFIG_KWARGS,
         "proxy_headers": False,
+        # uvicorn's protocol plus the transport in the scope (stream socket buffers).
+        "http": HeraldHttpProtocol,
     }
 
     async def _serve(self) -> None:

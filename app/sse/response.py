@@ -16,11 +16,15 @@ Design decisions (read before changing):
    guard) happen there too, before any byte is sent, as a 503 JSON response.
 3. The first write carries ``retry:`` and any replay; after that the writer
    sends whatever has queued in one write (batches), or a heartbeat comment.
-4. A stream closed by the server (idle, overflow, shutdown) ends the chunked
-   body cleanly so the browser reconnects; on shutdown the last frame is a
+4. A stream closed by the server for shutdown ends the chunked body cleanly
+   so the browser reconnects; on shutdown the last frame is a
    jittered ``retry:`` so a crowd of clients does not come back in one instant.
    If the client stopped reading, that last write is bounded by
-   ``FINAL_WRITE_TIMEOUT_SECONDS`` rather than awaited forever.
+   ``FINAL_WRITE_TIMEOUT_SECONDS`` rather than awaited forever. Overflow and
+   idle closes abort the connection instead (``Connection.close``): the
+   browser reconnects after a reset just as after a clean end.
+5. At stream open the socket's send buffer and the transport's write buffer
+   are capped (:mod:`app.sse.stream_socket`), before the first byte is sent.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from app.sse.direct_write import resume
 from app.sse.encoding import encode_retry
 from app.sse.event_id import MAX_EVENT_ID_LENGTH
 from app.sse.hub import Hub, StreamRefusedError
+from app.sse.stream_socket import open_stream_transport
 
 __all__ = ["FINAL_WRITE_TIMEOUT_SECONDS", "HeraldStreamResponse", "reset_frame"]
 
@@ -114,6 +119,7 @@ class HeraldStreamResponse(EventSourceResponse):
             async with self._hub.subscribe(
                 self._channels, self._last_event_id, self._client, self._private_channels
             ) as (connection, replay):
+                connection.transport = open_stream_transport(scope, self._hub.settings)
                 await self._stream(connection, replay, receive, send)
         except StreamRefusedError as refusal:
             refused = JSONResponse(
