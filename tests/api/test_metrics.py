@@ -41,6 +41,7 @@ EXPECTED_FAMILIES = {
     "herald_cache_items": "gauge",
     "herald_cache_bytes": "gauge",
     "herald_memory_rss_bytes": "gauge",
+    "herald_socket_memory_bytes": "gauge",
     "herald_memory_limit_bytes": "gauge",
     "herald_memory_level": "gauge",
     "herald_memory_refusing": "gauge",
@@ -170,7 +171,9 @@ def test_every_family_has_one_sample_per_worker() -> None:
     one = make_snapshot(
         pid=1, connections=13, published=5, level=MemoryLevel.CRITICAL, cleanups_critical=1
     )
-    two = make_snapshot(pid=2, connections=17, published=7, refusing=True, leak_suspected=True)
+    two = make_snapshot(
+        pid=2, connections=17, published=7, refusing=True, leak_suspected=True, socket_bytes=4096
+    )
     text = generate_latest(HeraldCollector([one, two])).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert {name: family.type for name, family in families.items()} == EXPECTED_FAMILIES
@@ -189,6 +192,7 @@ def test_every_family_has_one_sample_per_worker() -> None:
     assert values['herald_memory_cleanups_total{level="critical",worker="box:1"}'] == 1
     assert values['herald_memory_refusing{worker="box:2"}'] == 1
     assert values['herald_memory_leak_suspected{worker="box:2"}'] == 1
+    assert values['herald_socket_memory_bytes{worker="box:2"}'] == 4096
 
 
 def test_the_process_wide_registry_is_left_alone() -> None:
