@@ -23,6 +23,12 @@ after the other, on free ports of 127.0.0.1:
   ``SSE_MAX_CONNECTIONS=9000`` as in ``render.yaml``, see ``box``; baseline:
   two uvicorn workers) holding 16,000 streams; total RSS of master and workers,
   and how the streams spread over the workers.
+* **stalled clients** (Herald only; issue 14): 2,000 streams whose clients set a
+  4 KB receive buffer and stop reading, 500 events of 1 KB published to them;
+  TCP memory of their connections and server RSS, peak and after, both
+  *before* (plain ``uvicorn app.main:app``, ``SSE_SOCKET_SEND_BUFFER_KB=0``: no
+  cap, no abort) and *after* (the defaults), in the same run. See
+  ``load_tests/stalled.py``.
 
 The load generator (``load_tests/generator.py``) is a separate process on the
 other CPU; every step reports its CPU use, so a result limited by the generator
@@ -56,6 +62,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
 from load_tests.generator import raise_open_file_limit
+from load_tests.stalled import VARIANTS, measure_stalled
 from tests.support.server import REPO_ROOT, ServerProcess
 
 __all__ = ["BenchmarkError", "Options", "main", "parse_args", "run"]
@@ -104,6 +111,9 @@ class Options:
     box_workers: int
     box_memory_mb: int
     box_max_connections: int
+    stalled_streams: int
+    stalled_events: int
+    stalled_event_bytes: int
     settle_seconds: float
     pin: bool
     json_path: Path
@@ -707,6 +717,7 @@ def render(report: dict[str, Any], options: Options) -> str:
                 for i, cell in enumerate(row)
             )
         )
+    lines += stalled_lines(report["results"])
     lines.append("")
     lines.append("issue 9 targets (Herald):")
     for name, check in report["targets"].items():
@@ -715,6 +726,50 @@ def render(report: dict[str, Any], options: Options) -> str:
     for warning in report["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def stalled_lines(results: dict[str, Any]) -> list[str]:
+    """The stalled-clients table: before and after issue 14, per stalled stream."""
+    stalled = _get(results, "herald", "stalled")
+    if not stalled:
+        return []
+    after = stalled["after"]
+    lines = [
+        "",
+        f"stalled clients (Herald, issue 14): {after['streams']:,} streams with a 4 KB receive"
+        f" buffer that never read, {after['events']:,} events of {after['event_bytes']:,} B;"
+        f" TCP memory of their connections from {after['tcp_source']}, per stream",
+    ]
+    rows_ = [
+        ("TCP memory, peak", "peak_port_tcp_bytes", KIB, "KiB"),
+        ("TCP memory, after publishing", "end_port_tcp_bytes", KIB, "KiB"),
+        ("namespace TCP memory (sockstat), peak", "peak_sockstat_tcp_bytes", KIB, "KiB"),
+        ("server RSS, peak", "peak_rss_bytes", KIB, "KiB"),
+        ("server RSS, after publishing", "end_rss_bytes", KIB, "KiB"),
+    ]
+    header = ("", *VARIANTS)
+    body = [
+        (label, *(_show(stalled[v]["per_stream_bytes"][key] / scale, unit) for v in VARIANTS))
+        for label, key, scale, unit in rows_
+    ]
+    totals = []
+    for variant in VARIANTS:
+        figures = stalled[variant]
+        peak = figures["peak"]["port_tcp_bytes"] + figures["peak"]["rss_bytes"]
+        totals.append(_show(_mib(peak - figures["idle"]["port_tcp_bytes"]), "MiB"))
+    body.append(("TCP memory + server RSS, peak, all streams", *totals))
+    body.append(
+        ("streams still open after publishing", *(str(stalled[v]["still_open"]) for v in VARIANTS))
+    )
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    for row in [header, *body]:
+        lines.append(
+            "  ".join(
+                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                for i, cell in enumerate(row)
+            )
+        )
+    return lines
 
 
 def machine_info() -> dict[str, Any]:
@@ -756,7 +811,15 @@ def describe(placement: Placement) -> str:
 
 
 def check_limits(options: Options) -> int:
-    most = max([*options.connections, options.fanout_subscribers, options.box_connections, 0])
+    most = max(
+        [
+            *options.connections,
+            options.fanout_subscribers,
+            options.box_connections,
+            options.stalled_streams,
+            0,
+        ]
+    )
     limit = raise_open_file_limit()
     if most + FILE_DESCRIPTOR_MARGIN > limit:
         raise BenchmarkError(
@@ -795,6 +858,13 @@ def run(options: Options) -> dict[str, Any]:
         if options.box_connections:
             print(f"[{kind}] {options.box_workers} workers", file=sys.stderr)
             result["box"] = measure_box(kind, options, placement)
+        if options.stalled_streams and kind == "herald":
+            result["stalled"] = measure_stalled(
+                _herald_env(options.stalled_streams + 1000, 64 * 1024),
+                options.stalled_streams,
+                options.stalled_events,
+                options.stalled_event_bytes,
+            )
         results[kind] = result
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report: dict[str, Any] = {"meta": meta, "results": results}
@@ -854,6 +924,16 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="Herald's SSE_MAX_CONNECTIONS per worker in the box step (render.yaml's value)",
     )
     parser.add_argument(
+        "--stalled-streams",
+        type=int,
+        default=2000,
+        help="streams whose clients stop reading, before and after issue 14 (0 skips)",
+    )
+    parser.add_argument(
+        "--stalled-events", type=int, default=500, help="events published to the stalled streams"
+    )
+    parser.add_argument("--stalled-event-bytes", type=int, default=1000)
+    parser.add_argument(
         "--settle-seconds", type=float, default=10.0, help="longest wait for RSS to settle"
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and generator")
@@ -883,6 +963,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         box_workers=args.box_workers,
         box_memory_mb=args.box_memory_mb,
         box_max_connections=args.box_max_connections,
+        stalled_streams=args.stalled_streams,
+        stalled_events=args.stalled_events,
+        stalled_event_bytes=args.stalled_event_bytes,
         settle_seconds=args.settle_seconds,
         pin=not args.no_pin,
         json_path=json_path,

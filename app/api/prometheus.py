@@ -93,6 +93,12 @@ _GAUGES_CACHE: Sequence[tuple[str, str, Reading]] = (
 _GAUGES_MEMORY: Sequence[tuple[str, str, Reading]] = (
     ("herald_memory_rss_bytes", "Resident set size at the last sample.", lambda s: s["rss_bytes"]),
     (
+        "herald_socket_memory_bytes",
+        "Kernel socket buffer memory at the last sample (the cgroup's or the network"
+        " namespace's: workers sharing one report the same value). Added to RSS for the level.",
+        lambda s: s["socket_bytes"],
+    ),
+    (
         "herald_memory_limit_bytes",
         "Memory limit the level is computed against.",
         lambda s: s["limit_bytes"],

@@ -59,6 +59,7 @@ class WorkerSnapshot(TypedDict):
     cache_bytes: int
     # memory guard
     rss_bytes: int
+    socket_bytes: int  # the cgroup's or namespace's, the same for workers sharing one
     limit_bytes: int
     level: MemoryLevel
     refusing: bool
@@ -122,6 +123,7 @@ def take_snapshot(
         "cache_items": cache.items,
         "cache_bytes": cache.bytes,
         "rss_bytes": guard.rss_bytes,
+        "socket_bytes": guard.socket_bytes,
         "limit_bytes": guard.limit.bytes,
         "level": guard.level,
         "refusing": guard.refusing,

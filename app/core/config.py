@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # A stream opened while the broker is unreachable waits this long (with heartbeats)
     # for its replay, then ends without `reset` so the client retries with the same id.
     sse_replay_wait_seconds: float = Field(default=30, ge=0, le=3600)
+    # Kernel send buffer (SO_SNDBUF) of each stream's socket; the kernel doubles it for
+    # bookkeeping. 0 leaves the kernel's autotuning (up to tcp_wmem's max, 4 MiB here).
+    sse_socket_send_buffer_kb: int = Field(default=64, ge=0, le=64 * 1024)
+    # High-water mark of each stream's asyncio transport write buffer (one write may
+    # land on top of it before writing pauses).
+    sse_transport_buffer_kb: int = Field(default=64, ge=1, le=64 * 1024)
 
     # --- history (replay) ---
     sse_history_size: int = Field(default=1000, ge=0, le=1_000_000)

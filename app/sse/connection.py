@@ -27,7 +27,11 @@ Design decisions (read before changing):
 6. ``close()`` may come from anywhere (reaper, overflow, shutdown, client gone).
    It wakes the writer; if the writer is stuck in a socket write to a client
    that stopped reading, it cancels that write so the slot is freed now rather
-   than whenever the kernel gives up.
+   than whenever the kernel gives up. A close for overflow or idleness
+   (``ABORTED_CLOSES``) also aborts the stream's transport, when it has one:
+   RST, with what the transport and the kernel still hold discarded, so a
+   client that stopped reading cannot keep a send buffer alive
+   (:mod:`app.sse.stream_socket`). Other closes end the body gracefully.
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ from app.sse.direct_write import HeldWrite, step
 from app.sse.encoding import PING_FRAME
 from app.sse.event import Event
 from app.sse.event_id import EventKey
+from app.sse.stream_socket import abort_transport
 
 __all__ = [
+    "ABORTED_CLOSES",
     "ALREADY_CLOSED",
     "ALREADY_HAD",
     "DROPPED_OLDEST",
@@ -75,6 +81,10 @@ class CloseReason(StrEnum):
     SHUTDOWN = "shutdown"
     ADMIN = "admin"  # POST /api/admin/streams/close
     DRAIN = "drain"  # POST /api/admin/drain
+
+
+ABORTED_CLOSES = frozenset({CloseReason.OVERFLOW, CloseReason.IDLE})
+"""Closes that reset the connection instead of ending the body (the client is not reading)."""
 
 
 class QueueBudget:
@@ -129,6 +139,7 @@ class Connection:
         "private_channels",
         "send",
         "sending",
+        "transport",
         "writer",
     )
 
@@ -166,6 +177,8 @@ class Connection:
         self.on_ready = on_ready
         self.flush_pending = False
         self.held_write: HeldWrite | None = None
+        # The stream's transport where the server provides it (app.serving.protocols).
+        self.transport: asyncio.Transport | None = None
         # Created by the first push: an idle stream should not carry an empty deque
         # (its first block alone is ~0.6 KB).
         self._queue: deque[Event] | None = None
@@ -261,6 +274,10 @@ class Connection:
         if self.close_reason is not None:
             return
         self.close_reason = reason
+        if reason in ABORTED_CLOSES and self.transport is not None:
+            # Before waking the writer: by the time it runs, the server knows the
+            # client is gone and its last write returns at once.
+            abort_transport(self.transport)
         self._wake()
         if self.sending and self.writer is not None:
             self.writer.cancel()

@@ -24,12 +24,17 @@ Design decisions (read before changing):
    backoff for up to ``SSE_REPLAY_WAIT_SECONDS``; live events queue meanwhile.
    Past that it ends without ``reset`` (the client retries with the same id):
    ``reset`` means only that history does not reach back.
-5. A stream closed by the server (idle, overflow, shutdown) ends the chunked
-   body cleanly so the browser reconnects; on shutdown the last frame is a
-   jittered ``retry:`` so a crowd of clients does not come back in one instant
-   (an operator's close or drain, ``app.admin``, sets its own jittered value).
+5. A stream closed by the server for shutdown (or by an operator) ends the
+   chunked body cleanly so the browser reconnects; on shutdown the last frame
+   is a jittered ``retry:`` so a crowd of clients does not come back in one
+   instant (an operator's close or drain, ``app.admin``, sets its own jittered
+   value).
    If the client stopped reading, that last write is bounded by
-   ``FINAL_WRITE_TIMEOUT_SECONDS`` rather than awaited forever.
+   ``FINAL_WRITE_TIMEOUT_SECONDS`` rather than awaited forever. Overflow and
+   idle closes abort the connection instead (``Connection.close``): the
+   browser reconnects after a reset just as after a clean end.
+6. At stream open the socket's send buffer and the transport's write buffer
+   are capped (:mod:`app.sse.stream_socket`), before the first byte is sent.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from app.sse.direct_write import resume
 from app.sse.encoding import PING_FRAME, encode_position, encode_retry
 from app.sse.event_id import MAX_EVENT_ID_LENGTH
 from app.sse.hub import Hub, StreamRefusedError
+from app.sse.stream_socket import open_stream_transport
 
 __all__ = ["FINAL_WRITE_TIMEOUT_SECONDS", "HeraldStreamResponse", "reset_frame"]
 
@@ -136,6 +142,7 @@ class HeraldStreamResponse(EventSourceResponse):
             async with self._hub.open(
                 self._channels, self._client, self._private_channels
             ) as connection:
+                connection.transport = open_stream_transport(scope, self._hub.settings)
                 await self._stream(connection, receive, send)
         except StreamRefusedError as refusal:
             refused = JSONResponse(

@@ -41,6 +41,7 @@ EXPECTED_FAMILIES = {
     "herald_cache_items": "gauge",
     "herald_cache_bytes": "gauge",
     "herald_memory_rss_bytes": "gauge",
+    "herald_socket_memory_bytes": "gauge",
     "herald_memory_limit_bytes": "gauge",
     "herald_memory_level": "gauge",
     "herald_memory_refusing": "gauge",
@@ -176,7 +177,9 @@ def test_every_family_has_one_sample_per_worker() -> None:
         cleanups_critical=1,
         admin_actions={"drain": 2},
     )
-    two = make_snapshot(pid=2, connections=17, published=7, refusing=True, leak_suspected=True)
+    two = make_snapshot(
+        pid=2, connections=17, published=7, refusing=True, leak_suspected=True, socket_bytes=4096
+    )
     text = generate_latest(HeraldCollector([one, two])).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert {name: family.type for name, family in families.items()} == EXPECTED_FAMILIES
@@ -200,6 +203,7 @@ def test_every_family_has_one_sample_per_worker() -> None:
     assert values['herald_admin_actions_total{action="drain",worker="box:1"}'] == 2
     assert values['herald_admin_actions_total{action="drain",worker="box:2"}'] == 0
     assert values['herald_admin_actions_total{action="cleanup",worker="box:1"}'] == 0
+    assert values['herald_socket_memory_bytes{worker="box:2"}'] == 4096
 
 
 def test_the_process_wide_registry_is_left_alone() -> None:
