@@ -36,7 +36,9 @@ from app.sse.stream_socket import TRANSPORT_EXTENSION
 __all__ = ["HeraldH11Protocol", "HeraldHttpProtocol"]
 
 
-class HeraldH11Protocol(H11Protocol):
+class _TransportHandOver(asyncio.Protocol):
+    """The connection's transport in one extensions dict, shared by its requests' scopes."""
+
     _herald_extensions: dict[str, Any]
 
     def connection_made(  # type: ignore[override]  # uvicorn narrows the argument too
@@ -45,6 +47,8 @@ class HeraldH11Protocol(H11Protocol):
         super().connection_made(transport)
         self._herald_extensions = {TRANSPORT_EXTENSION: transport}
 
+
+class HeraldH11Protocol(_TransportHandOver, H11Protocol):
     def handle_events(self) -> None:
         super().handle_events()
         scope: Any = self.scope
@@ -60,15 +64,7 @@ except ImportError:  # httptools not installed: uvicorn's "auto" would pick h11 
     HeraldHttpProtocol = HeraldH11Protocol
 else:
 
-    class HeraldHttpToolsProtocol(HttpToolsProtocol):
-        _herald_extensions: dict[str, Any]
-
-        def connection_made(  # type: ignore[override]  # uvicorn narrows the argument too
-            self, transport: asyncio.Transport
-        ) -> None:
-            super().connection_made(transport)
-            self._herald_extensions = {TRANSPORT_EXTENSION: transport}
-
+    class HeraldHttpToolsProtocol(_TransportHandOver, HttpToolsProtocol):
         def on_message_begin(self) -> None:
             super().on_message_begin()
             scope: Any = self.scope
