@@ -40,7 +40,7 @@ class Publisher:
         key = (self._ms, 0)
         self._ms += 1
         event_id = format_event_id(key)
-        event = Event(key, event_id, channel, encode_frame(event_id, encode_body(data)))
+        event = Event(key, event_id, (channel,), encode_frame(event_id, encode_body(data)))
         self.store.append(event, now)
         return event
 
@@ -278,7 +278,7 @@ def test_event_overhead_constant_covers_measured_bookkeeping() -> None:
             event_id = format_event_id(key)
             frame = encode_frame(event_id, body)
             frame_bytes += len(frame)
-            store.append(Event(key, event_id, "channel", frame), 0.0)
+            store.append(Event(key, event_id, ("channel",), frame), 0.0)
         del key, event_id, frame
         gc.collect()
         traced = tracemalloc.get_traced_memory()[0] - before
