@@ -7,6 +7,7 @@ listened all along receives only the next good event after a refused batch.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -69,7 +70,7 @@ async def test_a_batch_is_published_in_request_order_with_consecutive_ids(
     keys = [key(event_id) for event_id in ids]
     assert keys == sorted(keys) and len(set(keys)) == 20
     # One step of the sequence: nothing else was numbered between the batch's events.
-    for before, after in zip(keys, keys[1:], strict=False):
+    for before, after in itertools.pairwise(keys):
         assert after == (before[0], before[1] + 1) or after[0] > before[0]
 
 
