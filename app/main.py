@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from app.admin.actions import WorkerActions
@@ -38,6 +39,7 @@ from app.core.logging import configure_logging
 from app.limits import create_client_limits
 from app.memory.guard import MemoryGuard, level_tracker
 from app.middleware.memory_headers import MemoryHeadersMiddleware
+from app.middleware.publish_fast_path import HeraldApp, PublishFastPath, wrap_user_middleware
 from app.middleware.stream_fast_path import StreamFastPath
 from app.responses.producers.base import Producer
 from app.responses.service import ResponseService, build_producers
@@ -125,23 +127,31 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
             await service.stop()
             await hub.stop()
 
-    app = FastAPI(title="Herald", version="0.1.0", lifespan=lifespan)
+    app = HeraldApp(title="Herald", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.tokens = tokens
     app.state.proxies = TrustedProxies(settings.trusted_proxies)
     app.state.admin_streams = admin_stream.StreamSlots(settings.admin_stream_max_connections)
-    # Added first, so it is the innermost middleware: CORS and the rest still wrap streams.
-    app.add_middleware(StreamFastPath)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_credentials=True,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-        )
+    # Outermost first. Streams: added first, so StreamFastPath is the innermost middleware
+    # and CORS and the rest still wrap it. Publishes: answered in front of the whole stack
+    # by PublishFastPath inside the same user middleware (app.middleware.publish_fast_path).
+    user_middleware: list[Middleware] = []
     if settings.memory_headers:
-        app.add_middleware(MemoryHeadersMiddleware)
+        user_middleware.append(Middleware(MemoryHeadersMiddleware))
+    if settings.cors_origins:
+        user_middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_credentials=True,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            )
+        )
+    app.add_middleware(StreamFastPath)
+    for cls, args, kwargs in reversed(user_middleware):
+        app.add_middleware(cls, *args, **kwargs)
+    app.publish_front = wrap_user_middleware(PublishFastPath(), user_middleware)
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(responses.router)

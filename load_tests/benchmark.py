@@ -18,6 +18,12 @@ after the other, on free ports of 127.0.0.1:
   with the server pinned to one CPU.
 * **latency**: the same 2,000 subscribers, 20 events per second on a fixed
   schedule; p50 / p99 of publish-to-delivery time over every delivery.
+* **publish** (issue 15): accepted publishes per second of one worker, by
+  ``load_tests/publish_rate.py`` in alternating rounds against a bare ASGI app
+  on the same uvicorn, the baseline's ``POST /publish``, Herald on ``memory://``
+  and on a ``redis-server`` it starts — single publishes (4 pipelining
+  connections; and 64 concurrent publishers for the Redis/memory ratio, where
+  concurrent publishes share Redis round trips) and 1,000-event batches.
 * **box**: the deployment shape of issue 9 — gunicorn with two workers
   (Herald: ``gunicorn.conf.py`` with ``MEMORY_LIMIT_MB=512`` and
   ``SSE_MAX_CONNECTIONS=9000`` as in ``render.yaml``, see ``box``; baseline:
@@ -61,6 +67,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
+from load_tests import publish_rate
 from load_tests.generator import raise_open_file_limit
 from load_tests.stalled import VARIANTS, measure_stalled
 from tests.support.server import REPO_ROOT, ServerProcess
@@ -89,6 +96,13 @@ TARGET_P99_MS = 50.0
 TARGET_RATE = 20.0
 TARGET_BOX_CONNECTIONS = 16_000
 TARGET_BOX_RSS = 450 * MIB
+# Issue 15's.
+TARGET_PUBLISH_VS_BARE = 0.5
+TARGET_PUBLISH_VS_BASELINE = 1.0
+TARGET_BATCH_MEMORY = 100_000
+TARGET_BATCH_REDIS = 50_000
+TARGET_REDIS_VS_MEMORY = 0.7
+CONCURRENT_PUBLISHERS = 64
 
 
 class BenchmarkError(RuntimeError):
@@ -115,6 +129,8 @@ class Options:
     stalled_events: int
     stalled_event_bytes: int
     settle_seconds: float
+    publish_rounds: int
+    publish_seconds: float
     pin: bool
     json_path: Path
 
@@ -502,6 +518,81 @@ def measure_box(kind: str, options: Options, placement: Placement) -> dict[str, 
     }
 
 
+def measure_publish(options: Options) -> dict[str, Any]:
+    """Issue 15's step: every publish target in one run (see ``load_tests/publish_rate.py``)."""
+    rounds, seconds, pin = options.publish_rounds, options.publish_seconds, options.pin
+    pipelined = publish_rate.compare(publish_rate.TARGETS, rounds=rounds, seconds=seconds, pin=pin)
+    concurrent = publish_rate.compare(
+        ("herald-memory", "herald-redis"),
+        connections=CONCURRENT_PUBLISHERS,
+        window=2,
+        rounds=rounds,
+        seconds=seconds,
+        pin=pin,
+    )
+    return {
+        "pipelined": {name: rate.as_dict() for name, rate in pipelined.items()},
+        "concurrent": {name: rate.as_dict() for name, rate in concurrent.items()},
+        "ratios": publish_rate.ratios(pipelined),
+        "concurrent_ratios": publish_rate.ratios(concurrent),
+    }
+
+
+def publish_rows(publish: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) lines of the publish step for the table."""
+    lines = []
+    for name, rate in publish["pipelined"].items():
+        unit = "publishes/s" if rate["events_per_request"] == 1 else "events/s"
+        lines.append(
+            (f"{name}, 4 pipelining connections", f"{rate['events_per_second']:,.0f} {unit}")
+        )
+    for name, rate in publish["concurrent"].items():
+        label = f"{name}, {CONCURRENT_PUBLISHERS} concurrent publishers"
+        lines.append((label, f"{rate['events_per_second']:,.0f} publishes/s"))
+    for label, value in publish["ratios"].items():
+        lines.append((label, f"{value:.2f}"))
+    for label, value in publish["concurrent_ratios"].items():
+        lines.append((f"{label}, {CONCURRENT_PUBLISHERS} concurrent", f"{value:.2f}"))
+    return lines
+
+
+def publish_targets(publish: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    ratios = (publish or {}).get("ratios", {})
+    concurrent = (publish or {}).get("concurrent_ratios", {})
+    pipelined = (publish or {}).get("pipelined", {})
+
+    def check(target: str, value: float | None, floor: float) -> dict[str, Any]:
+        return {"target": target, "value": value, "met": None if value is None else value >= floor}
+
+    def rate(name: str) -> float | None:
+        found = pipelined.get(name)
+        return None if found is None else found["events_per_second"]
+
+    return {
+        "publish_vs_bare": check(
+            f">= {TARGET_PUBLISH_VS_BARE:g}x a bare ASGI app",
+            ratios.get("herald-memory / bare"),
+            TARGET_PUBLISH_VS_BARE,
+        ),
+        "publish_vs_baseline": check(
+            ">= the naive FastAPI endpoint",
+            ratios.get("herald-memory / baseline"),
+            TARGET_PUBLISH_VS_BASELINE,
+        ),
+        "batch_memory": check(
+            f">= {TARGET_BATCH_MEMORY:,} events/s", rate("batch-memory"), TARGET_BATCH_MEMORY
+        ),
+        "batch_redis": check(
+            f">= {TARGET_BATCH_REDIS:,} events/s", rate("batch-redis"), TARGET_BATCH_REDIS
+        ),
+        "redis_vs_memory": check(
+            f">= {TARGET_REDIS_VS_MEMORY:g}x memory://, {CONCURRENT_PUBLISHERS} publishers",
+            concurrent.get("herald-redis / herald-memory"),
+            TARGET_REDIS_VS_MEMORY,
+        ),
+    }
+
+
 # --- report ---
 
 
@@ -718,8 +809,13 @@ def render(report: dict[str, Any], options: Options) -> str:
             )
         )
     lines += stalled_lines(report["results"])
+    publish = report.get("publish")
+    if publish:
+        lines += ["", "publishing (issue 15), one worker, no subscribers, 64-byte events:"]
+        width = max(len(label) for label, _ in publish_rows(publish))
+        lines += [f"  {label.ljust(width)}  {value}" for label, value in publish_rows(publish)]
     lines.append("")
-    lines.append("issue 9 targets (Herald):")
+    lines.append("targets (Herald):")
     for name, check in report["targets"].items():
         verdict = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
         lines.append(f"  {name}: {check['target']}: {verdict} (value: {check['value']})")
@@ -866,14 +962,20 @@ def run(options: Options) -> dict[str, Any]:
                 options.stalled_event_bytes,
             )
         results[kind] = result
+    publish = None
+    if options.publish_rounds:
+        print("[publish] bare, baseline, herald on memory:// and redis://", file=sys.stderr)
+        publish = measure_publish(options)
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report: dict[str, Any] = {"meta": meta, "results": results}
+    if publish is not None:
+        report["publish"] = publish
     report["ratios"] = {
         label: _ratio(herald, baseline)
         for label, _, herald, baseline, want in rows(results, options)
         if want
     }
-    report["targets"] = targets(results, options)
+    report["targets"] = targets(results, options) | publish_targets(publish)
     report["warnings"] = warnings(results)
     return report
 
@@ -936,6 +1038,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--settle-seconds", type=float, default=10.0, help="longest wait for RSS to settle"
     )
+    parser.add_argument(
+        "--publish-rounds",
+        type=int,
+        default=3,
+        help="alternating rounds of the publish step (0 skips it)",
+    )
+    parser.add_argument(
+        "--publish-seconds", type=float, default=4.0, help="seconds per publish target per round"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and generator")
     parser.add_argument(
         "--json",
@@ -967,6 +1078,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         stalled_events=args.stalled_events,
         stalled_event_bytes=args.stalled_event_bytes,
         settle_seconds=args.settle_seconds,
+        publish_rounds=args.publish_rounds,
+        publish_seconds=args.publish_seconds,
         pin=not args.no_pin,
         json_path=json_path,
     )

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
 
     # --- publishing ---
     max_event_bytes: int = Field(default=65_536, ge=16, le=16 * MB)
+    # POST /events batches: events per request and bytes per request body.
+    publish_batch_max: int = Field(default=1000, ge=1, le=100_000)
+    max_batch_bytes: int = Field(default=1 * MB, ge=16, le=64 * MB)
+    # Channels one event may be published on ("channels": [...]).
+    publish_max_channels: int = Field(default=16, ge=1, le=256)
     publish_token: SecretStr | None = None
     # Token bucket per publish token (or per address without one); 0 turns it off.
     publish_rate_per_second: float = Field(default=0, ge=0)

@@ -34,6 +34,14 @@ Design decisions (read before changing):
 6. A broker that finds its live feed skipped events calls ``resync``: every
    stream is closed (``CloseReason.RESYNC``, gracefully) and clients resume from
    history with their ``Last-Event-ID`` — a reconnect instead of a silent gap.
+7. One event, several channels: ``publish`` takes the channels an event is
+   published on; fan-out pushes it once to each stream subscribed to any of
+   them (a set union, only for multi-channel events), and the cursor would
+   skip a second push anyway. A private one reaches a stream whose grants
+   cover any of the event's channels it subscribes to.
+8. Batches are drafts first: ``draft`` validates and encodes one event (and
+   raises for it alone, so the API can name the bad item), ``publish_drafts``
+   hands the lot to the broker, which numbers them consecutively, all or none.
 """
 
 from __future__ import annotations
@@ -45,10 +53,10 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from app.broker.base import Broker, Replay
+from app.broker.base import Broker, Draft, Replay
 from app.core.config import Settings
 from app.limits import ClientLimits, LimitExceededError, LocalClientLimits, StreamLease
 from app.sse.connection import (
@@ -63,7 +71,14 @@ from app.sse.event import Event
 from app.sse.event_id import parse_event_id
 from app.sse.shutdown import shutdown_requested
 
-__all__ = ["CHANNEL_PATTERN", "Hub", "InvalidChannelError", "StreamRefusedError"]
+__all__ = [
+    "CHANNEL_PATTERN",
+    "Hub",
+    "InvalidChannelError",
+    "StreamRefusedError",
+    "event_channels",
+    "validate_channel",
+]
 
 logger = logging.getLogger("herald.sse")
 
@@ -95,12 +110,30 @@ class StreamRefusedError(Exception):
         self.status_code = status_code
 
 
+_valid_channel = CHANNEL_PATTERN.fullmatch
+
+
 def validate_channel(channel: str) -> str:
-    if not CHANNEL_PATTERN.fullmatch(channel):
+    if not isinstance(channel, str) or not _valid_channel(channel):
         raise InvalidChannelError(
-            f"invalid channel name {channel[:140]!r}: use 1-128 letters, digits or ._:/-"
+            f"invalid channel name {str(channel)[:140]!r}: use 1-128 letters, digits or ._:/-"
         )
     return channel
+
+
+def event_channels(channels: str | Sequence[str], limit: int) -> tuple[str, ...]:
+    """An event's distinct, valid channels in the given order (at least one, at most
+    ``limit``); raises ``InvalidChannelError`` naming what is wrong."""
+    if isinstance(channels, str):
+        return (validate_channel(channels),)
+    if len(channels) == 1:
+        return (validate_channel(channels[0]),)
+    names = tuple(dict.fromkeys(validate_channel(name) for name in channels))
+    if not names:
+        raise InvalidChannelError("an event needs at least one channel")
+    if len(names) > limit:
+        raise InvalidChannelError(f"too many channels for one event (limit {limit})")
+    return names
 
 
 @dataclass
@@ -184,28 +217,69 @@ class Hub:
 
     # --- publishing ------------------------------------------------------
 
-    async def publish(
-        self, channel: str, data: object, event: str | None = None, *, private: bool = False
-    ) -> str:
-        """Publish to ``channel``; returns the event id. Raises ``EncodingError``,
-        ``InvalidChannelError`` or ``BrokerUnavailableError``. A ``private`` event
-        reaches only subscribers whose token grants the channel."""
-        validate_channel(channel)
-        published = await self.broker.publish(channel, encode_body(data, event), private)
-        self.counters.published += 1
-        return published.id
+    def draft(
+        self,
+        channels: str | Sequence[str],
+        data: object,
+        event: str | None = None,
+        *,
+        private: bool = False,
+    ) -> Draft:
+        """One event ready for ``publish_drafts``. Raises ``InvalidChannelError`` or
+        ``EncodingError``."""
+        names = event_channels(channels, self.settings.publish_max_channels)
+        return Draft(names, encode_body(data, event), private)
 
-    def subscriber_count(self, channel: str) -> int:
-        return len(self._channels.get(channel, ()))
+    async def publish_drafts(self, drafts: Sequence[Draft]) -> list[Event]:
+        """Publish ``drafts`` with consecutive ids, all or none. Raises
+        ``BrokerUnavailableError``."""
+        events = await self.broker.publish(drafts)
+        self.counters.published += len(events)
+        return events
+
+    async def publish(
+        self,
+        channels: str | Sequence[str],
+        data: object,
+        event: str | None = None,
+        *,
+        private: bool = False,
+    ) -> str:
+        """Publish one event on ``channels`` (a name or several); returns its id. Raises
+        ``EncodingError``, ``InvalidChannelError`` or ``BrokerUnavailableError``. A
+        ``private`` event reaches only subscribers granted one of its channels."""
+        published = await self.publish_drafts([self.draft(channels, data, event, private=private)])
+        return published[0].id
+
+    def subscriber_count(self, channels: str | Sequence[str]) -> int:
+        """Local streams subscribed to ``channels`` (a stream on several counts once)."""
+        if isinstance(channels, str):
+            return len(self._channels.get(channels, ()))
+        if len(channels) == 1:
+            return len(self._channels.get(channels[0], ()))
+        return len(self._subscribers(channels))
+
+    def _subscribers(self, channels: tuple[str, ...] | Sequence[str]) -> set[Connection]:
+        found: set[Connection] = set()
+        for channel in channels:
+            subscribers = self._channels.get(channel)
+            if subscribers:
+                found |= subscribers
+        return found
 
     def _fan_out(self, event: Event) -> None:
-        subscribers = self._channels.get(event.channel)
+        channels = event.channels
+        if len(channels) == 1:
+            subscribers = self._channels.get(channels[0])
+        else:
+            # Rare path: a stream on several of the event's channels is pushed once.
+            subscribers = self._subscribers(channels)
         if not subscribers:
             return
         counters = self.counters
         if event.private:
             # Rare path: the per-subscriber check costs only private events.
-            subscribers = {c for c in subscribers if event.channel in c.private_channels}
+            subscribers = {c for c in subscribers if event.visible_to(c.private_channels)}
         for connection in subscribers:
             outcome = connection.push(event)
             if outcome == DROPPED_OLDEST:
@@ -438,5 +512,5 @@ def _visible(replay: Replay, private_channels: frozenset[str]) -> Replay:
     """Replay without the private events this subscriber may not see."""
     if not any(event.private for event in replay.events):
         return replay
-    events = [e for e in replay.events if not e.private or e.channel in private_channels]
+    events = [event for event in replay.events if event.visible_to(private_channels)]
     return dataclasses.replace(replay, events=events)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.broker.base import Replay
+from app.broker.base import Draft, Replay
 from app.broker.memory import MemoryBroker
 from app.core.config import load_settings
 from app.sse.connection import CloseReason
@@ -28,7 +28,7 @@ class RacingBroker(MemoryBroker):
     the window in which a real backplane may deliver an event both ways."""
 
     async def replay(self, channels: Sequence[str], last_event_id: str | None) -> Replay:
-        self.raced = await self.publish(channels[0], b"data: raced\n")
+        (self.raced,) = await self.publish([Draft((channels[0],), b"data: raced\n")])
         return await super().replay(channels, last_event_id)
 
 
