@@ -143,6 +143,8 @@ class ServerSpec:
     publish_path: str
     wrap_publish: bool
     publish_status: int
+    cwd: Path = REPO_ROOT
+    """The checkout the server runs from (another one for before/after figures)."""
 
 
 @dataclass
@@ -247,7 +249,7 @@ def box(kind: str, options: Options) -> ServerSpec:
 
 @contextlib.contextmanager
 def running(spec: ServerSpec, placement: Placement) -> Iterator[ServerProcess]:
-    server = ServerProcess(spec.env, list(spec.argv))
+    server = ServerProcess(spec.env, list(spec.argv), cwd=spec.cwd)
     if spec.argv[2] == "gunicorn":
         server.argv = [*spec.argv, "--bind", f"127.0.0.1:{server.port}"]
     # Children inherit the CPU mask of the parent at fork: pin ourselves for the

@@ -21,6 +21,13 @@ Design decisions (read before changing):
    task first runs (httptools builds it in ``on_message_begin``; h11 builds it
    and creates the task inside ``handle_events``, and a task created there
    starts only on a later loop iteration), so the application always sees it.
+4. The httptools protocol also answers, per response, whether its body chunks
+   may be written straight to the transport
+   (``scope["extensions"]["herald.chunked_body"]``, :mod:`app.sse.chunked_write`):
+   yes, with the connection's ``FlowControl``, only while the current cycle is
+   an HTTP/1.1 ``GET`` whose headers are out, whose body uvicorn frames as
+   chunks and which is not complete. The h11 protocol always says no (h11
+   chooses the framing itself); its streams keep the ASGI path.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.sse.chunked_write import CHUNKED_BODY_EXTENSION, WriteFlow
 from app.sse.stream_socket import TRANSPORT_EXTENSION
 
 # HeraldHttpToolsProtocol exists where httptools is installed (uvicorn[standard] brings it).
@@ -65,6 +73,27 @@ except ImportError:  # httptools not installed: uvicorn's "auto" would pick h11 
 else:
 
     class HeraldHttpToolsProtocol(_TransportHandOver, HttpToolsProtocol):
+        def connection_made(  # type: ignore[override]  # uvicorn narrows the argument too
+            self, transport: asyncio.Transport
+        ) -> None:
+            super().connection_made(transport)
+            self._herald_extensions[CHUNKED_BODY_EXTENSION] = self._chunked_body_flow
+
+        def _chunked_body_flow(self) -> WriteFlow | None:
+            # Exactly the case in which uvicorn's cycle.send writes b"%x\r\n" + body + b"\r\n".
+            cycle = self.cycle
+            if (
+                cycle is None
+                or not cycle.response_started
+                or cycle.response_complete
+                or cycle.disconnected
+                or cycle.chunked_encoding is not True
+                or cycle.scope["method"] != "GET"
+                or cycle.scope["http_version"] != "1.1"
+            ):
+                return None
+            return cycle.flow
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
             scope: Any = self.scope

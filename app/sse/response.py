@@ -50,6 +50,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from app.broker.base import BrokerUnavailableError, Replay
+from app.sse.chunked_write import WriteFlow, chunked_body_flow
 from app.sse.connection import MAX_BATCH_BYTES, CloseReason, Connection
 from app.sse.direct_write import resume
 from app.sse.encoding import PING_FRAME, encode_position, encode_retry
@@ -143,7 +144,7 @@ class HeraldStreamResponse(EventSourceResponse):
                 self._channels, self._client, self._private_channels
             ) as connection:
                 connection.transport = open_stream_transport(scope, self._hub.settings)
-                await self._stream(connection, receive, send)
+                await self._stream(connection, scope, receive, send)
         except StreamRefusedError as refusal:
             refused = JSONResponse(
                 {"detail": refusal.detail},
@@ -152,14 +153,18 @@ class HeraldStreamResponse(EventSourceResponse):
             )
             await refused(scope, receive, send)
 
-    async def _stream(self, connection: Connection, receive: Receive, send: Send) -> None:
+    async def _stream(
+        self, connection: Connection, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        # Asked once the headers are out, when the server knows how it frames the body.
+        flow = chunked_body_flow(scope) if connection.transport is not None else None
         watcher = asyncio.create_task(self._watch_disconnect(connection, receive))
         connection.writer = asyncio.current_task()
         try:
             replay = await self._catch_up(connection, send)
             if replay is not None:
-                await self._pump(connection, send)
+                await self._pump(connection, send, flow)
             await self._finish(connection, send)
         finally:
             connection.writer = None
@@ -198,9 +203,12 @@ class HeraldStreamResponse(EventSourceResponse):
         connection.delivered += len(replay.events)
         return replay
 
-    async def _pump(self, connection: Connection, send: Send) -> None:
+    async def _pump(self, connection: Connection, send: Send, flow: WriteFlow | None) -> None:
         clock = self._hub.clock
-        connection.send = send  # from here on the hub may write directly (direct_write)
+        # From here on the hub may write directly: to the transport where the server
+        # allows it (chunked_write), else by stepping send (direct_write).
+        connection.send = send
+        connection.flow = flow
         try:
             while not connection.closed:
                 held = connection.held_write
@@ -223,6 +231,7 @@ class HeraldStreamResponse(EventSourceResponse):
                     connection.last_delivery = clock()
         finally:
             connection.send = None
+            connection.flow = None
             connection.drop_held_write()
 
     @staticmethod

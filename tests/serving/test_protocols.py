@@ -1,5 +1,6 @@
 """Herald's HTTP protocols against real uvicorn servers: each request's scope carries the
-transport of the connection it came on, under both parsers (httptools and h11)."""
+transport of the connection it came on, under both parsers (httptools and h11), and the
+direct chunk path is offered exactly where its bytes are uvicorn's."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.serving.protocols import HeraldH11Protocol, HeraldHttpProtocol, HeraldHttpToolsProtocol
 from app.serving.worker import HeraldWorker
+from app.sse.chunked_write import chunked_body_flow, frame_chunk
 from app.sse.stream_socket import TRANSPORT_EXTENSION
 from tests.leak.raw_http import KeepAliveClient
 from tests.support.server import free_port
@@ -46,7 +48,7 @@ class PeerReporter:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: PeerReporter, http: type[asyncio.Protocol]) -> AsyncIterator[int]:
+async def serving(app: Any, http: type[asyncio.Protocol]) -> AsyncIterator[int]:
     port = free_port()
     config = uvicorn.Config(app, host=HOST, port=port, http=http, lifespan="off", log_level="error")
     server = uvicorn.Server(config)
@@ -98,3 +100,62 @@ def test_both_ways_of_serving_use_herald_protocol() -> None:
     assert HeraldWorker.CONFIG_KWARGS["http"] is HeraldHttpProtocol
     # python -m app passes it to uvicorn.run: the stalled-stream tests
     # (tests/sse/test_stream_socket.py) fail on a server without the transport.
+
+
+class ChunkedBodyReporter:
+    """An ASGI app that answers three body chunks, writing the middle one straight to the
+    transport when the server offers the direct path (else through send), and records
+    whether it was offered before and after its headers went out."""
+
+    def __init__(self, *, content_length: bool = False) -> None:
+        self.content_length = content_length
+        self.offered: list[tuple[bool, bool]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        before = chunked_body_flow(scope) is not None
+        headers = [(b"content-type", b"text/event-stream")]
+        if self.content_length:
+            headers.append((b"content-length", b"9"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        flow = chunked_body_flow(scope)
+        self.offered.append((before, flow is not None))
+        await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        if flow is not None and not flow.write_paused:
+            scope["extensions"][TRANSPORT_EXTENSION].write(frame_chunk(b"two"))
+        else:
+            await send({"type": "http.response.body", "body": b"two", "more_body": True})
+        await send({"type": "http.response.body", "body": b"six", "more_body": False})
+
+
+async def raw_response(port: int, version: str = "1.1") -> bytes:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(f"GET / HTTP/{version}\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        data = await reader.read()
+    writer.close()
+    return data.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize(
+    ("http", "version", "content_length", "offered"),
+    [
+        (HeraldHttpToolsProtocol, "1.1", False, True),
+        (HeraldHttpToolsProtocol, "1.0", False, False),  # HTTP/1.0: the ASGI path
+        (HeraldHttpToolsProtocol, "1.1", True, False),  # not a chunked body
+        (HeraldH11Protocol, "1.1", False, False),  # h11 frames the body itself
+        (HttpToolsProtocol, "1.1", False, False),  # plain uvicorn: no extension
+    ],
+)
+async def test_direct_chunks_are_offered_only_where_they_are_uvicorns_bytes(
+    http: type[asyncio.Protocol], version: str, content_length: bool, offered: bool
+) -> None:
+    app = ChunkedBodyReporter(content_length=content_length)
+    async with serving(app, http) as port:
+        body = await raw_response(port, version)
+    assert app.offered == [(False, offered)]  # never before the headers are out
+    if content_length:
+        assert body == b"onetwosix"
+    else:  # uvicorn chunks HTTP/1.0 bodies too; the direct chunk looks the same as its own
+        assert body == b"3\r\none\r\n3\r\ntwo\r\n3\r\nsix\r\n0\r\n\r\n"

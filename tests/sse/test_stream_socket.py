@@ -17,7 +17,7 @@ import collections
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -47,38 +47,6 @@ MAX_TCP_GROWTH_PER_STREAM = 200 * KB
 
 
 # --- the helpers on loopback sockets ---------------------------------------------------
-
-
-class Sink(asyncio.Protocol):
-    """The server end of a loopback connection: keeps its transport, reads nothing."""
-
-    def __init__(self, made: asyncio.Future[asyncio.Transport]) -> None:
-        self.made = made
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.made.set_result(transport)
-
-
-@pytest.fixture
-async def loopback() -> AsyncIterator[tuple[asyncio.Transport, socket.socket]]:
-    """A served transport and the client socket at the other end (4 KB receive buffer)."""
-    loop = asyncio.get_running_loop()
-    made: asyncio.Future[asyncio.Transport] = loop.create_future()
-    server = await loop.create_server(lambda: Sink(made), HOST, 0)
-    port = server.sockets[0].getsockname()[1]
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RECEIVE_BUFFER)
-    client.setblocking(False)
-    await loop.sock_connect(client, (HOST, port))
-    transport = await asyncio.wait_for(made, 5)
-    try:
-        yield transport, client
-    finally:
-        transport.abort()
-        client.close()
-        server.close()
-        await server.wait_closed()
 
 
 def send_buffer(transport: asyncio.Transport) -> int:
