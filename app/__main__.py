@@ -1,4 +1,5 @@
-"""``python -m app``: serve Herald on HOST:PORT with uvicorn."""
+"""``python -m app``: serve Herald on HOST:PORT with uvicorn (and Herald's HTTP protocol,
+:mod:`app.serving.protocols`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 import uvicorn
 
 from app.core.config import SettingsError, load_settings
+from app.serving.protocols import HeraldHttpProtocol
 
 # Our own shutdown watcher closes streams within 0.1 s; this is only a backstop.
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -30,6 +32,8 @@ def main() -> None:
         # Herald decides whom to believe about X-Forwarded-For (TRUSTED_PROXIES);
         # uvicorn's own handling would trust 127.0.0.1 behind our back.
         proxy_headers=False,
+        # uvicorn's protocol plus the transport in the scope (stream socket buffers).
+        http=HeraldHttpProtocol,
     )
 
 

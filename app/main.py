@@ -12,13 +12,28 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api.routes import admin, admin_stream, dashboard, events, health, metrics, responses
+from app.admin.actions import WorkerActions
+from app.admin.audit import AuditTrail
+from app.admin.dispatch import ActionCoordinator
+from app.admin.drain import DrainState
+from app.api.routes import (
+    admin,
+    admin_actions,
+    admin_stream,
+    dashboard,
+    events,
+    health,
+    metrics,
+    responses,
+)
 from app.auth.client_address import TrustedProxies
 from app.auth.tokens import TokenVerifier
 from app.broker import create_broker
 from app.cluster import ClusterView, create_exchange, take_snapshot, worker_id
+from app.cluster.actions import create_bus
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.logging import configure_logging
 from app.limits import create_client_limits
@@ -26,6 +41,7 @@ from app.memory.guard import MemoryGuard, level_tracker
 from app.mercure import routes as mercure
 from app.mercure.subscriptions import SubscriptionRegistry
 from app.middleware.memory_headers import MemoryHeadersMiddleware
+from app.middleware.publish_fast_path import HeraldApp, PublishFastPath, wrap_user_middleware
 from app.middleware.stream_fast_path import StreamFastPath
 from app.responses.producers.base import Producer
 from app.responses.service import ResponseService, build_producers
@@ -67,15 +83,28 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         hub = Hub(settings, broker, limits=create_client_limits(settings, broker, worker))
         service = ResponseService(settings, producer_registry)
         guard = MemoryGuard(settings, hub, service)
+        audit = AuditTrail()
         cluster = ClusterView(
             create_exchange(settings, broker, worker),
-            partial(take_snapshot, hub, service, guard, host=host, pid=pid),
+            partial(
+                take_snapshot, hub, service, guard, host=host, pid=pid, admin_actions=audit.counts
+            ),
             interval_seconds=settings.metrics_share_seconds,
+        )
+        drain = DrainState()
+        actions = ActionCoordinator(
+            WorkerActions(hub, service, drain),
+            create_bus(settings, broker, worker),
+            cluster,
+            timeout_seconds=settings.admin_action_timeout_seconds,
         )
         app.state.hub = hub
         app.state.responses = service
         app.state.memory = guard
         app.state.cluster = cluster
+        app.state.drain = drain
+        app.state.audit = audit
+        app.state.actions = actions
         if settings.publish_token is None and not tokens.enabled:
             logger.warning("PUBLISH_TOKEN is not set: only loopback clients may publish")
         if settings.admin_token is None:
@@ -86,39 +115,53 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         # After the guard (its first sample is in the first snapshot) and the
         # broker's connection (the Redis exchange uses it).
         await cluster.start()
+        for checks in (hub.admission_checks, service.admission_checks):
+            checks.append(drain.refusal)
+        # After the cluster view: the bus is for workers that others can see.
+        await actions.start()
         try:
             yield
         finally:
-            # First: the snapshot is removed while the broker is still connected.
+            # First: the bus and the snapshot go while the broker is still connected.
+            await actions.stop()
             await cluster.stop()
             await guard.stop()
             await service.stop()
             await hub.stop()
 
-    app = FastAPI(title="Herald", version="0.1.0", lifespan=lifespan)
+    app = HeraldApp(title="Herald", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.tokens = tokens
     app.state.proxies = TrustedProxies(settings.trusted_proxies)
     app.state.admin_streams = admin_stream.StreamSlots(settings.admin_stream_max_connections)
     app.state.mercure_subscriptions = SubscriptionRegistry(settings.mercure_subscriptions_max)
-    # Added first, so it is the innermost middleware: CORS and the rest still wrap streams.
-    app.add_middleware(StreamFastPath)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_credentials=True,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Cache-Control"],
-            # The Mercure subscription API's cursor and the stream's resume point.
-            expose_headers=["Link", "Mercure-Last-Event-ID"],
-        )
+    # Outermost first. Streams: added first, so StreamFastPath is the innermost middleware
+    # and CORS and the rest still wrap it. Publishes: answered in front of the whole stack
+    # by PublishFastPath inside the same user middleware (app.middleware.publish_fast_path).
+    user_middleware: list[Middleware] = []
     if settings.memory_headers:
-        app.add_middleware(MemoryHeadersMiddleware)
+        user_middleware.append(Middleware(MemoryHeadersMiddleware))
+    if settings.cors_origins:
+        user_middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_credentials=True,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Cache-Control"],
+                # The Mercure subscription API's cursor and the stream's resume point.
+                expose_headers=["Link", "Mercure-Last-Event-ID"],
+            )
+        )
+    app.add_middleware(StreamFastPath)
+    for cls, args, kwargs in reversed(user_middleware):
+        app.add_middleware(cls, *args, **kwargs)
+    app.publish_front = wrap_user_middleware(PublishFastPath(), user_middleware)
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(responses.router)
     app.include_router(admin.router)
+    app.include_router(admin_actions.router)
     app.include_router(admin_stream.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)

@@ -18,11 +18,23 @@ after the other, on free ports of 127.0.0.1:
   with the server pinned to one CPU.
 * **latency**: the same 2,000 subscribers, 20 events per second on a fixed
   schedule; p50 / p99 of publish-to-delivery time over every delivery.
+* **publish** (issue 15): accepted publishes per second of one worker, by
+  ``load_tests/publish_rate.py`` in alternating rounds against a bare ASGI app
+  on the same uvicorn, the baseline's ``POST /publish``, Herald on ``memory://``
+  and on a ``redis-server`` it starts — single publishes (4 pipelining
+  connections; and 64 concurrent publishers for the Redis/memory ratio, where
+  concurrent publishes share Redis round trips) and 1,000-event batches.
 * **box**: the deployment shape of issue 9 — gunicorn with two workers
   (Herald: ``gunicorn.conf.py`` with ``MEMORY_LIMIT_MB=512`` and
   ``SSE_MAX_CONNECTIONS=9000`` as in ``render.yaml``, see ``box``; baseline:
   two uvicorn workers) holding 16,000 streams; total RSS of master and workers,
   and how the streams spread over the workers.
+* **stalled clients** (Herald only; issue 14): 2,000 streams whose clients set a
+  4 KB receive buffer and stop reading, 500 events of 1 KB published to them;
+  TCP memory of their connections and server RSS, peak and after, both
+  *before* (plain ``uvicorn app.main:app``, ``SSE_SOCKET_SEND_BUFFER_KB=0``: no
+  cap, no abort) and *after* (the defaults), in the same run. See
+  ``load_tests/stalled.py``.
 
 The load generator (``load_tests/generator.py``) is a separate process on the
 other CPU; every step reports its CPU use, so a result limited by the generator
@@ -55,7 +67,9 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
+from load_tests import publish_rate
 from load_tests.generator import raise_open_file_limit
+from load_tests.stalled import VARIANTS, measure_stalled
 from tests.support.server import REPO_ROOT, ServerProcess
 
 __all__ = ["BenchmarkError", "Options", "main", "parse_args", "run"]
@@ -82,6 +96,13 @@ TARGET_P99_MS = 50.0
 TARGET_RATE = 20.0
 TARGET_BOX_CONNECTIONS = 16_000
 TARGET_BOX_RSS = 450 * MIB
+# Issue 15's.
+TARGET_PUBLISH_VS_BARE = 0.5
+TARGET_PUBLISH_VS_BASELINE = 1.0
+TARGET_BATCH_MEMORY = 100_000
+TARGET_BATCH_REDIS = 50_000
+TARGET_REDIS_VS_MEMORY = 0.7
+CONCURRENT_PUBLISHERS = 64
 
 
 class BenchmarkError(RuntimeError):
@@ -104,7 +125,12 @@ class Options:
     box_workers: int
     box_memory_mb: int
     box_max_connections: int
+    stalled_streams: int
+    stalled_events: int
+    stalled_event_bytes: int
     settle_seconds: float
+    publish_rounds: int
+    publish_seconds: float
     pin: bool
     json_path: Path
 
@@ -117,6 +143,8 @@ class ServerSpec:
     publish_path: str
     wrap_publish: bool
     publish_status: int
+    cwd: Path = REPO_ROOT
+    """The checkout the server runs from (another one for before/after figures)."""
 
 
 @dataclass
@@ -221,7 +249,7 @@ def box(kind: str, options: Options) -> ServerSpec:
 
 @contextlib.contextmanager
 def running(spec: ServerSpec, placement: Placement) -> Iterator[ServerProcess]:
-    server = ServerProcess(spec.env, list(spec.argv))
+    server = ServerProcess(spec.env, list(spec.argv), cwd=spec.cwd)
     if spec.argv[2] == "gunicorn":
         server.argv = [*spec.argv, "--bind", f"127.0.0.1:{server.port}"]
     # Children inherit the CPU mask of the parent at fork: pin ourselves for the
@@ -492,6 +520,81 @@ def measure_box(kind: str, options: Options, placement: Placement) -> dict[str, 
     }
 
 
+def measure_publish(options: Options) -> dict[str, Any]:
+    """Issue 15's step: every publish target in one run (see ``load_tests/publish_rate.py``)."""
+    rounds, seconds, pin = options.publish_rounds, options.publish_seconds, options.pin
+    pipelined = publish_rate.compare(publish_rate.TARGETS, rounds=rounds, seconds=seconds, pin=pin)
+    concurrent = publish_rate.compare(
+        ("herald-memory", "herald-redis"),
+        connections=CONCURRENT_PUBLISHERS,
+        window=2,
+        rounds=rounds,
+        seconds=seconds,
+        pin=pin,
+    )
+    return {
+        "pipelined": {name: rate.as_dict() for name, rate in pipelined.items()},
+        "concurrent": {name: rate.as_dict() for name, rate in concurrent.items()},
+        "ratios": publish_rate.ratios(pipelined),
+        "concurrent_ratios": publish_rate.ratios(concurrent),
+    }
+
+
+def publish_rows(publish: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) lines of the publish step for the table."""
+    lines = []
+    for name, rate in publish["pipelined"].items():
+        unit = "publishes/s" if rate["events_per_request"] == 1 else "events/s"
+        lines.append(
+            (f"{name}, 4 pipelining connections", f"{rate['events_per_second']:,.0f} {unit}")
+        )
+    for name, rate in publish["concurrent"].items():
+        label = f"{name}, {CONCURRENT_PUBLISHERS} concurrent publishers"
+        lines.append((label, f"{rate['events_per_second']:,.0f} publishes/s"))
+    for label, value in publish["ratios"].items():
+        lines.append((label, f"{value:.2f}"))
+    for label, value in publish["concurrent_ratios"].items():
+        lines.append((f"{label}, {CONCURRENT_PUBLISHERS} concurrent", f"{value:.2f}"))
+    return lines
+
+
+def publish_targets(publish: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    ratios = (publish or {}).get("ratios", {})
+    concurrent = (publish or {}).get("concurrent_ratios", {})
+    pipelined = (publish or {}).get("pipelined", {})
+
+    def check(target: str, value: float | None, floor: float) -> dict[str, Any]:
+        return {"target": target, "value": value, "met": None if value is None else value >= floor}
+
+    def rate(name: str) -> float | None:
+        found = pipelined.get(name)
+        return None if found is None else found["events_per_second"]
+
+    return {
+        "publish_vs_bare": check(
+            f">= {TARGET_PUBLISH_VS_BARE:g}x a bare ASGI app",
+            ratios.get("herald-memory / bare"),
+            TARGET_PUBLISH_VS_BARE,
+        ),
+        "publish_vs_baseline": check(
+            ">= the naive FastAPI endpoint",
+            ratios.get("herald-memory / baseline"),
+            TARGET_PUBLISH_VS_BASELINE,
+        ),
+        "batch_memory": check(
+            f">= {TARGET_BATCH_MEMORY:,} events/s", rate("batch-memory"), TARGET_BATCH_MEMORY
+        ),
+        "batch_redis": check(
+            f">= {TARGET_BATCH_REDIS:,} events/s", rate("batch-redis"), TARGET_BATCH_REDIS
+        ),
+        "redis_vs_memory": check(
+            f">= {TARGET_REDIS_VS_MEMORY:g}x memory://, {CONCURRENT_PUBLISHERS} publishers",
+            concurrent.get("herald-redis / herald-memory"),
+            TARGET_REDIS_VS_MEMORY,
+        ),
+    }
+
+
 # --- report ---
 
 
@@ -707,14 +810,64 @@ def render(report: dict[str, Any], options: Options) -> str:
                 for i, cell in enumerate(row)
             )
         )
+    lines += stalled_lines(report["results"])
+    publish = report.get("publish")
+    if publish:
+        lines += ["", "publishing (issue 15), one worker, no subscribers, 64-byte events:"]
+        width = max(len(label) for label, _ in publish_rows(publish))
+        lines += [f"  {label.ljust(width)}  {value}" for label, value in publish_rows(publish)]
     lines.append("")
-    lines.append("issue 9 targets (Herald):")
+    lines.append("targets (Herald):")
     for name, check in report["targets"].items():
         verdict = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
         lines.append(f"  {name}: {check['target']}: {verdict} (value: {check['value']})")
     for warning in report["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def stalled_lines(results: dict[str, Any]) -> list[str]:
+    """The stalled-clients table: before and after issue 14, per stalled stream."""
+    stalled = _get(results, "herald", "stalled")
+    if not stalled:
+        return []
+    after = stalled["after"]
+    lines = [
+        "",
+        f"stalled clients (Herald, issue 14): {after['streams']:,} streams with a 4 KB receive"
+        f" buffer that never read, {after['events']:,} events of {after['event_bytes']:,} B;"
+        f" TCP memory of their connections from {after['tcp_source']}, per stream",
+    ]
+    rows_ = [
+        ("TCP memory, peak", "peak_port_tcp_bytes", KIB, "KiB"),
+        ("TCP memory, after publishing", "end_port_tcp_bytes", KIB, "KiB"),
+        ("namespace TCP memory (sockstat), peak", "peak_sockstat_tcp_bytes", KIB, "KiB"),
+        ("server RSS, peak", "peak_rss_bytes", KIB, "KiB"),
+        ("server RSS, after publishing", "end_rss_bytes", KIB, "KiB"),
+    ]
+    header = ("", *VARIANTS)
+    body = [
+        (label, *(_show(stalled[v]["per_stream_bytes"][key] / scale, unit) for v in VARIANTS))
+        for label, key, scale, unit in rows_
+    ]
+    totals = []
+    for variant in VARIANTS:
+        figures = stalled[variant]
+        peak = figures["peak"]["port_tcp_bytes"] + figures["peak"]["rss_bytes"]
+        totals.append(_show(_mib(peak - figures["idle"]["port_tcp_bytes"]), "MiB"))
+    body.append(("TCP memory + server RSS, peak, all streams", *totals))
+    body.append(
+        ("streams still open after publishing", *(str(stalled[v]["still_open"]) for v in VARIANTS))
+    )
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    for row in [header, *body]:
+        lines.append(
+            "  ".join(
+                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                for i, cell in enumerate(row)
+            )
+        )
+    return lines
 
 
 def machine_info() -> dict[str, Any]:
@@ -756,7 +909,15 @@ def describe(placement: Placement) -> str:
 
 
 def check_limits(options: Options) -> int:
-    most = max([*options.connections, options.fanout_subscribers, options.box_connections, 0])
+    most = max(
+        [
+            *options.connections,
+            options.fanout_subscribers,
+            options.box_connections,
+            options.stalled_streams,
+            0,
+        ]
+    )
     limit = raise_open_file_limit()
     if most + FILE_DESCRIPTOR_MARGIN > limit:
         raise BenchmarkError(
@@ -795,15 +956,28 @@ def run(options: Options) -> dict[str, Any]:
         if options.box_connections:
             print(f"[{kind}] {options.box_workers} workers", file=sys.stderr)
             result["box"] = measure_box(kind, options, placement)
+        if options.stalled_streams and kind == "herald":
+            result["stalled"] = measure_stalled(
+                _herald_env(options.stalled_streams + 1000, 64 * 1024),
+                options.stalled_streams,
+                options.stalled_events,
+                options.stalled_event_bytes,
+            )
         results[kind] = result
+    publish = None
+    if options.publish_rounds:
+        print("[publish] bare, baseline, herald on memory:// and redis://", file=sys.stderr)
+        publish = measure_publish(options)
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report: dict[str, Any] = {"meta": meta, "results": results}
+    if publish is not None:
+        report["publish"] = publish
     report["ratios"] = {
         label: _ratio(herald, baseline)
         for label, _, herald, baseline, want in rows(results, options)
         if want
     }
-    report["targets"] = targets(results, options)
+    report["targets"] = targets(results, options) | publish_targets(publish)
     report["warnings"] = warnings(results)
     return report
 
@@ -854,7 +1028,26 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="Herald's SSE_MAX_CONNECTIONS per worker in the box step (render.yaml's value)",
     )
     parser.add_argument(
+        "--stalled-streams",
+        type=int,
+        default=2000,
+        help="streams whose clients stop reading, before and after issue 14 (0 skips)",
+    )
+    parser.add_argument(
+        "--stalled-events", type=int, default=500, help="events published to the stalled streams"
+    )
+    parser.add_argument("--stalled-event-bytes", type=int, default=1000)
+    parser.add_argument(
         "--settle-seconds", type=float, default=10.0, help="longest wait for RSS to settle"
+    )
+    parser.add_argument(
+        "--publish-rounds",
+        type=int,
+        default=3,
+        help="alternating rounds of the publish step (0 skips it)",
+    )
+    parser.add_argument(
+        "--publish-seconds", type=float, default=4.0, help="seconds per publish target per round"
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and generator")
     parser.add_argument(
@@ -883,7 +1076,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         box_workers=args.box_workers,
         box_memory_mb=args.box_memory_mb,
         box_max_connections=args.box_max_connections,
+        stalled_streams=args.stalled_streams,
+        stalled_events=args.stalled_events,
+        stalled_event_bytes=args.stalled_event_bytes,
         settle_seconds=args.settle_seconds,
+        publish_rounds=args.publish_rounds,
+        publish_seconds=args.publish_seconds,
         pin=not args.no_pin,
         json_path=json_path,
     )

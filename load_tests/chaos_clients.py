@@ -77,6 +77,11 @@ SLOW_STALL_SECONDS = (0.5, 3.0)
 PUBLISH_TIMEOUT_SECONDS = 5.0
 PUBLISH_FAILURE_PAUSE_SECONDS = 0.1
 PUBLISH_PADDING = "x" * 48
+# Shares of the publish requests: one event on two channels, and batches (POST /events)
+# of BATCH_SIZES events, a third of them on two channels; the rest one event, one channel.
+MULTI_CHANNEL_SHARE = 0.2
+BATCH_SHARE = 0.2
+BATCH_SIZES = (2, 5)
 MAX_PUBLISH_LAG_SECONDS = 1.0
 """A publisher that falls further behind its schedule skips ahead instead of bursting."""
 
@@ -102,8 +107,9 @@ class Tally:
     publish_failures: Counter[str] = field(default_factory=Counter)
 
 
-def event_document(channel: str, publisher: int, seq: int) -> dict[str, object]:
-    """What a publisher sends as ``data``: enough to name the publish that made it."""
+def event_document(channel: str | list[str], publisher: int, seq: int) -> dict[str, object]:
+    """What a publisher sends as ``data``: enough to name the publish that made it (``c``
+    lists the channels of an event published on several)."""
     return {"c": channel, "p": publisher, "n": seq, "x": PUBLISH_PADDING}
 
 
@@ -145,11 +151,15 @@ class StreamReading:
                 continue
             try:
                 document = json.loads(message.data)
-                channel, origin = document["c"], (document["p"], document["n"])
+                named, origin = document["c"], (document["p"], document["n"])
             except (ValueError, KeyError, TypeError):
                 self.record.malformed += 1
                 continue
-            self.record.delivered(channel, message.id, origin)
+            # An event on several channels is one event per channel in the ledger: this
+            # subscriber received each of those it asked for (none: misrouted, on the first).
+            names = [named] if isinstance(named, str) else list(named)
+            for channel in [n for n in names if n in self.record.channels] or names[:1]:
+                self.record.delivered(channel, message.id, origin)
 
 
 class Subscriber:
@@ -296,19 +306,46 @@ class Publisher:
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
                 if not self.control.publishing:
                     break
-                self.seq += 1
-                if not await self._publish(self.rng.choice(self.channels), self.seq):
+                if not await self._publish(*self._next_request()):
                     self._close()
                     await asyncio.sleep(PUBLISH_FAILURE_PAUSE_SECONDS)
         finally:
             self._close()
 
-    async def _publish(self, channel: str, seq: int) -> bool:
-        body = json.dumps(
-            {"data": event_document(channel, self.index, seq)}, separators=(",", ":")
-        ).encode()
+    def _event(self, channels: list[str]) -> tuple[list[str], int, dict[str, object]]:
+        self.seq += 1
+        named: str | list[str] = channels[0] if len(channels) == 1 else channels
+        return channels, self.seq, event_document(named, self.index, self.seq)
+
+    def _channels(self, multi_share: float) -> list[str]:
+        if self.rng.random() < multi_share:
+            return self.rng.sample(self.channels, 2)
+        return [self.rng.choice(self.channels)]
+
+    def _next_request(self) -> tuple[str, object, list[tuple[list[str], int]]]:
+        """(path, JSON body, the events in it: channels and sequence number each)."""
+        shape = self.rng.random()
+        if shape < BATCH_SHARE:
+            items, events = [], []
+            for _ in range(self.rng.randint(*BATCH_SIZES)):
+                channels, seq, document = self._event(self._channels(1 / 3))
+                items.append({"channels": channels, "data": document})
+                events.append((channels, seq))
+            return "/events", items, events
+        channels, seq, document = self._event(
+            self._channels(MULTI_CHANNEL_SHARE / (1 - BATCH_SHARE))
+        )
+        body: dict[str, object] = {"data": document}
+        if len(channels) > 1:
+            body["channels"] = channels[1:]
+        return f"/events/{channels[0]}", body, [(channels, seq)]
+
+    async def _publish(
+        self, path: str, document: object, events: list[tuple[list[str], int]]
+    ) -> bool:
+        body = json.dumps(document, separators=(",", ":")).encode()
         request = (
-            f"POST /events/{channel} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
@@ -331,11 +368,17 @@ class Publisher:
             self.tally.publish_failures[f"HTTP {status}"] += 1
             return True
         try:
-            event_id = json.loads(payload)["id"]
+            answer = json.loads(payload)
+            ids = answer["ids"] if path == "/events" else [answer["id"]]
+            if len(ids) != len(events):
+                raise ValueError(ids)
         except (ValueError, KeyError, TypeError):
-            self.tally.publish_failures["202 without an id"] += 1
+            self.tally.publish_failures["202 without its ids"] += 1
             return True
-        self.ledger.ack(channel, event_id, (self.index, seq), sent_at, time.monotonic())
+        acked_at = time.monotonic()
+        for event_id, (channels, seq) in zip(ids, events, strict=True):
+            for channel in channels:
+                self.ledger.ack(channel, event_id, (self.index, seq), sent_at, acked_at)
         return True
 
     def _close(self) -> None:

@@ -18,6 +18,9 @@ User classes:
   does not increase (a duplicate after resume) and broken streams are failures.
 * ``PublisherUser`` — ``POST /events/{channel}`` round-robin over the channels at
   ``--publish-rate`` events/s each, with ``PUBLISH_TOKEN`` from the environment.
+* ``BatchPublisherUser`` — ``POST /events`` with ``--batch-size`` events (round-robin
+  over the channels) every ``1/--batch-rate`` seconds; a batch counts as failed
+  unless it is answered 202 with one id per event, in order.
 * ``ResponsesUser`` — ``POST /api/responses`` (echo producer), then follows
   ``stream_url`` to ``done``; ``--cache-hit-ratio`` of the questions come from a
   small pool (cache hits after their first run), the rest are new (misses).
@@ -25,10 +28,12 @@ User classes:
   environment (stops itself when the token is unset) and reports the server's
   figures at the end.
 
-Publishers, responders and admins are fixed counts (``--publishers`` ...); every
-other user is a subscriber. At the end the run fails (exit code 1) when the
-failure ratio is over ``--max-fail-ratio``, the p95 delivery latency is over
-``--delivery-p95-ms`` or fewer than ``--min-deliveries`` events arrived.
+Publishers, batch publishers, responders and admins are fixed counts
+(``--publishers`` ...); every other user is a subscriber. At the end the run
+fails (exit code 1) when the failure ratio is over ``--max-fail-ratio``, the p95
+delivery latency is over ``--delivery-p95-ms``, fewer than ``--min-deliveries``
+events arrived, or (with batch publishers) the p95 answer time of a batch is
+over ``--batch-p95-ms`` or fewer than ``--min-batches`` batches were accepted.
 
 Latency compares the publisher's clock with the subscriber's: on one machine
 that is one clock; with distributed workers, keep their clocks in sync (NTP).
@@ -64,6 +69,7 @@ from app.sse.parser import SSEMessage, SSEParser
 
 __all__ = [
     "AdminUser",
+    "BatchPublisherUser",
     "PublisherUser",
     "ResponsesUser",
     "SubscriberUser",
@@ -74,6 +80,7 @@ logger = logging.getLogger("herald.locust")
 
 SSE = "SSE"
 DELIVERY = "delivery"
+BATCH = "POST /events (batch)"
 RESPONSE = "RESPONSE"
 EVENT_STREAM = {"Accept": "text/event-stream"}
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -104,6 +111,11 @@ def add_options(parser: ArgumentParser, **_kwargs: Any) -> None:
     group.add_argument("--responses-producer", default="echo")
     group.add_argument("--admin-interval", type=float, default=2.0, help="seconds between polls")
     group.add_argument("--publishers", type=int, default=1, help="publishing users")
+    group.add_argument("--batch-publishers", type=int, default=1, help="batch publishing users")
+    group.add_argument("--batch-size", type=int, default=100, help="events per batch")
+    group.add_argument("--batch-rate", type=float, default=2.0, help="batches/s per user")
+    group.add_argument("--batch-p95-ms", type=float, default=500.0)
+    group.add_argument("--min-batches", type=int, default=1)
     group.add_argument("--responders", type=int, default=1, help="streamed-response users")
     group.add_argument("--admins", type=int, default=1, help="admin metrics pollers")
     group.add_argument("--delivery-p95-ms", type=float, default=500.0)
@@ -117,6 +129,7 @@ def fix_counts(environment: Environment, **_kwargs: Any) -> None:
         return
     # Fixed counts are taken first; the remaining users are subscribers.
     PublisherUser.fixed_count = options.publishers
+    BatchPublisherUser.fixed_count = options.batch_publishers
     ResponsesUser.fixed_count = options.responders
     AdminUser.fixed_count = options.admins
 
@@ -268,6 +281,44 @@ class PublisherUser(HttpUser):
         )
 
 
+class BatchPublisherUser(HttpUser):
+    """Publishes batches of timestamped events, each event on the next channel in turn."""
+
+    fixed_count = 1
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        token = os.environ.get("PUBLISH_TOKEN", "")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.interval = 1.0 / options.batch_rate
+        self.next_due = time.monotonic()
+
+    def wait_time(self) -> float:
+        self.next_due += self.interval  # a fixed schedule, as for PublisherUser
+        return max(0.0, self.next_due - time.monotonic())
+
+    @task
+    def publish_batch(self) -> None:
+        options = self.environment.parsed_options
+        sent_at = time.time()
+        items = []
+        for _ in range(options.batch_size):
+            seq = next(PublisherUser._sequence)
+            data = {"sent_at": sent_at, "seq": seq, "pad": "x" * options.payload_bytes}
+            items.append(
+                {"channel": f"{options.channel_prefix}-{seq % options.channels}", "data": data}
+            )
+        with self.client.post(
+            "/events", json=items, headers=self.headers, name=BATCH, catch_response=True
+        ) as response:
+            if response.status_code != 202:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            ids = response.json().get("ids")
+            if not isinstance(ids, list) or len(ids) != len(items):
+                response.failure(f"answered {ids!r:.200} for {len(items)} events")
+
+
 class ResponsesUser(HttpUser):
     """Asks for streamed responses, some repeated (cache hits), and reads them to ``done``."""
 
@@ -393,6 +444,15 @@ def threshold_problems(stats: RequestStats, options: Any) -> list[str]:
         p95 = delivery.get_response_time_percentile(0.95)
         if p95 > options.delivery_p95_ms:
             problems.append(f"p95 delivery latency {p95} ms > {options.delivery_p95_ms:g} ms")
+    if getattr(options, "batch_publishers", 0):
+        batches = stats.entries.get((BATCH, "POST"))
+        accepted = batches.num_requests - batches.num_failures if batches is not None else 0
+        if accepted < options.min_batches:
+            problems.append(f"{accepted} batches accepted < --min-batches {options.min_batches}")
+        if batches is not None and batches.num_requests:
+            p95 = batches.get_response_time_percentile(0.95)
+            if p95 > options.batch_p95_ms:
+                problems.append(f"p95 batch answer {p95} ms > {options.batch_p95_ms:g} ms")
     return problems
 
 

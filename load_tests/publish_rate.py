@@ -1,66 +1,139 @@
-"""Publishes per second one Herald worker accepts, on a broker of your choice.
+"""Publishes per second one worker accepts, next to what the same uvicorn answers bare.
 
 Usage (from the repository root)::
 
-    python -m load_tests.publish_rate                          # memory://, 4 connections, 10 s
-    python -m load_tests.publish_rate --broker redis://127.0.0.1:6379/0 --seconds 10
-    python -m load_tests.publish_rate --repo ../old-checkout   # the same, for another checkout
+    python -m load_tests.publish_rate                    # every target below, 3 rounds of 5 s
+    python -m load_tests.publish_rate --only herald-memory,bare --rounds 5
+    python -m load_tests.publish_rate --only herald-memory --repo ../old-checkout  # before/after
 
-It starts ``python -m app`` from ``--repo`` on a free port of 127.0.0.1 (pinned to
-CPU 0 unless ``--no-pin``), opens ``--connections`` keep-alive connections from
-this process (pinned to CPU 1) and keeps ``--window`` requests in flight on each
-(HTTP/1.1 pipelining) for ``--seconds``, each ``POST /events/<channel>`` with a
-64-byte JSON body and no subscribers. It prints accepted publishes per second
-(status 202) and the client's CPU use, so a result limited by the client shows.
+Targets, each a server of its own on a free port of 127.0.0.1, all started at
+once and driven one at a time, in alternating rounds (so a machine that gets
+busier during the run weighs on every target alike):
+
+* ``bare`` — ``load_tests/bare_asgi_app.py``: what uvicorn answers with no
+  framework at all (the ceiling);
+* ``baseline`` — the naive FastAPI ``POST /publish`` of ``load_tests/baseline_app.py``
+  (reads the body, answers JSON);
+* ``herald-memory`` / ``herald-redis`` — ``POST /events/<channel>``, one event per
+  request, on ``memory://`` or a ``redis-server`` this tool starts;
+* ``batch-memory`` / ``batch-redis`` — ``POST /events`` with ``--batch`` events per
+  request (figures are events/s).
+
+Each server is pinned to CPU 0 and this client to CPU 1 (unless ``--no-pin``);
+the client keeps ``--window`` requests in flight (HTTP/1.1 pipelining) on each
+of ``--connections`` keep-alive connections, every event 64 bytes of JSON, no
+subscribers. Prints, per target, the median over rounds of accepted events/s
+and the client's CPU use (near 100 %: the figure may be the client's limit).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
+import statistics
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from tests.support.redis_server import REDIS_SERVER, RedisServer
 from tests.support.server import REPO_ROOT, ServerProcess
 
-__all__ = ["PublishRate", "measure"]
+__all__ = ["TARGETS", "PublishRate", "Target", "compare", "main"]
 
-BODY = json.dumps({"data": {"text": "x" * 40, "n": 1}}).encode()
+EVENT = {"text": "x" * 40, "n": 1}
+BODY = json.dumps({"data": EVENT}).encode()
+DEFAULT_BATCH = 1000
+TARGETS = ("bare", "baseline", "herald-memory", "herald-redis", "batch-memory", "batch-redis")
+HERALD_ENV = {
+    "LOG_LEVEL": "warning",
+    # Loopback publishes need no token; the caller's auth settings must not leak in.
+    "PUBLISH_TOKEN": "",
+    "JWT_SECRET": "",
+    "JWT_PUBLIC_KEY": "",
+    "ADMIN_TOKEN": "",
+    "PUBLISH_RATE_PER_SECOND": "0",
+}
 
 
 @dataclass(frozen=True)
+class Target:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    path: str
+    body: bytes
+    status: int
+    events_per_request: int = 1
+
+    def request(self) -> bytes:
+        return (
+            f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(self.body)}\r\n\r\n"
+        ).encode() + self.body
+
+
+@dataclass
 class PublishRate:
-    accepted: int
-    refused: int
-    seconds: float
-    client_cpu_percent: float
+    """One target's rounds: accepted events per second each, and the client's CPU use."""
+
+    target: str
+    events_per_request: int
+    rounds: list[float] = field(default_factory=list)
+    refused: int = 0
+    client_cpu_percent: list[float] = field(default_factory=list)
 
     @property
     def per_second(self) -> float:
-        return self.accepted / self.seconds
+        return statistics.median(self.rounds) if self.rounds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "events_per_request": self.events_per_request,
+            "events_per_second": round(self.per_second, 1),
+            "rounds": [round(r, 1) for r in self.rounds],
+            "refused": self.refused,
+            "client_cpu_percent": [round(c) for c in self.client_cpu_percent],
+        }
 
 
-def _request(channel: str) -> bytes:
-    return (
-        f"POST /events/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    ).encode() + BODY
+def batch_body(size: int, channels: int) -> bytes:
+    items = [{"channel": f"rate-{i % channels}", "data": EVENT} for i in range(size)]
+    return json.dumps(items).encode()
+
+
+def make_target(name: str, *, repo: Path, redis_url: str | None, batch: int) -> Target:
+    python = sys.executable
+    if name == "bare":
+        return Target(name, [python, "-m", "load_tests.bare_asgi_app"], {}, "/publish", BODY, 202)
+    if name == "baseline":
+        argv = [python, "-m", "load_tests.baseline_app"]
+        return Target(name, argv, {"LOG_LEVEL": "warning"}, "/publish", BODY, 200)
+    kind, _, broker = name.partition("-")
+    url = "memory://" if broker == "memory" else redis_url
+    if url is None:
+        raise ValueError(f"{name} needs redis-server")
+    env = HERALD_ENV | {"BROKER_URL": url}
+    if kind == "herald":
+        return Target(name, [python, "-m", "app"], env, "/events/rate-0", BODY, 202)
+    return Target(name, [python, "-m", "app"], env, "/events", batch_body(batch, 4), 202, batch)
 
 
 async def _connection(
-    port: int, channel: str, window: int, deadline: float, counts: list[int]
+    port: int, request: bytes, status: bytes, window: int, deadline: float, counts: list[int]
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = _request(channel)
     in_flight = 0
     try:
         while True:
-            now = time.monotonic()
-            if now < deadline:
+            if time.monotonic() < deadline:
                 writer.write(request * (window - in_flight))
                 in_flight = window
             elif in_flight == 0:
@@ -76,68 +149,162 @@ async def _connection(
                     length = int(value)
             await reader.readexactly(length)
             in_flight -= 1
-            counts[0 if status_line.split()[1] == b"202" else 1] += 1
+            counts[0 if status_line.split()[1] == status else 1] += 1
     finally:
         writer.close()
 
 
-async def _drive(port: int, connections: int, window: int, seconds: float) -> PublishRate:
+async def _drive(
+    target: Target, port: int, connections: int, window: int, seconds: float
+) -> tuple[int, int, float, float]:
     counts = [0, 0]
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
     deadline = started + seconds
+    request, status = target.request(), str(target.status).encode()
     await asyncio.gather(
-        *(_connection(port, f"rate-{i}", window, deadline, counts) for i in range(connections))
+        *(_connection(port, request, status, window, deadline, counts) for _ in range(connections))
     )
     elapsed = time.monotonic() - started
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    return PublishRate(counts[0], counts[1], elapsed, 100 * cpu / elapsed)
+    return counts[0], counts[1], elapsed, 100 * cpu / elapsed
 
 
-def measure(
+@contextlib.contextmanager
+def _pinned(pin: bool) -> Iterator[tuple[set[int] | None, set[int] | None]]:
+    """(server CPUs, client CPUs); restores this process's CPU mask afterwards."""
+    before = os.sched_getaffinity(0)
+    cpus = sorted(before)
+    if not pin or len(cpus) < 2:
+        yield None, None
+        return
+    try:
+        yield {cpus[0]}, {cpus[1]}
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _run(coroutine: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # plain asyncio works, a little slower
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def compare(
+    names: tuple[str, ...] = TARGETS,
     *,
     repo: Path = REPO_ROOT,
-    broker: str = "memory://",
+    rounds: int = 3,
+    seconds: float = 5.0,
     connections: int = 4,
     window: int = 16,
-    seconds: float = 10.0,
+    batch: int = DEFAULT_BATCH,
     pin: bool = True,
-) -> PublishRate:
-    """Start a server from ``repo``, drive it, stop it; the server's own log is discarded."""
-    server = ServerProcess({"BROKER_URL": broker, "LOG_LEVEL": "warning"}, cwd=repo).start()
+) -> dict[str, PublishRate]:
+    """Start every target (and a redis-server if one needs it), drive each ``rounds`` times
+    in alternation, stop them all; returns the figures by target name."""
+    redis_server = None
+    if any(name.endswith("-redis") for name in names):
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not installed")
+        redis_server = RedisServer().start()
+    servers: dict[str, tuple[Target, ServerProcess]] = {}
+    results = {name: PublishRate(name, 1) for name in names}
     try:
-        if pin and server.process is not None and (os.cpu_count() or 1) >= 2:
-            os.sched_setaffinity(server.process.pid, {0})
-            os.sched_setaffinity(0, {1})
-        asyncio.run(_drive(server.port, connections, window, 1.0))  # warm-up
-        return asyncio.run(_drive(server.port, connections, window, seconds))
+        with _pinned(pin) as (server_cpus, client_cpus):
+            for name in names:
+                url = redis_server.url if redis_server is not None else None
+                target = make_target(name, repo=repo, redis_url=url, batch=batch)
+                results[name].events_per_request = target.events_per_request
+                server = ServerProcess(target.env, target.argv, cwd=repo)
+                if server_cpus is not None:
+                    os.sched_setaffinity(0, server_cpus)  # inherited at fork
+                server.start()
+                servers[name] = (target, server)
+            if client_cpus is not None:
+                os.sched_setaffinity(0, client_cpus)
+            for target, server in servers.values():  # warm-up
+                _run(_drive(target, server.port, connections, window, 1.0))
+            for _ in range(rounds):
+                for name, (target, server) in servers.items():
+                    accepted, refused, elapsed, cpu = _run(
+                        _drive(target, server.port, connections, window, seconds)
+                    )
+                    rate = results[name]
+                    rate.rounds.append(accepted * target.events_per_request / elapsed)
+                    rate.refused += refused
+                    rate.client_cpu_percent.append(cpu)
     finally:
-        server.close()
+        for _, server in servers.values():
+            server.close()
+        if redis_server is not None:
+            redis_server.close()
+    return results
 
 
-def main() -> None:
+def ratios(results: dict[str, PublishRate]) -> dict[str, float]:
+    """The ratios the publish targets are stated in (only those whose parts were measured)."""
+    wanted = {
+        "herald-memory / bare": ("herald-memory", "bare"),
+        "herald-memory / baseline": ("herald-memory", "baseline"),
+        "herald-redis / herald-memory": ("herald-redis", "herald-memory"),
+    }
+    found = {}
+    for label, (top, bottom) in wanted.items():
+        if top in results and bottom in results and results[bottom].per_second:
+            found[label] = round(results[top].per_second / results[bottom].per_second, 3)
+    return found
+
+
+def render(results: dict[str, PublishRate]) -> str:
+    lines = []
+    for rate in results.values():
+        unit = "publishes/s" if rate.events_per_request == 1 else "events/s"
+        rounds = ", ".join(f"{r:,.0f}" for r in rate.rounds)
+        cpu = max(rate.client_cpu_percent, default=0)
+        lines.append(
+            f"{rate.target:>14}: {rate.per_second:>10,.0f} {unit} (rounds {rounds};"
+            f" {rate.refused} refused; client CPU up to {cpu:.0f} %)"
+        )
+    lines += [f"{label}: {value:.2f}" for label, value in ratios(results).items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker", default="memory://")
+    parser.add_argument("--only", default=",".join(TARGETS), help="targets, comma-separated")
     parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="checkout to serve from")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per target per round")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--window", type=int, default=16, help="requests in flight each")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="events per batch")
     parser.add_argument("--no-pin", action="store_true")
-    args = parser.parse_args()
-    rate = measure(
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    names = tuple(name.strip() for name in args.only.split(",") if name.strip())
+    unknown = sorted(set(names) - set(TARGETS))
+    if unknown:
+        parser.error(f"unknown target(s): {', '.join(unknown)} (choose from {', '.join(TARGETS)})")
+    results = compare(
+        names,
         repo=args.repo.resolve(),
-        broker=args.broker,
+        rounds=args.rounds,
+        seconds=args.seconds,
         connections=args.connections,
         window=args.window,
-        seconds=args.seconds,
+        batch=args.batch,
         pin=not args.no_pin,
     )
-    print(
-        f"{rate.per_second:,.0f} publishes/s accepted ({rate.accepted} in {rate.seconds:.1f} s, "
-        f"{rate.refused} refused), client CPU {rate.client_cpu_percent:.0f} %, broker {args.broker}"
-    )
+    print(render(results))
+    if args.json:
+        report = {"results": [r.as_dict() for r in results.values()], "ratios": ratios(results)}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--max-fail-ratio", type=float, default=0.01)
     parser.add_argument("--min-deliveries", type=int, default=1)
     parser.add_argument("--publishers", type=int, default=1)
+    parser.add_argument("--batch-publishers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--batch-p95-ms", type=float, default=500.0)
+    parser.add_argument("--min-batches", type=int, default=1)
     parser.add_argument("--responders", type=int, default=1)
     parser.add_argument("--admins", type=int, default=1)
     parser.add_argument("--quiet", action="store_true", help="print the summary only")
@@ -81,11 +85,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         own, extra = own[:cut], own[cut + 1 :]
     args = parser.parse_args(own)
     args.run_seconds = run_time_seconds(args.run_time)
-    fixed = args.publishers + args.responders + args.admins
-    if min(args.publishers, args.responders, args.admins) < 0 or args.users <= fixed:
+    fixed = args.publishers + args.batch_publishers + args.responders + args.admins
+    counts = (args.publishers, args.batch_publishers, args.responders, args.admins)
+    if min(counts) < 0 or args.users <= fixed:
         parser.error(
-            f"--users ({args.users}) must exceed publishers + responders + admins ({fixed}):"
-            " the rest are subscribers"
+            f"--users ({args.users}) must exceed publishers + batch publishers + responders"
+            f" + admins ({fixed}): the rest are subscribers"
         )
     return args, extra
 
@@ -95,6 +100,7 @@ def locust_command(
 ) -> list[str]:
     classes = ["SubscriberUser"]
     classes += ["PublisherUser"] if args.publishers else []
+    classes += ["BatchPublisherUser"] if args.batch_publishers else []
     classes += ["ResponsesUser"] if args.responders else []
     classes += ["AdminUser"] if args.admins and admin else []
     command = [
@@ -124,6 +130,14 @@ def locust_command(
         str(args.min_deliveries),
         "--publishers",
         str(args.publishers),
+        "--batch-publishers",
+        str(args.batch_publishers),
+        "--batch-size",
+        str(args.batch_size),
+        "--batch-p95-ms",
+        f"{args.batch_p95_ms:g}",
+        "--min-batches",
+        str(args.min_batches),
         "--responders",
         str(args.responders),
         "--admins",

@@ -6,11 +6,14 @@ alias reads one of them, so routes declare what they use and tests can see it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from app.admin.audit import AuditTrail
+from app.admin.dispatch import ActionCoordinator
+from app.admin.drain import DrainState
 from app.auth.client_address import TrustedProxies
 from app.auth.tokens import TokenVerifier
 from app.cluster.view import ClusterView
@@ -20,7 +23,10 @@ from app.responses.service import ResponseService
 from app.sse.hub import Hub
 
 __all__ = [
+    "ActionCoordinatorDep",
+    "AuditTrailDep",
     "ClusterViewDep",
+    "DrainStateDep",
     "HubDep",
     "MemoryGuardDep",
     "ResponseServiceDep",
@@ -30,8 +36,10 @@ __all__ = [
 ]
 
 
-def _from_state(name: str) -> Callable[[Request], Any]:
-    def get(request: Request) -> Any:
+def _from_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    # Async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, three
+    # thread hops per request for a getattr (seen in a py-spy profile of publishing).
+    async def get(request: Request) -> Any:
         return getattr(request.app.state, name)
 
     get.__name__ = f"get_{name}"
@@ -51,3 +59,6 @@ ResponseServiceDep = Annotated[ResponseService, Depends(_from_state("responses")
 MemoryGuardDep = Annotated[MemoryGuard, Depends(_from_state("memory"))]
 ClusterViewDep = Annotated[ClusterView, Depends(_from_state("cluster"))]
 TokenVerifierDep = Annotated[TokenVerifier, Depends(_from_state("tokens"))]
+ActionCoordinatorDep = Annotated[ActionCoordinator, Depends(_from_state("actions"))]
+AuditTrailDep = Annotated[AuditTrail, Depends(_from_state("audit"))]
+DrainStateDep = Annotated[DrainState, Depends(_from_state("drain"))]

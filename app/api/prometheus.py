@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from app.admin.actions import ACTION_MODELS
 from app.cluster.snapshot import WorkerSnapshot
 from app.memory.levels import MemoryLevel
 
@@ -92,6 +93,12 @@ _GAUGES_CACHE: Sequence[tuple[str, str, Reading]] = (
 _GAUGES_MEMORY: Sequence[tuple[str, str, Reading]] = (
     ("herald_memory_rss_bytes", "Resident set size at the last sample.", lambda s: s["rss_bytes"]),
     (
+        "herald_socket_memory_bytes",
+        "Kernel socket buffer memory at the last sample (the cgroup's or the network"
+        " namespace's: workers sharing one report the same value). Added to RSS for the level.",
+        lambda s: s["socket_bytes"],
+    ),
+    (
         "herald_memory_limit_bytes",
         "Memory limit the level is computed against.",
         lambda s: s["limit_bytes"],
@@ -145,6 +152,7 @@ class HeraldCollector:
         yield from self._families(_GAUGES_MEMORY, GaugeMetricFamily)
         yield self._cleanups()
         yield from self._families(_GAUGES_TREND, GaugeMetricFamily)
+        yield self._admin_actions()
 
     def _families(
         self,
@@ -156,6 +164,21 @@ class HeraldCollector:
             for snapshot in self.workers:
                 family.add_metric([snapshot["worker"]], read(snapshot))
             yield family
+
+    def _admin_actions(self) -> Metric:
+        # Counted by the worker that coordinated each action, so the sum over
+        # workers counts every action once (app.admin.audit). Every action has
+        # a sample from 0, so rate() and increase() see the first one.
+        family = CounterMetricFamily(
+            "herald_admin_actions",
+            "Operator actions (app.admin) coordinated by this worker, by action.",
+            labels=[WORKER_LABEL, "action"],
+        )
+        for snapshot in self.workers:
+            counts = snapshot.get("admin_actions", {})
+            for action in ACTION_MODELS:
+                family.add_metric([snapshot["worker"], action], counts.get(action, 0))
+        return family
 
     def _cleanups(self) -> Metric:
         family = CounterMetricFamily(

@@ -6,6 +6,10 @@ headers, so the cookie is preferred there: it stays out of URLs and logs).
 Publishers present ``PUBLISH_TOKEN`` (the simple mode) or a JWT with publish
 grants, by ``Authorization: Bearer`` only.
 
+A publisher is checked in two steps, so a request naming many channels (a
+batch) verifies its token once: ``publisher_grants`` (who it is: 401, or 403
+for a wrong simple token) and ``check_publish`` per channel (403).
+
 Failures map to one status each: 401 for a missing-when-required, malformed,
 expired or badly signed token; 403 for a valid token that does not grant the
 channel. Token values never reach a log line or an error detail.
@@ -13,8 +17,9 @@ channel. Token values never reach a log line or an error detail.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from fastapi import HTTPException, Request
 
@@ -25,10 +30,12 @@ from app.core.security import secret_matches
 
 __all__ = [
     "ACCESS_TOKEN_QUERY",
-    "authorize_publisher",
     "authorize_subscriber",
+    "bearer_from_header",
     "bearer_token",
+    "check_publish",
     "is_loopback",
+    "publisher_grants",
     "subscriber_token",
 ]
 
@@ -36,13 +43,21 @@ ACCESS_TOKEN_QUERY = "access_token"
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def bearer_from_header(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, or None."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
 
 
+def bearer_token(request: Request) -> str | None:
+    return bearer_from_header(request.headers.get("authorization", ""))
+
+
+# Asked on every publish without a token: parsing an address each time is not free, and
+# the answer never changes. Bounded, as every table is.
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -87,16 +102,17 @@ def authorize_subscriber(
     return grants.private_channels(channels)
 
 
-def authorize_publisher(
-    request: Request, settings: Settings, verifier: TokenVerifier, channel: str, client: str
-) -> None:
-    """Let the publish through, or raise 401/403."""
-    token = bearer_token(request)
+def publisher_grants(
+    token: str | None, settings: Settings, verifier: TokenVerifier, client: str
+) -> Grants | None:
+    """Who is publishing: None when it may publish on every channel (the publish token,
+    or loopback while no publish credential is configured), else its JWT's grants for
+    ``check_publish``. Raises 401/403."""
     simple = settings.publish_token
     if token is None:
         if simple is None and not verifier.enabled:
             if is_loopback(client):
-                return
+                return None
             raise HTTPException(
                 403,
                 "publishing is allowed from loopback only until PUBLISH_TOKEN or JWT_* is set",
@@ -107,8 +123,17 @@ def authorize_publisher(
             headers=BEARER_CHALLENGE,
         )
     if simple is not None and secret_matches(token, simple):
-        return
+        return None
     if not verifier.enabled:
         raise HTTPException(403, "invalid publish token")
-    if not _verify(verifier, token).can_publish(channel):
-        raise HTTPException(403, f"token does not grant publishing to {channel!r}")
+    return _verify(verifier, token)
+
+
+def check_publish(grants: Grants | None, channels: Iterable[str], where: str = "") -> None:
+    """403 unless ``grants`` (from ``publisher_grants``) cover every one of ``channels``;
+    ``where`` prefixes the detail (a batch names the item)."""
+    if grants is None:
+        return
+    for channel in channels:
+        if not grants.can_publish(channel):
+            raise HTTPException(403, f"{where}token does not grant publishing to {channel!r}")

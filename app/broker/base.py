@@ -20,7 +20,11 @@ The contract the hub's exactly-once delivery rests on (``app.sse.hub``):
 3. Every event with an id greater than a ``head`` that ``replay`` returned is
    passed to the listener *after* that ``replay`` call began, in id order — so a
    connection registered before it calls ``replay`` sees all of them live.
-4. A broker that cannot keep 3 (its live feed skipped events: a trimmed log, a
+4. ``publish`` takes a batch of drafts and numbers them consecutively in
+   request order, all or none (a batch is one step of the sequence: no other
+   publish lands between its events). A draft may name several channels; the
+   event is then one entry of the sequence, listed under each channel.
+5. A broker that cannot keep 3 (its live feed skipped events: a trimmed log, a
    lost data set) calls ``resync``: the hub then closes every stream, and clients
    resume from history with their ``Last-Event-ID``.
 """
@@ -33,16 +37,37 @@ from dataclasses import dataclass, field
 
 from app.sse.event import Event
 
-__all__ = ["Broker", "BrokerUnavailableError", "EventListener", "Replay", "ResyncListener"]
+__all__ = [
+    "Broker",
+    "BrokerUnavailableError",
+    "Draft",
+    "EventListener",
+    "Replay",
+    "ResyncListener",
+]
 
 EventListener = Callable[[Event], None]
 ResyncListener = Callable[[str], None]
-"""Called with a reason when the live feed may have skipped events (contract item 4)."""
+"""Called with a reason when the live feed may have skipped events (contract item 5)."""
 
 
 class BrokerUnavailableError(Exception):
     """The backplane cannot take a publish or answer a replay right now (the message is
     client-safe)."""
+
+
+@dataclass(slots=True)  # not frozen: built once per published event, and frozen costs
+class Draft:
+    """An event to publish, before the broker gives it a position: its distinct, valid
+    channels (checked by the hub), its encoded ``event:``/``data:`` lines, its private flag,
+    and optionally a publisher's own id (e.g. Mercure's ``id`` field; never one that parses
+    as a position), which becomes the event's id on the wire and a resume cursor that
+    resolves to the event's position for as long as the event is retained."""
+
+    channels: tuple[str, ...]
+    body: bytes
+    private: bool = False
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +98,10 @@ class Broker(ABC):
     async def disconnect(self) -> None: ...
 
     @abstractmethod
-    async def publish(
-        self, channel: str, body: bytes, private: bool = False, *, event_id: str | None = None
-    ) -> Event:
-        """Assign a position, retain the event for replay and deliver it to every subscribed
-        process. ``event_id`` (a publisher's own, e.g. Mercure's ``id`` field; never one that
-        parses as a position) becomes the event's id on the wire and a resume cursor that
-        resolves to this event's position, for as long as the event is retained."""
+    async def publish(self, drafts: Sequence[Draft]) -> list[Event]:
+        """Assign consecutive ids to ``drafts`` (all or none), retain the events for replay
+        and deliver them to every subscribed process; returns them in the same order.
+        Raises ``BrokerUnavailableError``."""
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:

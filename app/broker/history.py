@@ -11,6 +11,15 @@ gets an exact replay; below it, it is told to reset. Ids are ordered across
 channels (one generator), so the globally oldest event is at the front of one
 insertion-ordered map and the byte budget evicts it in O(1).
 
+An event published on several channels is kept once — one entry of that map,
+its bytes counted once — and listed in each of its channels' logs. Leaving one
+log (that channel's cap, or the channel dropped) raises that log's floor only;
+the event and its bytes go when the last log holding it lets go, counted by
+``_holders`` (multi-channel events only, so the usual single-channel event
+costs nothing extra). The byte budget evicts the globally oldest event from
+every log still holding it: being the oldest retained, it is at the front of
+each. Replay merges the channels' runs in id order and keeps each event once.
+
 Publisher-supplied ids (Mercure's ``id`` field) are cursors too: an index maps
 each to the position of the earliest retained event that carries it, and an
 entry leaves with its event, so the index is bounded by the history itself.
@@ -25,11 +34,20 @@ from heapq import merge
 from app.sse.event import Event
 from app.sse.event_id import EventKey
 
-__all__ = ["EVENT_OVERHEAD_BYTES", "HistoryStore"]
+__all__ = ["EVENT_OVERHEAD_BYTES", "EXTRA_CHANNEL_OVERHEAD_BYTES", "HistoryStore", "event_cost"]
 
 # Event object, its id string, key tuple and the two container slots, measured
 # with tracemalloc on CPython 3.11 (see tests/broker/test_history.py).
 EVENT_OVERHEAD_BYTES = 400
+# Each further channel of one event: its slot in that log's deque, its share of the
+# holders entry and the longer channels tuple (estimated as for the above).
+EXTRA_CHANNEL_OVERHEAD_BYTES = 120
+
+
+def event_cost(event: Event) -> int:
+    """The bytes one retained event is counted for in the budget."""
+    extra = len(event.channels) - 1
+    return len(event.frame) + EVENT_OVERHEAD_BYTES + extra * EXTRA_CHANNEL_OVERHEAD_BYTES
 
 
 class _ChannelLog:
@@ -66,6 +84,8 @@ class HistoryStore:
         self._all: OrderedDict[EventKey, Event] = OrderedDict()
         # Publisher-supplied id -> position of the earliest retained event carrying it.
         self._supplied_ids: dict[str, EventKey] = {}
+        # How many logs still hold each multi-channel event (single-channel: one, implied).
+        self._holders: dict[EventKey, int] = {}
 
     def __len__(self) -> int:
         return len(self._all)
@@ -86,33 +106,48 @@ class HistoryStore:
         return log
 
     def append(self, event: Event, now: float, *, supplied_id: bool = False) -> None:
-        log = self._log(event.channel, now)
-        log.events.append(event)
+        channels = event.channels
         self._all[event.key] = event
         if supplied_id:
             self._supplied_ids.setdefault(event.id, event.key)
-        self.bytes += len(event.frame) + EVENT_OVERHEAD_BYTES
-        if len(log.events) > self.max_events:
-            self._evict(log, log.events.popleft())
+        self.bytes += event_cost(event)
+        if len(channels) > 1:
+            self._holders[event.key] = len(channels)
+        for channel in channels:
+            log = self._log(channel, now)
+            log.events.append(event)
+            if len(log.events) > self.max_events:
+                self._evict(log, log.events.popleft())
         while self.bytes > self.max_bytes and self._all:
             oldest = next(iter(self._all.values()))
-            oldest_log = self._logs[oldest.channel]
-            self._evict(oldest_log, oldest_log.events.popleft())
-
-    def _forget(self, event: Event) -> None:
-        del self._all[event.key]
-        if self._supplied_ids and self._supplied_ids.get(event.id) == event.key:
-            del self._supplied_ids[event.id]
+            for channel in oldest.channels:
+                # The oldest retained event is at the front of every log still holding it.
+                holder = self._logs.get(channel)
+                if holder is not None and holder.events and holder.events[0] is oldest:
+                    self._evict(holder, holder.events.popleft())
 
     def resolve(self, supplied_id: str) -> EventKey | None:
         """The position of the earliest retained event whose publisher gave it this id."""
         return self._supplied_ids.get(supplied_id)
 
     def _evict(self, log: _ChannelLog, event: Event) -> None:
-        self._forget(event)
-        self.bytes -= len(event.frame) + EVENT_OVERHEAD_BYTES
         log.floor = max(log.floor, event.key)
         self.evicted += 1
+        self._release(event)
+
+    def _release(self, event: Event) -> None:
+        """One log let go of ``event``: forget it once the last one has."""
+        key = event.key
+        if len(event.channels) > 1:
+            left = self._holders[key] - 1
+            if left:
+                self._holders[key] = left
+                return
+            del self._holders[key]
+        del self._all[key]
+        if self._supplied_ids and self._supplied_ids.get(event.id) == key:
+            del self._supplied_ids[event.id]
+        self.bytes -= event_cost(event)
 
     def since(
         self, channels: Iterable[str], after: EventKey, *, exact: bool = True
@@ -136,7 +171,12 @@ class HistoryStore:
             runs.append(run)
         if len(runs) == 1:
             return runs[0]
-        return list(merge(*runs, key=lambda event: event.key))
+        merged: list[Event] = []
+        for event in merge(*runs, key=lambda event: event.key):
+            # An event on several of these channels is in several runs: keep it once.
+            if not merged or merged[-1] is not event:
+                merged.append(event)
+        return merged
 
     def since_all(self, after: EventKey, *, exact: bool = True) -> list[Event] | None:
         """Events after ``after`` on every channel, in id order (the replay of a pattern
@@ -195,9 +235,7 @@ class HistoryStore:
         newest = log.events[-1].key if log.events else log.floor
         self._dropped_floor = max(self._dropped_floor, newest, log.floor)
         while log.events:
-            event = log.events.popleft()
-            self._forget(event)
-            self.bytes -= len(event.frame) + EVENT_OVERHEAD_BYTES
+            self._release(log.events.popleft())
         self.channels_dropped += 1
 
     def stats(self) -> dict[str, int]:

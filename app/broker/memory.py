@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from app.broker.base import Broker, EventListener, Replay, ResyncListener
+from app.broker.base import Broker, Draft, EventListener, Replay, ResyncListener
 from app.broker.history import HistoryStore
 from app.sse.encoding import encode_frame
 from app.sse.event import Event
@@ -55,16 +55,21 @@ class MemoryBroker(Broker):
     async def disconnect(self) -> None:
         self._listener = None
 
-    async def publish(
-        self, channel: str, body: bytes, private: bool = False, *, event_id: str | None = None
-    ) -> Event:
-        key = self._ids.next()
-        shown = event_id if event_id is not None else format_event_id(key)
-        event = Event(key, shown, channel, encode_frame(shown, body), private)
-        self.history.append(event, self._clock(), supplied_id=event_id is not None)
-        if self._listener is not None:
-            self._listener(event)
-        return event
+    async def publish(self, drafts: Sequence[Draft]) -> list[Event]:
+        # No await: the batch is numbered, stored and fanned out in one step.
+        ids, history, listener = self._ids, self.history, self._listener
+        now = self._clock()
+        events = []
+        for draft in drafts:
+            key = ids.next()
+            event_id = draft.event_id if draft.event_id is not None else format_event_id(key)
+            frame = encode_frame(event_id, draft.body)
+            event = Event(key, event_id, draft.channels, frame, draft.private)
+            history.append(event, now, supplied_id=draft.event_id is not None)
+            if listener is not None:
+                listener(event)
+            events.append(event)
+        return events
 
     async def subscribe(self, channel: str) -> None:
         self.history.add_interest(channel, self._clock())

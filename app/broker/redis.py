@@ -52,6 +52,24 @@ Design decisions (read before changing):
    for a missing key, events of an expired stream can only be missed by an id
    older than the channel TTL before it.
 
+9. Publishing is one script call for many events: a batch (``POST /events``)
+   is one call, numbered with one ``INCRBY``, and single publishes from
+   concurrent requests share calls too — each publish joins a queue, and a
+   flusher task sends everything queued as one call, with at most
+   ``PUBLISH_CALLS_IN_FLIGHT`` calls in flight (no timer: an idle broker sends
+   at once, a busy one sends bigger calls). Calls may run concurrently
+   because Redis numbers the events, not we: each call is atomic, and the
+   reader delivers in log order whatever order the answers come back in.
+   A request's events are contiguous in one call, so a batch
+   stays all or none and in order. The queue is bounded by the requests in
+   flight (each bounded by ``MAX_BATCH_BYTES``); a call carries at most
+   ``PUBLISH_CALL_EVENTS`` events unless one request alone has more.
+10. An event on several channels is one log entry whose channel field lists
+   them (newline-separated: no channel or topic holds a control character), appended to each
+   channel's stream under its one id; channel entries carry the list too (only
+   when there are several), so a replay merging channels keeps it once and
+   knows all its channels (private visibility).
+
 Durability: an acknowledged publish is in Redis's memory; it survives a Redis
 restart as far as Redis persistence goes (AOF with ``appendfsync always`` for
 every acknowledged event, ``everysec`` loses up to a second on a crash).
@@ -62,14 +80,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from app.broker.base import Broker, BrokerUnavailableError, EventListener, Replay, ResyncListener
+from app.broker.base import (
+    Broker,
+    BrokerUnavailableError,
+    Draft,
+    EventListener,
+    Replay,
+    ResyncListener,
+)
 from app.sse.encoding import encode_frame
 from app.sse.event import Event
 from app.sse.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
@@ -96,35 +121,73 @@ BODY_FIELD = b"b"
 PRIVATE_FIELD = b"p"  # b"1" on private events
 PREVIOUS_FIELD = b"v"  # channel entries: the id of the channel's previous entry
 SUPPLIED_ID_FIELD = b"i"  # the publisher's own id, shown instead of the entry id
-CHANNEL_FIELD = b"c"  # log entries only
+CHANNEL_FIELD = b"c"  # log entries; channel entries only when the event has several
+CHANNEL_SEPARATOR = "\n"  # no channel or Mercure topic may contain a control character
+PUBLISH_CALL_EVENTS = 1000
+# Two calls in flight: while one waits for Redis, the next gathers what arrived meanwhile
+# (measured: 1 leaves requests waiting behind the call in flight; 4 makes calls smaller).
+PUBLISH_CALLS_IN_FLIGHT = 2
 NUMBER_FIELD = b"n"  # log entries only
 UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
 
-# KEYS: log, counter, the channel's stream, the supplied id's key. ARGV: channel, body,
-# private flag, log size, history size, channel TTL (ms), supplied id ('' for none).
-# Returns the event id.
+# KEYS: log, counter, then every channel stream of the call and every supplied id's key
+# (each once). ARGV: log size, history size, channel TTL (ms), event count, then per
+# event: its channel names (the log's channel field), body, private flag, the publisher's
+# own id ('' for none), the index of that id's key in KEYS (0 for none), channel count k
+# and k indexes into KEYS. A supplied id's key maps it to the event's position, set only
+# by the first event that carries it and expiring with the channel TTL.
+# Returns the event ids in order. `previous` remembers each stream's newest entry, so a
+# call of many events on one channel reads it once.
 PUBLISH_SCRIPT = """
-local n = redis.call('INCR', KEYS[2])
-local log_fields = {'n', n, 'c', ARGV[1], 'b', ARGV[2], 'p', ARGV[3]}
-local fields = {'b', ARGV[2], 'p', ARGV[3]}
-if ARGV[7] ~= '' then
-  log_fields[9] = 'i'
-  log_fields[10] = ARGV[7]
-  fields[5] = 'i'
-  fields[6] = ARGV[7]
+local count = tonumber(ARGV[4])
+local n = redis.call('INCRBY', KEYS[2], count) - count
+local previous = {}
+local ids = {}
+local a = 5
+for e = 1, count do
+  local names, body, private, supplied = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local supplied_key = tonumber(ARGV[a + 4])
+  local k = tonumber(ARGV[a + 5])
+  n = n + 1
+  local log_fields = {'n', n, 'c', names, 'b', body, 'p', private}
+  if supplied ~= '' then
+    log_fields[9] = 'i'
+    log_fields[10] = supplied
+  end
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(log_fields))
+  ids[e] = id
+  for j = 1, k do
+    local key = KEYS[tonumber(ARGV[a + 5 + j])]
+    local before = previous[key]
+    if before == nil then
+      local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+      before = last and last[1] or false
+    end
+    local fields = {'b', body, 'p', private}
+    if supplied ~= '' then
+      fields[#fields + 1] = 'i'
+      fields[#fields + 1] = supplied
+    end
+    if k > 1 then
+      fields[#fields + 1] = 'c'
+      fields[#fields + 1] = names
+    end
+    if before then
+      fields[#fields + 1] = 'v'
+      fields[#fields + 1] = before
+    end
+    redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, unpack(fields))
+    previous[key] = id
+  end
+  if supplied_key > 0 then
+    redis.call('SET', KEYS[supplied_key], id, 'NX', 'PX', ARGV[3])
+  end
+  a = a + 6 + k
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', unpack(log_fields))
-local previous = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
-if previous then
-  fields[#fields + 1] = 'v'
-  fields[#fields + 1] = previous[1]
+for i = 3, #KEYS do
+  redis.call('PEXPIRE', KEYS[i], ARGV[3])
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, unpack(fields))
-redis.call('PEXPIRE', KEYS[3], ARGV[6])
-if ARGV[7] ~= '' then
-  redis.call('SET', KEYS[4], id, 'NX', 'PX', ARGV[6])
-end
-return id
+return ids
 """
 
 
@@ -138,14 +201,40 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _event(entry_id: bytes, channel: str, fields: dict[bytes, bytes]) -> Event:
+def _event(entry_id: bytes, channels: tuple[str, ...], fields: dict[bytes, bytes]) -> Event:
     """A stream entry as an Event: the entry id is its position and, unless the publisher
     supplied one, its id."""
     supplied = fields.get(SUPPLIED_ID_FIELD)
     event_id = supplied.decode() if supplied else entry_id.decode()
     body = fields.get(BODY_FIELD, b"")
     private = fields.get(PRIVATE_FIELD) == b"1"
-    return Event(_key_of(entry_id), event_id, channel, encode_frame(event_id, body), private)
+    return Event(_key_of(entry_id), event_id, channels, encode_frame(event_id, body), private)
+
+
+def _channels_of(raw: bytes) -> tuple[str, ...]:
+    return tuple(raw.decode().split(CHANNEL_SEPARATOR))
+
+
+class _PendingPublish:
+    """One ``publish`` call waiting for the flusher: its drafts and who awaits their ids."""
+
+    __slots__ = ("drafts", "future")
+
+    def __init__(self, drafts: Sequence[Draft], future: asyncio.Future[list[bytes]]) -> None:
+        self.drafts = drafts
+        self.future = future
+
+
+def _fields(draft: Draft) -> dict[bytes, bytes]:
+    """The fields an event's stream entries have that ``_event`` reads, from its draft."""
+    fields = {BODY_FIELD: draft.body, PRIVATE_FIELD: _flag(draft)}
+    if draft.event_id is not None:
+        fields[SUPPLIED_ID_FIELD] = draft.event_id.encode()
+    return fields
+
+
+def _flag(draft: Draft) -> bytes:
+    return b"1" if draft.private else b""
 
 
 def _key_of(event_id: bytes | str) -> EventKey:
@@ -192,6 +281,10 @@ class RedisBroker(Broker):
         self._every_channel = 0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Publishes waiting for the next script call, and the task sending them (note 9).
+        self._pending: list[_PendingPublish] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+        self.publish_calls = 0
 
     # --- keys ------------------------------------------------------------
 
@@ -249,6 +342,13 @@ class RedisBroker(Broker):
 
     async def disconnect(self) -> None:
         self._closing = True
+        if self._flushers:
+            # Publishes in flight get their answer (or 503) before the pool closes.
+            await asyncio.wait(set(self._flushers), timeout=READER_STOP_SECONDS)
+        for pending in self._pending:
+            if not pending.future.done():
+                pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
+        self._pending = []
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -268,31 +368,88 @@ class RedisBroker(Broker):
 
     # --- publish ---------------------------------------------------------
 
-    async def publish(
-        self, channel: str, body: bytes, private: bool = False, *, event_id: str | None = None
-    ) -> Event:
+    async def publish(self, drafts: Sequence[Draft]) -> list[Event]:
         assert self._publish is not None, "connect() first"
-        flag = b"1" if private else b""
-        supplied = event_id or ""
-        id_key = self.supplied_id_key(supplied) if supplied else self.log_key
+        if not drafts:
+            return []
+        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_PendingPublish(drafts, future))
+        if len(self._flushers) < PUBLISH_CALLS_IN_FLIGHT:
+            flusher = asyncio.create_task(self._flush_publishes(), name="herald publish")
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
+        entry_ids = await future
+        return [
+            _event(entry_id, draft.channels, _fields(draft))
+            for entry_id, draft in zip(entry_ids, drafts, strict=True)
+        ]
+
+    async def _flush_publishes(self) -> None:
+        """Send what is queued as one script call, again and again until nothing is."""
+        while self._pending:
+            taken, events = 0, 0
+            for pending in self._pending:
+                if taken and events + len(pending.drafts) > PUBLISH_CALL_EVENTS:
+                    break
+                taken += 1
+                events += len(pending.drafts)
+            call, self._pending = self._pending[:taken], self._pending[taken:]
+            await self._send_call(call)
+
+    def script_arguments(self, drafts: Iterable[Draft]) -> tuple[list[Any], list[Any]]:
+        """The keys and arguments of one ``PUBLISH_SCRIPT`` call publishing ``drafts``."""
+        keys: list[Any] = [self.log_key, self.counter_key]
+        index: dict[str, int] = {}
+        args: list[Any] = [self.log_size, self.history_size, self.channel_ttl_ms, 0]
+        count = 0
+        for draft in drafts:
+            channels = draft.channels
+            supplied = draft.event_id or ""
+            supplied_key = 0
+            if supplied:
+                supplied_key = self._key_index(self.supplied_id_key(supplied), keys, index)
+            args += [CHANNEL_SEPARATOR.join(channels), draft.body, _flag(draft)]
+            args += [supplied, supplied_key, len(channels)]
+            args += [self._key_index(self.key(channel), keys, index) for channel in channels]
+            count += 1
+        args[3] = count
+        return keys, args
+
+    @staticmethod
+    def _key_index(key: str, keys: list[Any], index: dict[str, int]) -> int:
+        """``key``'s place in the script's KEYS (Lua counts from 1), added once."""
+        position = index.get(key)
+        if position is None:
+            keys.append(key)
+            position = index[key] = len(keys)
+        return position
+
+    async def _send_call(self, call: list[_PendingPublish]) -> None:
+        keys, args = self.script_arguments(draft for pending in call for draft in pending.drafts)
         try:
-            entry_id = await self._publish(
-                keys=[self.log_key, self.counter_key, self.key(channel), id_key],
-                args=[
-                    channel,
-                    body,
-                    flag,
-                    self.log_size,
-                    self.history_size,
-                    self.channel_ttl_ms,
-                    supplied,
-                ],
-            )
+            assert self._publish is not None
+            entry_ids = cast(list[bytes], await self._publish(keys=keys, args=args))
+            self.publish_calls += 1
         except (RedisError, OSError) as exc:
             self._mark_down(exc)
-            raise BrokerUnavailableError(UNAVAILABLE) from None
-        fields = {BODY_FIELD: body, PRIVATE_FIELD: flag, SUPPLIED_ID_FIELD: supplied.encode()}
-        return _event(cast(bytes, entry_id), channel, fields)
+            for pending in call:
+                if not pending.future.done():
+                    pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
+            return
+        except BaseException as exc:  # a bug or a cancellation: nobody may wait forever
+            for pending in call:
+                if not pending.future.done():
+                    pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            logger.exception("publish script call failed")
+            return
+        start = 0
+        for pending in call:
+            end = start + len(pending.drafts)
+            if not pending.future.done():  # its request may have gone meanwhile
+                pending.future.set_result(entry_ids[start:end])
+            start = end
 
     # --- subscriptions ---------------------------------------------------
 
@@ -376,9 +533,17 @@ class RedisBroker(Broker):
                 self._skipped(f"events {self._number + 1} to {number - 1} left the log unread")
             self._number = number
             self._position = entry_id
-            channel = fields[CHANNEL_FIELD].decode()
-            if listener is not None and (channel in interest or self._every_channel):
-                listener(_event(entry_id, channel, fields))
+            if listener is None:
+                continue
+            raw = fields[CHANNEL_FIELD]
+            if b"\n" not in raw:
+                channel = raw.decode()
+                if channel in interest or self._every_channel:
+                    listener(_event(entry_id, (channel,), fields))
+                continue
+            channels = _channels_of(raw)
+            if self._every_channel or any(name in interest for name in channels):
+                listener(_event(entry_id, channels, fields))
 
     def _skipped(self, why: str) -> None:
         self.resyncs += 1
@@ -444,16 +609,20 @@ class RedisBroker(Broker):
                 if exact and self._log_lost(after, entries, log_info):
                     return Replay(head=head, reset=True, reason="history_expired")
                 events.extend(
-                    _event(entry_id, fields[CHANNEL_FIELD].decode(), fields)
+                    _event(entry_id, _channels_of(fields[CHANNEL_FIELD]), fields)
                     for entry_id, fields in entries
                 )
                 continue
             if exact and self._lost(after, bool(exists), entries, now_ms):
                 return Replay(head=head, reset=True, reason="history_expired")
-            channel = channels[index]
-            events.extend(_event(entry_id, channel, fields) for entry_id, fields in entries)
+            alone = (channels[index],)
+            for entry_id, fields in entries:
+                names = fields.get(CHANNEL_FIELD)
+                events.append(_event(entry_id, _channels_of(names) if names else alone, fields))
         if len(sources) > 1:
             events.sort(key=lambda event: event.key)
+            # An event on several of these channels was read from each: keep it once.
+            events = [e for i, e in enumerate(events) if i == 0 or events[i - 1].key != e.key]
         return Replay(head=head, events=events)
 
     async def _resolve(self, supplied_id: str) -> EventKey | None:
@@ -498,6 +667,7 @@ class RedisBroker(Broker):
     def stats(self) -> dict[str, object]:
         return {
             "url": redact_url(self.url),
+            "publish_calls": self.publish_calls,
             "state": self.state,
             "channels_read": len(self._interest),
             "every_channel_readers": self._every_channel,

@@ -15,7 +15,8 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import NotRequired
 
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
@@ -58,6 +59,7 @@ class WorkerSnapshot(TypedDict):
     cache_bytes: int
     # memory guard
     rss_bytes: int
+    socket_bytes: int  # the cgroup's or namespace's, the same for workers sharing one
     limit_bytes: int
     level: MemoryLevel
     refusing: bool
@@ -66,6 +68,9 @@ class WorkerSnapshot(TypedDict):
     cleanups_critical: int
     rss_slope_bytes_per_s: float
     leak_suspected: bool
+    # operator actions this worker coordinated, by action (app.admin.audit);
+    # optional so snapshots from workers of an older Herald are still read
+    admin_actions: NotRequired[dict[str, int]]
 
 
 _ADAPTER = TypeAdapter(WorkerSnapshot)
@@ -91,6 +96,7 @@ def take_snapshot(
     host: str,
     pid: int,
     clock: Callable[[], float] = time.time,
+    admin_actions: Mapping[str, int] | None = None,
 ) -> WorkerSnapshot:
     """This worker's figures now, read from the live objects."""
     # One hub.stats() call: its sums over connections include live streams'
@@ -98,7 +104,7 @@ def take_snapshot(
     sse = hub.stats()
     cache = responses.cache.stats()
     trend = guard.trend_report()
-    return {
+    snapshot: WorkerSnapshot = {
         "worker": worker_id(host, pid),
         "host": host,
         "pid": pid,
@@ -117,6 +123,7 @@ def take_snapshot(
         "cache_items": cache.items,
         "cache_bytes": cache.bytes,
         "rss_bytes": guard.rss_bytes,
+        "socket_bytes": guard.socket_bytes,
         "limit_bytes": guard.limit.bytes,
         "level": guard.level,
         "refusing": guard.refusing,
@@ -126,6 +133,9 @@ def take_snapshot(
         "rss_slope_bytes_per_s": trend.slope_bytes_per_s,
         "leak_suspected": trend.leak_suspected,
     }
+    if admin_actions:
+        snapshot["admin_actions"] = dict(admin_actions)
+    return snapshot
 
 
 def encode_snapshot(snapshot: WorkerSnapshot) -> bytes:

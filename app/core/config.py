@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # A stream opened while the broker is unreachable waits this long (with heartbeats)
     # for its replay, then ends without `reset` so the client retries with the same id.
     sse_replay_wait_seconds: float = Field(default=30, ge=0, le=3600)
+    # Kernel send buffer (SO_SNDBUF) of each stream's socket; the kernel doubles it for
+    # bookkeeping. 0 leaves the kernel's autotuning (up to tcp_wmem's max, 4 MiB here).
+    sse_socket_send_buffer_kb: int = Field(default=64, ge=0, le=64 * 1024)
+    # High-water mark of each stream's asyncio transport write buffer (one write may
+    # land on top of it before writing pauses).
+    sse_transport_buffer_kb: int = Field(default=64, ge=1, le=64 * 1024)
 
     # Pattern subscriptions (Mercure URL patterns, `*`): channels whose matching patterns
     # are cached (app/sse/patterns.py); each entry is the channel and the numbers of the
@@ -76,6 +82,11 @@ class Settings(BaseSettings):
 
     # --- publishing ---
     max_event_bytes: int = Field(default=65_536, ge=16, le=16 * MB)
+    # POST /events batches: events per request and bytes per request body.
+    publish_batch_max: int = Field(default=1000, ge=1, le=100_000)
+    max_batch_bytes: int = Field(default=1 * MB, ge=16, le=64 * MB)
+    # Channels one event may be published on ("channels": [...]).
+    publish_max_channels: int = Field(default=16, ge=1, le=256)
     publish_token: SecretStr | None = None
     # Token bucket per publish token (or per address without one); 0 turns it off.
     publish_rate_per_second: float = Field(default=0, ge=0)
@@ -146,6 +157,10 @@ class Settings(BaseSettings):
     admin_stream_seconds: float = Field(default=2, ge=0.1, le=3600)
     admin_ticket_seconds: float = Field(default=60, ge=1, le=3600)
     admin_stream_max_connections: int = Field(default=10, ge=1, le=1000)
+    # Operator actions (app.admin): how long the worker that received one waits
+    # for the others' answers. At most 4 s: the wait is a BLPOP on the Redis
+    # command pool, whose socket timeout is 5 s.
+    admin_action_timeout_seconds: float = Field(default=3, gt=0, le=4)
 
     @field_validator("cors_origins", "trusted_proxies", "jwt_issuer", mode="before")
     @classmethod

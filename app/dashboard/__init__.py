@@ -27,6 +27,7 @@ INDEX = "index.html"
 _MEDIA_TYPES = {
     INDEX: "text/html; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
+    "actions.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }

@@ -30,6 +30,11 @@ Design decisions (read the reason before "fixing" one):
    metrics), never acted on: a rising slope can have innocent causes, such as a
    cache filling up to its budget, and only a person can tell. The trend skips
    the first :data:`TREND_WARMUP_SECONDS`, when every healthy process grows.
+8. What the levels compare with the limit is RSS *plus socket memory*
+   (:mod:`app.memory.sockets`: the cgroup's ``sock`` under cgroup v2, else the
+   TCP pages of ``/proc/net/sockstat``): kernel send buffers of stalled clients
+   are charged to the container but invisible in RSS. The trend (leak
+   suspicion) stays on RSS alone: socket memory rises and falls with traffic.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from app.memory.health import health_score
 from app.memory.levels import LevelTracker, MemoryLevel
 from app.memory.limits import MemoryLimit, detect_memory_limit
 from app.memory.process import read_rss, release_free_heap
+from app.memory.sockets import SocketMemorySource, detect_socket_memory
 from app.memory.trend import DEFAULT_MAX_SAMPLES, RssTrend, TrendReport
 from app.memory.units import format_bytes
 from app.responses.service import ResponseService
@@ -99,12 +105,14 @@ class MemoryGuard:
         clock: Callable[[], float] = time.monotonic,
         limit: MemoryLimit | None = None,
         release_heap: Callable[[], bool] = release_free_heap,
+        sockets: SocketMemorySource | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.responses = responses
         self.limit = limit or detect_memory_limit(settings.memory_limit_mb)
         self._rss_source = rss_source
+        self.sockets = sockets or detect_socket_memory()
         self._clock = clock
         self._created_at = clock()
         self._release_heap = release_heap
@@ -122,6 +130,7 @@ class MemoryGuard:
         self._refusing = False
         self._leak_reported = False
         self.rss_bytes = 0
+        self.socket_bytes = 0
         self.percent = 0.0
         self.sampled_at: float | None = None
         self.checks = 0
@@ -137,9 +146,11 @@ class MemoryGuard:
         self.hub.admission_checks.append(self._check_refusal)
         self.responses.admission_checks.append(self._check_refusal)
         logger.info(
-            "memory guard: limit %s (%s), warning at %g%%, critical at %g%%, every %gs",
+            "memory guard: limit %s (%s), socket memory from %s, warning at %g%%,"
+            " critical at %g%%, every %gs",
             format_bytes(self.limit.bytes),
             self.limit.source,
+            self.sockets.name,
             self.settings.memory_warning_percent,
             self.settings.memory_critical_percent,
             self.settings.memory_check_seconds,
@@ -175,7 +186,8 @@ class MemoryGuard:
         rss = self._rss_source()
         now = self._clock()
         self.rss_bytes = rss
-        self.percent = rss / self.limit.bytes * _PERCENT
+        self.socket_bytes = self.sockets.read()
+        self.percent = self.used_bytes / self.limit.bytes * _PERCENT
         self.sampled_at = now
         self.checks += 1
         if now - self._created_at >= TREND_WARMUP_SECONDS:
@@ -191,10 +203,11 @@ class MemoryGuard:
         self.transitions[level] += 1
         log = logger.info if level is MemoryLevel.NORMAL else logger.warning
         log(
-            "memory level %s -> %s: rss %s of %s (%.1f%%)",
+            "memory level %s -> %s: rss %s + sockets %s of %s (%.1f%%)",
             previous,
             level,
             format_bytes(self.rss_bytes),
+            format_bytes(self.socket_bytes),
             format_bytes(self.limit.bytes),
             self.percent,
         )
@@ -245,6 +258,11 @@ class MemoryGuard:
     # --- what others ask ---------------------------------------------------
 
     @property
+    def used_bytes(self) -> int:
+        """What the levels compare with the limit: RSS plus socket memory."""
+        return self.rss_bytes + self.socket_bytes
+
+    @property
     def level(self) -> MemoryLevel:
         return self._tracker.level
 
@@ -277,6 +295,9 @@ class MemoryGuard:
         limit = self.limit.bytes
         return {
             "rss_bytes": self.rss_bytes,
+            "socket_bytes": self.socket_bytes,
+            "socket_source": self.sockets.name,
+            "used_bytes": self.used_bytes,
             "limit_bytes": limit,
             "limit_source": self.limit.source,
             "percent": round(self.percent, 2),

@@ -16,11 +16,8 @@ Design decisions:
 * Detection never raises. A missing, unreadable or garbled cgroup file means
   "no limit found there" and we fall through to the next source; a memory guard
   that crashes start-up on an odd host would do more harm than good.
-* We try the process's own cgroup directory (from ``/proc/self/cgroup``) first and
-  the mount root second. With a private cgroup namespace the root *is* our cgroup
-  and ``/proc/self/cgroup`` says ``/``; without one, ``/proc/self/cgroup`` names a
-  path such as ``/docker/<id>`` that may or may not exist under the mount, so the
-  root is the fallback.
+* We try the process's own cgroup directory first and the mount root second
+  (:mod:`app.memory.cgroup` says why).
 * "Unlimited" is reported as ``max`` by v2 and as a huge page-rounded number
   (e.g. ``9223372036854771712``) by v1; both mean "keep looking".
 """
@@ -29,7 +26,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+from app.memory.cgroup import (
+    DEFAULT_CGROUP_ROOT,
+    DEFAULT_PROC_SELF_CGROUP,
+    V1_MEMORY_CONTROLLER,
+    cgroup_dirs,
+    own_cgroup_paths,
+    read_text,
+)
 
 __all__ = [
     "CGROUP_UNLIMITED_THRESHOLD",
@@ -44,8 +50,6 @@ __all__ = [
 DEFAULT_MEMORY_LIMIT_BYTES = 512 * 1024 * 1024
 """Fallback limit when neither a setting nor a cgroup limit is available."""
 
-DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
-DEFAULT_PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 
 CGROUP_UNLIMITED_THRESHOLD = 2**60
 """cgroup v1 reports "no limit" as ``PAGE_COUNTER_MAX`` rounded to a page size
@@ -54,7 +58,6 @@ kernel, so anything this large (1 EiB) is treated as unlimited."""
 
 _BYTES_PER_MB = 1024 * 1024
 _V2_LIMIT_FILE = "memory.max"
-_V1_CONTROLLER = "memory"
 _V1_LIMIT_FILE = "memory.limit_in_bytes"
 
 
@@ -109,73 +112,26 @@ def detect_memory_limit(
             raise ValueError(f"configured memory limit must be > 0 MB, got {configured_mb!r}")
         return MemoryLimit(bytes=int(configured_mb * _BYTES_PER_MB), source="setting")
 
-    v2_path, v1_path = _own_cgroup_paths(proc_self_cgroup)
+    v2_path, v1_path = own_cgroup_paths(proc_self_cgroup)
 
     v2_limit = _first_limit(cgroup_root, v2_path, _V2_LIMIT_FILE)
     if v2_limit is not None:
         return MemoryLimit(bytes=v2_limit, source="cgroup-v2")
 
-    v1_limit = _first_limit(cgroup_root / _V1_CONTROLLER, v1_path, _V1_LIMIT_FILE)
+    v1_limit = _first_limit(cgroup_root / V1_MEMORY_CONTROLLER, v1_path, _V1_LIMIT_FILE)
     if v1_limit is not None:
         return MemoryLimit(bytes=v1_limit, source="cgroup-v1")
 
     return MemoryLimit(bytes=DEFAULT_MEMORY_LIMIT_BYTES, source="default")
 
 
-def _own_cgroup_paths(proc_self_cgroup: Path) -> tuple[str | None, str | None]:
-    """Return ``(v2_path, v1_memory_path)`` from ``/proc/self/cgroup``.
-
-    Lines are ``hierarchy-id:controllers:path``; the v2 line is ``0::/path`` and the
-    v1 memory line lists ``memory`` among comma-separated controllers
-    (``4:memory:/path`` or ``7:cpu,memory:/path``). Hybrid hosts have both.
-    """
-    text = _read_text(proc_self_cgroup)
-    if text is None:
-        return None, None
-    v2_path: str | None = None
-    v1_path: str | None = None
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy_id, controllers, path = parts
-        if hierarchy_id == "0" and controllers == "":
-            v2_path = path
-        elif _V1_CONTROLLER in controllers.split(","):
-            v1_path = path
-    return v2_path, v1_path
-
-
 def _first_limit(base: Path, own_path: str | None, filename: str) -> int | None:
     """Read ``filename`` in our own cgroup directory under ``base``, then in ``base``."""
-    for directory in _candidate_dirs(base, own_path):
-        text = _read_text(directory / filename)
+    for directory in cgroup_dirs(base, own_path):
+        text = read_text(directory / filename)
         if text is None:
             continue
         limit = parse_cgroup_value(text)
         if limit is not None:
             return limit
     return None
-
-
-def _candidate_dirs(base: Path, own_path: str | None) -> list[Path]:
-    candidates: list[Path] = []
-    if own_path:
-        relative = PurePosixPath(own_path.strip())
-        # A path outside our cgroup namespace shows up as "/../.."; never let it
-        # walk out of the mount. The leading "/" is stripped so joining stays
-        # under ``base`` rather than replacing it.
-        if ".." not in relative.parts:
-            parts = [part for part in relative.parts if part != "/"]
-            if parts:
-                candidates.append(base.joinpath(*parts))
-    candidates.append(base)
-    return candidates
-
-
-def _read_text(path: Path) -> str | None:
-    # ValueError covers e.g. embedded NUL bytes in a path built from bad input.
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Container, Iterable
 
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
 from app.mercure.subscriptions import Subscription, SubscriptionRegistry
 from app.mercure.topics import MERCURE_EVENT_TYPE
@@ -69,7 +69,9 @@ class MercureStreamResponse(HeraldStreamResponse):
         self._registry = registry
         self._wall_clock = wall_clock
 
-    async def _stream(self, connection: Connection, receive: Receive, send: Send) -> None:
+    async def _stream(
+        self, connection: Connection, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         timer = None
         if self._expires_at is not None:
             delay = max(0.0, self._expires_at - self._wall_clock())
@@ -80,7 +82,7 @@ class MercureStreamResponse(HeraldStreamResponse):
         self._registry.add(self._subscriptions)
         try:
             await self._announce(self._subscriptions, active=True)
-            await super()._stream(connection, receive, send)
+            await super()._stream(connection, scope, receive, send)
         finally:
             if timer is not None:
                 timer.cancel()

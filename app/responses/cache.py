@@ -23,6 +23,13 @@ Design decisions (read the reason before "fixing" one):
   every access keeps ``get``/``set`` O(1); a periodic ``expire()`` (O(n)) frees
   the memory of entries nobody asks for again. An entry whose age is at least
   ``ttl_seconds`` is expired.
+* **An entry remembers the conversation that stored it** (``set(...,
+  conversation=...)``), so an operator can drop one conversation's answers
+  (:meth:`ResponseCache.clear_conversation`) without a second index: that walk
+  is O(n) over at most ``max_items`` entries and runs only on request. The
+  id's bytes count towards the entry's size. A key does not depend on the
+  conversation id (two new conversations asking the same first question share
+  one entry), so such an entry belongs to whichever conversation stored it.
 * **The clock is injectable** (``time.monotonic`` by default, immune to wall-clock
   jumps) so tests drive expiry without sleeping.
 * **No locks.** Every method is synchronous and never awaits, so under asyncio
@@ -61,8 +68,8 @@ DEFAULT_MAX_ITEMS = 50
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_TTL_SECONDS = 3600.0
 
-EvictionReason = Literal["items", "bytes", "ttl", "pressure"]
-EVICTION_REASONS: tuple[EvictionReason, ...] = ("items", "bytes", "ttl", "pressure")
+EvictionReason = Literal["items", "bytes", "ttl", "pressure", "operator"]
+EVICTION_REASONS: tuple[EvictionReason, ...] = ("items", "bytes", "ttl", "pressure", "operator")
 
 # "surrogatepass" so a response carrying a lone surrogate (possible in a Python
 # str, invalid in UTF-8) round-trips instead of crashing the caller; for every
@@ -81,11 +88,13 @@ def _encode(text: str) -> bytes:
 
 
 class _Entry(NamedTuple):
-    """One stored response: the UTF-8 value, its accounted size and birth time."""
+    """One stored response: the UTF-8 value, its accounted size, birth time and the
+    conversation that stored it (``None`` outside conversations)."""
 
     value: bytes
     size: int
     stored_at: float
+    conversation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +171,7 @@ class ResponseCache:
         self._hits += 1
         return entry.value.decode(_ENCODING, _ENCODING_ERRORS)
 
-    def set(self, key: str, value: str) -> bool:
+    def set(self, key: str, value: str, *, conversation: str | None = None) -> bool:
         """Store ``value`` under ``key``; ``False`` if it is too large to cache.
 
         A refused value still removes an older entry under the same key: that
@@ -170,6 +179,8 @@ class ResponseCache:
         """
         encoded = _encode(value)
         size = len(encoded) + len(_encode(key))
+        if conversation is not None:
+            size += len(_encode(conversation))
         old = self._entries.pop(key, None)
         if old is not None:
             # A replacement, not an eviction: the key stays wanted.
@@ -177,7 +188,7 @@ class ResponseCache:
         if size > self._max_bytes:
             self._rejected += 1
             return False
-        self._entries[key] = _Entry(encoded, size, self._clock())
+        self._entries[key] = _Entry(encoded, size, self._clock(), conversation)
         self._bytes += size
         # The new entry is last and fits both bounds alone, so this loop stops
         # before reaching it.
@@ -211,13 +222,19 @@ class ResponseCache:
             freed += self._evict_oldest("pressure")
         return freed
 
-    def clear(self) -> int:
-        """Drop every entry (counted as "pressure" evictions); return bytes freed."""
+    def clear(self, reason: EvictionReason = "pressure") -> int:
+        """Drop every entry (counted as ``reason`` evictions); return bytes freed."""
         freed = self._bytes
-        self._evictions["pressure"] += len(self._entries)
+        self._evictions[reason] += len(self._entries)
         self._entries.clear()
         self._bytes = 0
         return freed
+
+    def clear_conversation(self, conversation: str) -> tuple[int, int]:
+        """Drop the entries ``conversation`` stored (an operator's request);
+        returns ``(items, bytes)`` freed."""
+        keys = [key for key, entry in self._entries.items() if entry.conversation == conversation]
+        return len(keys), sum(self._remove(key, "operator") for key in keys)
 
     def stats(self) -> CacheStats:
         """A snapshot of occupancy, bounds and counters."""

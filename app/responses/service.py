@@ -184,7 +184,7 @@ class ResponseService:
             self.runs.finished(run)
             self.completed += 1
             if use_cache and run.key is not None:
-                self.cache.set(run.key, text)
+                self.cache.set(run.key, text, conversation=conversation_id)
             self._remember(conversation_id, input, text)
 
     def _fail(self, run: Run, detail: str) -> None:

@@ -13,6 +13,9 @@ Exit codes matter to gunicorn: ``WORKER_BOOT_ERROR`` (3) halts the whole
 deployment, any other exit is respawned. So a bad setting (permanent; normally
 caught in the master by ``gunicorn.conf.py`` first) exits with 3, and nothing
 transient may: an unreachable Redis leaves the worker serving degraded.
+
+It also serves with Herald's HTTP protocol (:mod:`app.serving.protocols`), which
+hands each stream its transport, as ``python -m app`` does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from app.core.config import SettingsError
+from app.serving.protocols import HeraldHttpProtocol
 from app.sse.shutdown import register_shutdown_probe
 
 __all__ = ["HeraldWorker", "server_is_draining"]
@@ -42,6 +46,8 @@ class HeraldWorker(UvicornWorker):  # type: ignore[misc]  # untyped base
     CONFIG_KWARGS: ClassVar[dict[str, object]] = {
         **UvicornWorker.CONFIG_KWARGS,
         "proxy_headers": False,
+        # uvicorn's protocol plus the transport in the scope (stream socket buffers).
+        "http": HeraldHttpProtocol,
     }
 
     def load_wsgi(self) -> None:

@@ -16,9 +16,11 @@ Design decisions (read before changing):
 4. Direct writes (see :mod:`app.sse.direct_write`): while the writer task is
    parked with nothing to do, a push does not wake it; the hub's flush pass
    (once per event-loop iteration, for every connection that got events)
-   writes the queued batch through the stream's ``send`` itself. Only a write
-   that has to wait for the socket is handed to the writer task. Everything
-   else — replay, heartbeats, closing, slow clients — stays with the task.
+   writes the queued batch itself: straight to the transport where the server
+   allows it (:mod:`app.sse.chunked_write`), else through the stream's
+   ``send``. Only a write that has to wait for the socket is handed to the
+   writer task. Everything else — replay, heartbeats, closing, slow clients —
+   stays with the task.
 5. The cursor: the newest position queued or sent. ``None`` while the stream
    catches up (it queues everything live), then ``go_live(head)`` drops what the
    replay covered and each push skips an event at or below the cursor. Pushes
@@ -27,7 +29,11 @@ Design decisions (read before changing):
 6. ``close()`` may come from anywhere (reaper, overflow, shutdown, client gone).
    It wakes the writer; if the writer is stuck in a socket write to a client
    that stopped reading, it cancels that write so the slot is freed now rather
-   than whenever the kernel gives up.
+   than whenever the kernel gives up. A close for overflow or idleness
+   (``ABORTED_CLOSES``) also aborts the stream's transport, when it has one:
+   RST, with what the transport and the kernel still hold discarded, so a
+   client that stopped reading cannot keep a send buffer alive
+   (:mod:`app.sse.stream_socket`). Other closes end the body gracefully.
 """
 
 from __future__ import annotations
@@ -38,12 +44,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from enum import StrEnum
 from typing import Any
 
+from app.sse.chunked_write import WriteFlow, frame_chunk
 from app.sse.direct_write import HeldWrite, step
 from app.sse.encoding import PING_FRAME
 from app.sse.event import Event
 from app.sse.event_id import EventKey
+from app.sse.stream_socket import abort_transport
 
 __all__ = [
+    "ABORTED_CLOSES",
     "ALREADY_CLOSED",
     "ALREADY_HAD",
     "DROPPED_OLDEST",
@@ -74,6 +83,12 @@ class CloseReason(StrEnum):
     RESYNC = "resync"  # the broker's live feed skipped events: resume from history
     SHUTDOWN = "shutdown"
     TOKEN_EXPIRED = "token_expired"  # the subscriber's access token reached its exp
+    ADMIN = "admin"  # POST /api/admin/streams/close
+    DRAIN = "drain"  # POST /api/admin/drain
+
+
+ABORTED_CLOSES = frozenset({CloseReason.OVERFLOW, CloseReason.IDLE})
+"""Closes that reset the connection instead of ending the body (the client is not reading)."""
 
 
 class QueueBudget:
@@ -118,6 +133,8 @@ class Connection:
         "cursor",
         "delivered",
         "dropped",
+        "farewell_retry_ms",
+        "flow",
         "flush_pending",
         "held_write",
         "last_delivery",
@@ -127,6 +144,7 @@ class Connection:
         "private_channels",
         "send",
         "sending",
+        "transport",
         "writer",
     )
 
@@ -153,6 +171,9 @@ class Connection:
         self.cursor: EventKey | None = None
         self.ping_due = False
         self.close_reason: CloseReason | None = None
+        # The ``retry:`` of the stream's last frame when an operator closed it
+        # (app.admin): None writes no farewell retry unless the reason is SHUTDOWN.
+        self.farewell_retry_ms: int | None = None
         self.writer: asyncio.Task[object] | None = None
         self.sending = False
         # Direct writes: the stream's ASGI send while the writer is pumping (None before
@@ -161,6 +182,10 @@ class Connection:
         self.on_ready = on_ready
         self.flush_pending = False
         self.held_write: HeldWrite | None = None
+        # While pumping, where the server allows direct chunk writes: its flow control.
+        self.flow: WriteFlow | None = None
+        # The stream's transport where the server provides it (app.serving.protocols).
+        self.transport: asyncio.Transport | None = None
         # Created by the first push: an idle stream should not carry an empty deque
         # (its first block alone is ~0.6 KB).
         self._queue: deque[Event] | None = None
@@ -256,6 +281,10 @@ class Connection:
         if self.close_reason is not None:
             return
         self.close_reason = reason
+        if reason in ABORTED_CLOSES and self.transport is not None:
+            # Before waking the writer: by the time it runs, the server knows the
+            # client is gone and its last write returns at once.
+            abort_transport(self.transport)
         self._wake()
         if self.sending and self.writer is not None:
             self.writer.cancel()
@@ -295,20 +324,50 @@ class Connection:
             self.flush_pending = True
             self.on_ready(self)
 
-    def flush(self, now: float) -> None:
+    def flush(self, now: float, chunks: dict[bytes, bytes]) -> None:
         """Write the queued batch from the caller (the hub's flush pass), leaving the writer
-        task asleep; a write that must wait for the socket is handed to the writer."""
+        task asleep; a write that must wait for the socket is handed to the writer.
+        ``chunks`` is the pass's map from a shared frame to its framed chunk."""
         self.flush_pending = False
         waiter = self._waiter
         send = self.send
         if send is None or waiter is None or waiter.done():
             return  # the writer is awake (or gone) and owns the queue
-        item = self.take()
-        if item is None:
-            return
-        payload, count = item
+        queue = self._queue
+        if queue is not None and len(queue) == 1 and not self._gap:
+            # The common case of a hub that keeps up: one event, the frame as it is.
+            event = queue.popleft()
+            event.refs -= 1  # QueueBudget.release, inlined: this runs once per stream
+            if not event.refs:
+                self._budget.bytes -= len(event.frame)
+            self.ping_due = False
+            payload, count = event.frame, 1
+        else:
+            item = self.take()
+            if item is None:
+                return
+            payload, count = item
+        flow = self.flow
+        transport = self.transport
+        held: HeldWrite | None = None
         try:
-            held = step(send({"type": "http.response.body", "body": payload, "more_body": True}))
+            if (
+                flow is not None
+                and transport is not None
+                and not flow.write_paused
+                and not transport.is_closing()
+            ):
+                chunk = chunks.get(payload)
+                if chunk is None:
+                    chunk = frame_chunk(payload)
+                    if count == 1:  # one event's frame: the other streams share its chunk
+                        chunks[payload] = chunk
+                transport.write(chunk)
+            else:
+                # No direct path, or paused or closing: uvicorn's send waits for the drain
+                # (a write handed to the writer) or drops the write of a client that left.
+                body = {"type": "http.response.body", "body": payload, "more_body": True}
+                held = step(send(body))
         except Exception:  # the transport refused the write: treat the client as gone
             self.close(CloseReason.CLIENT_GONE)
             return

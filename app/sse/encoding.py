@@ -33,6 +33,8 @@ __all__ = [
 
 MAX_EVENT_NAME_LENGTH = 128
 PING_FRAME = b": ping\n\n"
+# Built once: json.dumps with any option builds a new encoder on every call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class EncodingError(ValueError):
@@ -67,7 +69,7 @@ def encode_body(data: object, event: str | None = None) -> bytes:
         text = data
     else:
         try:
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            text = _COMPACT_JSON.encode(data)
         except (TypeError, ValueError) as exc:
             raise EncodingError(f"data is not a JSON value: {exc}") from None
     payload = b"data: " + _utf8(text, "data").replace(b"\n", b"\ndata: ") + b"\n"

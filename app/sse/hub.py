@@ -34,14 +34,37 @@ Design decisions (read before changing):
 6. A broker that finds its live feed skipped events calls ``resync``: every
    stream is closed (``CloseReason.RESYNC``, gracefully) and clients resume from
    history with their ``Last-Event-ID`` — a reconnect instead of a silent gap.
-7. Pattern subscriptions (Mercure's URL patterns and ``*``) sit beside the exact
-   channels: ``open(..., patterns=...)`` puts the stream in a ``PatternIndex``
-   whose bounded cache makes matching cost once per distinct channel, not once
-   per subscriber per event (``app.sse.patterns``). Such a stream replays every
-   channel and keeps the events its patterns or channels match; the broker is
-   told to deliver every channel to this process while one is open.
-   ``private_channels`` is any container: a Mercure stream's answers ``in`` from
-   its token's grants, so a private event's check stays one expression.
+7. One event, several channels: ``publish`` takes the channels an event is
+   published on; fan-out pushes it once to each stream subscribed to any of
+   them (a set union, only for multi-channel events), and the cursor would
+   skip a second push anyway. A private one reaches a stream whose grants
+   cover any of the event's channels it subscribes to.
+8. Batches are drafts first: ``draft`` validates and encodes one event (and
+   raises for it alone, so the API can name the bad item), ``publish_drafts``
+   hands the lot to the broker, which numbers them consecutively, all or none.
+9. Write passes: one per loop iteration at most, for every connection that
+   got events, and a pass holds events back only when the hub is behind. When
+   the first event after a pass arrives, the hub compares the time since that
+   pass ended with the time the pass took. Longer (the loop keeps up: it was
+   idle at least as long as it wrote): the pass runs at once, on the next
+   iteration, so latency is one pass. Shorter (events arrive faster than passes
+   complete, and writing each as it comes would use most of the loop): the
+   next pass starts ``COALESCE_COST_FACTOR`` times the last pass's duration
+   after it ended, at most ``SSE_WRITE_COALESCE_MS``, and carries everything
+   published meanwhile in one write per stream — the throughput of a saturated
+   hub. The hold never depends on the number of streams alone: 2,000 streams
+   at 20 events/s keep up and are written at once.
+10. A stream's write in a pass is one ``transport.write`` of a chunk framed once
+   per event (:mod:`app.sse.chunked_write`) where the server allows it, else a
+   step of its ASGI ``send`` (:mod:`app.sse.direct_write`).
+11. Pattern subscriptions (Mercure's URL patterns and ``*``) sit beside the exact
+    channels: ``open(..., patterns=...)`` puts the stream in a ``PatternIndex``
+    whose bounded cache makes matching cost once per distinct channel, not once
+    per subscriber per event (``app.sse.patterns``). Such a stream replays every
+    channel and keeps the events its patterns or channels match; the broker is
+    told to deliver every channel to this process while one is open.
+    ``private_channels`` is any container: a Mercure stream's answers ``in`` from
+    its token's grants, so a private event's check stays one expression.
 """
 
 from __future__ import annotations
@@ -53,10 +76,10 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Container, Iterable
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 
-from app.broker.base import Broker, Replay
+from app.broker.base import Broker, Draft, Replay
 from app.core.config import Settings
 from app.limits import ClientLimits, LimitExceededError, LocalClientLimits, StreamLease
 from app.sse.connection import (
@@ -72,7 +95,14 @@ from app.sse.event_id import parse_event_id
 from app.sse.patterns import PatternIndex, TopicPattern
 from app.sse.shutdown import shutdown_requested
 
-__all__ = ["CHANNEL_PATTERN", "Hub", "InvalidChannelError", "StreamRefusedError"]
+__all__ = [
+    "CHANNEL_PATTERN",
+    "Hub",
+    "InvalidChannelError",
+    "StreamRefusedError",
+    "event_channels",
+    "validate_channel",
+]
 
 logger = logging.getLogger("herald.sse")
 
@@ -80,8 +110,9 @@ CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 SHUTDOWN_POLL_SECONDS = 0.1
 DEFAULT_RETRY_AFTER_SECONDS = 5
 COALESCE_COST_FACTOR = 2.0
-"""A write pass waits up to this many times the last pass's duration (capped by
-SSE_WRITE_COALESCE_MS): the pass then takes at most about a third of the loop's time."""
+"""A hub that is behind starts its next pass this many times the last pass's duration
+after that pass ended (capped by SSE_WRITE_COALESCE_MS): passes then take at most about
+a third of the loop's time (design note 7)."""
 
 
 class InvalidChannelError(ValueError):
@@ -104,12 +135,30 @@ class StreamRefusedError(Exception):
         self.status_code = status_code
 
 
+_valid_channel = CHANNEL_PATTERN.fullmatch
+
+
 def validate_channel(channel: str) -> str:
-    if not CHANNEL_PATTERN.fullmatch(channel):
+    if not isinstance(channel, str) or not _valid_channel(channel):
         raise InvalidChannelError(
-            f"invalid channel name {channel[:140]!r}: use 1-128 letters, digits or ._:/-"
+            f"invalid channel name {str(channel)[:140]!r}: use 1-128 letters, digits or ._:/-"
         )
     return channel
+
+
+def event_channels(channels: str | Sequence[str], limit: int) -> tuple[str, ...]:
+    """An event's distinct, valid channels in the given order (at least one, at most
+    ``limit``); raises ``InvalidChannelError`` naming what is wrong."""
+    if isinstance(channels, str):
+        return (validate_channel(channels),)
+    if len(channels) == 1:
+        return (validate_channel(channels[0]),)
+    names = tuple(dict.fromkeys(validate_channel(name) for name in channels))
+    if not names:
+        raise InvalidChannelError("an event needs at least one channel")
+    if len(names) > limit:
+        raise InvalidChannelError(f"too many channels for one event (limit {limit})")
+    return names
 
 
 @dataclass
@@ -195,45 +244,92 @@ class Hub:
 
     # --- publishing ------------------------------------------------------
 
-    async def publish(
-        self, channel: str, data: object, event: str | None = None, *, private: bool = False
-    ) -> str:
-        """Publish to ``channel``; returns the event id. Raises ``EncodingError``,
-        ``InvalidChannelError`` or ``BrokerUnavailableError``. A ``private`` event
-        reaches only subscribers whose token grants the channel."""
-        validate_channel(channel)
-        published = await self.broker.publish(channel, encode_body(data, event), private)
-        self.counters.published += 1
-        return published.id
+    def draft(
+        self,
+        channels: str | Sequence[str],
+        data: object,
+        event: str | None = None,
+        *,
+        private: bool = False,
+    ) -> Draft:
+        """One event ready for ``publish_drafts``. Raises ``InvalidChannelError`` or
+        ``EncodingError``."""
+        names = event_channels(channels, self.settings.publish_max_channels)
+        return Draft(names, encode_body(data, event), private)
+
+    async def publish_drafts(self, drafts: Sequence[Draft]) -> list[Event]:
+        """Publish ``drafts`` with consecutive ids, all or none. Raises
+        ``BrokerUnavailableError``."""
+        events = await self.broker.publish(drafts)
+        self.counters.published += len(events)
+        return events
 
     async def publish_frame(
-        self, channel: str, body: bytes, *, private: bool = False, event_id: str | None = None
+        self,
+        channels: str | Sequence[str],
+        body: bytes,
+        *,
+        private: bool = False,
+        event_id: str | None = None,
     ) -> str:
         """Publish an already encoded body (another protocol's front, which validated the
-        channel and fields under its own rules) with an optional publisher-supplied id;
+        channels and fields under its own rules) with an optional publisher-supplied id;
         returns the event id. Raises ``BrokerUnavailableError``."""
-        published = await self.broker.publish(channel, body, private, event_id=event_id)
-        self.counters.published += 1
+        names = (channels,) if isinstance(channels, str) else tuple(dict.fromkeys(channels))
+        (published,) = await self.publish_drafts([Draft(names, body, private, event_id)])
         return published.id
 
-    def subscriber_count(self, channel: str) -> int:
-        return len(self._channels.get(channel, ()))
+    async def publish(
+        self,
+        channels: str | Sequence[str],
+        data: object,
+        event: str | None = None,
+        *,
+        private: bool = False,
+    ) -> str:
+        """Publish one event on ``channels`` (a name or several); returns its id. Raises
+        ``EncodingError``, ``InvalidChannelError`` or ``BrokerUnavailableError``. A
+        ``private`` event reaches only subscribers granted one of its channels."""
+        published = await self.publish_drafts([self.draft(channels, data, event, private=private)])
+        return published[0].id
+
+    def subscriber_count(self, channels: str | Sequence[str]) -> int:
+        """Local streams subscribed to ``channels`` (a stream on several counts once)."""
+        if isinstance(channels, str):
+            return len(self._channels.get(channels, ()))
+        if len(channels) == 1:
+            return len(self._channels.get(channels[0], ()))
+        return len(self._subscribers(channels))
+
+    def _subscribers(self, channels: tuple[str, ...] | Sequence[str]) -> set[Connection]:
+        found: set[Connection] = set()
+        for channel in channels:
+            subscribers = self._channels.get(channel)
+            if subscribers:
+                found |= subscribers
+        return found
 
     def _fan_out(self, event: Event) -> None:
-        subscribers = self._channels.get(event.channel)
+        channels = event.channels
+        if len(channels) == 1:
+            subscribers = self._channels.get(channels[0])
+        else:
+            # Rare path: a stream on several of the event's channels is pushed once.
+            subscribers = self._subscribers(channels)
         if subscribers:
             self._push(event, subscribers)
         if self._patterns:
-            for matched in self._patterns.subscribers_for(event.channel):
-                # A stream also subscribed exactly, or by two patterns, gets the event
-                # once: its cursor skips the second push (design note 3).
-                self._push(event, matched)
+            for channel in channels:
+                for matched in self._patterns.subscribers_for(channel):
+                    # A stream also subscribed exactly, by two patterns or through two of
+                    # the event's channels gets it once: its cursor skips the second push.
+                    self._push(event, matched)
 
     def _push(self, event: Event, subscribers: set[Connection]) -> None:
         counters = self.counters
         if event.private:
             # Rare path: the per-subscriber check costs only private events.
-            subscribers = {c for c in subscribers if event.channel in c.private_channels}
+            subscribers = {c for c in subscribers if event.visible_to(c.private_channels)}
         for connection in subscribers:
             outcome = connection.push(event)
             if outcome == DROPPED_OLDEST:
@@ -248,15 +344,13 @@ class Hub:
     def _schedule_flush(self, connection: Connection) -> None:
         if not self._to_flush:
             loop = asyncio.get_running_loop()
-            # Coalescing: the next pass waits after the last one ended, so under load the
-            # events published in between share one write per stream. The wait grows with
-            # what a pass costs (COALESCE_COST_FACTOR times the last one, at most
-            # SSE_WRITE_COALESCE_MS): holding events back only pays when writing them one
-            # pass at a time is expensive, i.e. many streams. An idle hub flushes at once.
-            hold = min(self._coalesce_seconds, COALESCE_COST_FACTOR * self._last_flush_cost)
-            wait = self._last_flush_end + hold - loop.time()
-            if wait > 0:
-                loop.call_later(wait, self._flush)
+            now = loop.time()
+            # Hold only when behind (design note 9): the loop has been idle for less than
+            # the last pass took, so events come faster than passes complete.
+            cost = self._last_flush_cost
+            if now - self._last_flush_end < cost:
+                hold = min(self._coalesce_seconds, COALESCE_COST_FACTOR * cost)
+                loop.call_at(self._last_flush_end + hold, self._flush)
             else:
                 loop.call_soon(self._flush)
         self._to_flush.append(connection)
@@ -266,8 +360,10 @@ class Hub:
         loop = asyncio.get_running_loop()
         started = loop.time()
         now = self.clock()
+        # A single event's framed chunk, shared by the streams that get only it.
+        chunks: dict[bytes, bytes] = {}
         for connection in connections:
-            connection.flush(now)
+            connection.flush(now, chunks)
         self._last_flush_end = loop.time()
         self._last_flush_cost = self._last_flush_end - started
 
@@ -434,6 +530,21 @@ class Hub:
                 "cleanup: reaped %d idle streams, dropped %d idle channels", reaped, dropped
             )
 
+    def close_where(
+        self,
+        matches: Callable[[Connection], bool],
+        reason: CloseReason,
+        retry_ms: Callable[[], int] | None = None,
+    ) -> int:
+        """Close the open streams ``matches`` selects; each one's last frame is
+        ``retry: retry_ms()`` (called per stream, so the caller can jitter it)."""
+        chosen = [c for c in self._connections if not c.closed and matches(c)]
+        for connection in chosen:
+            if retry_ms is not None:
+                connection.farewell_retry_ms = retry_ms()
+            connection.close(reason)
+        return len(chosen)
+
     def close_all(self, reason: CloseReason) -> int:
         open_connections = [c for c in self._connections if not c.closed]
         for connection in open_connections:
@@ -479,7 +590,8 @@ def _matching(
     events = [
         e
         for e in replay.events
-        if e.channel in channels or any(p.matches(e.channel) for p in patterns)
+        if not channels.isdisjoint(e.channels)
+        or any(p.matches(channel) for p in patterns for channel in e.channels)
     ]
     return dataclasses.replace(replay, events=events)
 
@@ -488,5 +600,5 @@ def _visible(replay: Replay, private_channels: Container[str]) -> Replay:
     """Replay without the private events this subscriber may not see."""
     if not any(event.private for event in replay.events):
         return replay
-    events = [e for e in replay.events if not e.private or e.channel in private_channels]
+    events = [event for event in replay.events if event.visible_to(private_channels)]
     return dataclasses.replace(replay, events=events)

@@ -24,11 +24,17 @@ Design decisions (read before changing):
    backoff for up to ``SSE_REPLAY_WAIT_SECONDS``; live events queue meanwhile.
    Past that it ends without ``reset`` (the client retries with the same id):
    ``reset`` means only that history does not reach back.
-5. A stream closed by the server (idle, overflow, shutdown) ends the chunked
-   body cleanly so the browser reconnects; on shutdown the last frame is a
-   jittered ``retry:`` so a crowd of clients does not come back in one instant.
+5. A stream closed by the server for shutdown (or by an operator) ends the
+   chunked body cleanly so the browser reconnects; on shutdown the last frame
+   is a jittered ``retry:`` so a crowd of clients does not come back in one
+   instant (an operator's close or drain, ``app.admin``, sets its own jittered
+   value).
    If the client stopped reading, that last write is bounded by
-   ``FINAL_WRITE_TIMEOUT_SECONDS`` rather than awaited forever.
+   ``FINAL_WRITE_TIMEOUT_SECONDS`` rather than awaited forever. Overflow and
+   idle closes abort the connection instead (``Connection.close``): the
+   browser reconnects after a reset just as after a clean end.
+6. At stream open the socket's send buffer and the transport's write buffer
+   are capped (:mod:`app.sse.stream_socket`), before the first byte is sent.
 """
 
 from __future__ import annotations
@@ -44,12 +50,14 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from app.broker.base import BrokerUnavailableError, Replay
+from app.sse.chunked_write import WriteFlow, chunked_body_flow
 from app.sse.connection import MAX_BATCH_BYTES, CloseReason, Connection
 from app.sse.direct_write import resume
 from app.sse.encoding import PING_FRAME, encode_position, encode_retry
 from app.sse.event_id import MAX_EVENT_ID_LENGTH
 from app.sse.hub import Hub, StreamRefusedError
 from app.sse.patterns import TopicPattern
+from app.sse.stream_socket import open_stream_transport
 
 __all__ = ["FINAL_WRITE_TIMEOUT_SECONDS", "HeraldStreamResponse", "reset_frame"]
 
@@ -145,7 +153,8 @@ class HeraldStreamResponse(EventSourceResponse):
                 patterns=self._patterns,
                 validated=self._validated,
             ) as connection:
-                await self._stream(connection, receive, send)
+                connection.transport = open_stream_transport(scope, self._hub.settings)
+                await self._stream(connection, scope, receive, send)
         except StreamRefusedError as refusal:
             refused = JSONResponse(
                 {"detail": refusal.detail},
@@ -154,14 +163,18 @@ class HeraldStreamResponse(EventSourceResponse):
             )
             await refused(scope, receive, send)
 
-    async def _stream(self, connection: Connection, receive: Receive, send: Send) -> None:
+    async def _stream(
+        self, connection: Connection, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        # Asked once the headers are out, when the server knows how it frames the body.
+        flow = chunked_body_flow(scope) if connection.transport is not None else None
         watcher = asyncio.create_task(self._watch_disconnect(connection, receive))
         connection.writer = asyncio.current_task()
         try:
             replay = await self._catch_up(connection, send)
             if replay is not None:
-                await self._pump(connection, send)
+                await self._pump(connection, send, flow)
             await self._finish(connection, send)
         finally:
             connection.writer = None
@@ -200,9 +213,12 @@ class HeraldStreamResponse(EventSourceResponse):
         connection.delivered += len(replay.events)
         return replay
 
-    async def _pump(self, connection: Connection, send: Send) -> None:
+    async def _pump(self, connection: Connection, send: Send, flow: WriteFlow | None) -> None:
         clock = self._hub.clock
-        connection.send = send  # from here on the hub may write directly (direct_write)
+        # From here on the hub may write directly: to the transport where the server
+        # allows it (chunked_write), else by stepping send (direct_write).
+        connection.send = send
+        connection.flow = flow
         try:
             while not connection.closed:
                 held = connection.held_write
@@ -225,6 +241,7 @@ class HeraldStreamResponse(EventSourceResponse):
                     connection.last_delivery = clock()
         finally:
             connection.send = None
+            connection.flow = None
             connection.drop_held_write()
 
     @staticmethod
@@ -245,7 +262,9 @@ class HeraldStreamResponse(EventSourceResponse):
 
     async def _finish(self, connection: Connection, send: Send) -> None:
         body = b""
-        if connection.close_reason is CloseReason.SHUTDOWN:
+        if connection.farewell_retry_ms is not None:  # closed by an operator (app.admin)
+            body = encode_retry(connection.farewell_retry_ms)
+        elif connection.close_reason is CloseReason.SHUTDOWN:
             retry_ms = self._hub.settings.sse_retry_ms
             body = encode_retry(retry_ms + int(random.random() * SHUTDOWN_RETRY_JITTER * retry_ms))
         final = send({"type": "http.response.body", "body": body, "more_body": False})

@@ -3,16 +3,20 @@
 ::
 
     python -m app.tools.memory_report --url http://127.0.0.1:8000 --token "$ADMIN_TOKEN"
-    python -m app.tools.memory_report --watch 2          # refresh every 2 s, with an RSS chart
+    python -m app.tools.memory_report --watch 2          # refresh every 2 s, with a chart
 
 ``--token`` defaults to the ``ADMIN_TOKEN`` environment variable, which keeps
 the token out of ``ps`` listings and shell history. ``--watch`` redraws the
-report every N seconds under a chart of the RSS samples it has taken, drawn
-against the server's warning and critical lines; ``--count`` stops after that
+report every N seconds under a chart of the samples it has taken (RSS plus
+socket memory, what the guard compares), drawn against the server's warning
+and critical lines; ``--count`` stops after that
 many reports (scripts and tests), Ctrl-C at any time.
 
 Exit status: 0 when the last fetch worked, 1 when it did not (server down,
 wrong token, admin API off), 2 for bad arguments.
+
+Operator actions (``--cleanup``, ``--clear-cache``, ``--close-channel``,
+``--drain``, ``--undrain``, ``--analyze``...) are in :mod:`app.tools.operate`.
 
 Rendering is a set of pure functions of the metrics document, so tests check
 the exact text without a terminal.
@@ -32,6 +36,7 @@ from typing import Any, TextIO
 import httpx
 
 from app.memory.units import format_bytes
+from app.tools.operate import add_action_arguments, run_action
 
 __all__ = [
     "DEFAULT_URL",
@@ -130,6 +135,8 @@ def _memory_lines(memory: Metrics) -> list[str]:
         f"Cleanups   warning {cleanups['warning']}, critical {cleanups['critical']},"
         f" freed {format_bytes(cleanups['freed_bytes'])} in total",
     ]
+    if "socket_bytes" in memory:  # servers from before socket memory was read lack it
+        lines.insert(1, _sockets_line(memory))
     last = cleanups["last"]
     if last:
         steps = ", ".join(f"{step} {format_bytes(size)}" for step, size in last["freed"].items())
@@ -139,6 +146,21 @@ def _memory_lines(memory: Metrics) -> list[str]:
             f" rss {format_bytes(last['rss_before'])} -> {format_bytes(last['rss_after'])}"
         )
     return lines
+
+
+_SOCKET_SOURCES = {
+    "cgroup-v2": "the cgroup's memory.stat sock",
+    "sockstat": "TCP of /proc/net/sockstat",
+    "none": "no source readable",
+}
+
+
+def _sockets_line(memory: Metrics) -> str:
+    source = _SOCKET_SOURCES.get(memory["socket_source"], memory["socket_source"])
+    return (
+        f"           sockets {format_bytes(memory['socket_bytes'])} of kernel buffers ({source});"
+        f" rss + sockets {format_bytes(memory['used_bytes'])} is what the levels compare"
+    )
 
 
 def _cache_lines(cache: Metrics) -> list[str]:
@@ -299,7 +321,8 @@ def render_chart(
 def _chart_for(samples: Sequence[int], metrics: Metrics, every: float) -> list[str]:
     memory = metrics["memory"]
     thresholds = memory["thresholds"]
-    title = f"RSS, last {len(samples)} samples, every {every:g} s: {format_bytes(samples[-1])}"
+    what = "RSS + sockets" if "used_bytes" in memory else "RSS"
+    title = f"{what}, last {len(samples)} samples, every {every:g} s: {format_bytes(samples[-1])}"
     return [
         "",
         title,
@@ -341,6 +364,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_SECONDS,
         help=f"HTTP timeout in seconds ({DEFAULT_TIMEOUT_SECONDS:g})",
     )
+    add_action_arguments(parser)
     return parser
 
 
@@ -374,7 +398,8 @@ def _watch(client: httpx.Client, args: argparse.Namespace, out: TextIO, err: Tex
             status = 1
             continue
         status = 0
-        samples.append(int(metrics["memory"]["rss_bytes"]))
+        memory = metrics["memory"]
+        samples.append(int(memory.get("used_bytes", memory["rss_bytes"])))
         text = "\n".join(
             [render_report(metrics, args.url), *_chart_for(samples, metrics, args.watch)]
         )
@@ -389,6 +414,9 @@ def main(
     err = err or sys.stderr
     args = _parser().parse_args(argv)
     with httpx.Client() as client:
+        acted = run_action(client, args, out, err)
+        if acted is not None:
+            return acted
         if args.watch is None:
             try:
                 metrics = fetch_metrics(client, args.url, args.token, args.timeout)

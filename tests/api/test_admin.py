@@ -158,11 +158,16 @@ def test_admin_metrics_shape(admin_server: ServerProcess) -> None:
         "workers",
         "total",
         "exchange",
+        "limits",
     }
+    assert document["limits"]["sse_max_connections"] == 10_000  # the default, as configured
 
     memory = document["memory"]
     assert {
         "rss_bytes",
+        "socket_bytes",
+        "socket_source",
+        "used_bytes",
         "limit_bytes",
         "limit_source",
         "percent",
@@ -180,8 +185,13 @@ def test_admin_metrics_shape(admin_server: ServerProcess) -> None:
     } <= set(memory)
     assert memory["rss_bytes"] > 10 * 1024 * 1024
     assert memory["limit_source"] in ("setting", "cgroup-v2", "cgroup-v1", "default")
+    # The level is judged on RSS plus the kernel's socket memory (app.memory.sockets).
+    assert memory["socket_source"] in ("cgroup-v2", "sockstat", "none")
+    assert memory["used_bytes"] == memory["rss_bytes"] + memory["socket_bytes"]
+    if memory["socket_source"] != "none":
+        assert memory["socket_bytes"] > 0  # this very request's sockets hold some
     assert memory["percent"] == pytest.approx(
-        100 * memory["rss_bytes"] / memory["limit_bytes"], abs=0.01
+        100 * memory["used_bytes"] / memory["limit_bytes"], abs=0.01
     )
     assert memory["level"] == "normal" and memory["refusing"] is False
     assert memory["thresholds"] == {
@@ -237,6 +247,7 @@ def test_one_process_reports_itself_as_the_only_worker(admin_server: ServerProce
     assert worker["published"] == sse["published"]
     assert worker["delivered"] == sse["delivered"]
     assert worker["rss_bytes"] == memory["rss_bytes"]
+    assert worker["socket_bytes"] == memory["socket_bytes"]
     assert worker["limit_bytes"] == memory["limit_bytes"]
     assert worker["level"] == memory["level"] and worker["refusing"] == memory["refusing"]
     assert worker["health_score"] == memory["health_score"]
@@ -246,7 +257,7 @@ def test_one_process_reports_itself_as_the_only_worker(admin_server: ServerProce
         "connections", "channels", "queued", "published", "delivered", "dropped",
         "overflow_disconnects", "reaped",
         "cache_hits", "cache_misses", "cache_items", "cache_bytes",
-        "rss_bytes", "limit_bytes", "level", "refusing", "health_score",
+        "rss_bytes", "socket_bytes", "limit_bytes", "level", "refusing", "health_score",
         "cleanups_warning", "cleanups_critical", "rss_slope_bytes_per_s", "leak_suspected",
     }  # fmt: skip
     assert document["total"] == {

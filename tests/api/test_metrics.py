@@ -41,12 +41,14 @@ EXPECTED_FAMILIES = {
     "herald_cache_items": "gauge",
     "herald_cache_bytes": "gauge",
     "herald_memory_rss_bytes": "gauge",
+    "herald_socket_memory_bytes": "gauge",
     "herald_memory_limit_bytes": "gauge",
     "herald_memory_level": "gauge",
     "herald_memory_refusing": "gauge",
     "herald_memory_cleanups": "counter",
     "herald_memory_rss_slope_bytes_per_second": "gauge",
     "herald_memory_leak_suspected": "gauge",
+    "herald_admin_actions": "counter",
 }
 
 
@@ -168,15 +170,24 @@ async def test_critical_server_reports_level_two(
 
 def test_every_family_has_one_sample_per_worker() -> None:
     one = make_snapshot(
-        pid=1, connections=13, published=5, level=MemoryLevel.CRITICAL, cleanups_critical=1
+        pid=1,
+        connections=13,
+        published=5,
+        level=MemoryLevel.CRITICAL,
+        cleanups_critical=1,
+        admin_actions={"drain": 2},
     )
-    two = make_snapshot(pid=2, connections=17, published=7, refusing=True, leak_suspected=True)
+    two = make_snapshot(
+        pid=2, connections=17, published=7, refusing=True, leak_suspected=True, socket_bytes=4096
+    )
     text = generate_latest(HeraldCollector([one, two])).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert {name: family.type for name, family in families.items()} == EXPECTED_FAMILIES
     assert [(s.labels, s.value) for s in families.pop("herald_workers").samples] == [({}, 2)]
     cleanups = families.pop("herald_memory_cleanups")
     assert len(cleanups.samples) == 4  # two workers, two levels
+    actions = families.pop("herald_admin_actions")
+    assert len(actions.samples) == 10  # two workers, five actions, each from 0
     for family in families.values():
         assert sorted(s.labels["worker"] for s in family.samples) == ["box:1", "box:2"], family
     values = samples(text)
@@ -189,6 +200,10 @@ def test_every_family_has_one_sample_per_worker() -> None:
     assert values['herald_memory_cleanups_total{level="critical",worker="box:1"}'] == 1
     assert values['herald_memory_refusing{worker="box:2"}'] == 1
     assert values['herald_memory_leak_suspected{worker="box:2"}'] == 1
+    assert values['herald_admin_actions_total{action="drain",worker="box:1"}'] == 2
+    assert values['herald_admin_actions_total{action="drain",worker="box:2"}'] == 0
+    assert values['herald_admin_actions_total{action="cleanup",worker="box:1"}'] == 0
+    assert values['herald_socket_memory_bytes{worker="box:2"}'] == 4096
 
 
 def test_the_process_wide_registry_is_left_alone() -> None:

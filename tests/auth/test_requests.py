@@ -9,7 +9,13 @@ import pytest
 from fastapi import HTTPException
 from starlette.requests import Request
 
-from app.auth.requests import authorize_publisher, authorize_subscriber, subscriber_token
+from app.auth.requests import (
+    authorize_subscriber,
+    bearer_token,
+    check_publish,
+    publisher_grants,
+    subscriber_token,
+)
 from app.auth.tokens import TokenVerifier
 from app.core.config import Settings, load_settings
 
@@ -89,7 +95,8 @@ def test_publisher_matrix() -> None:
     check = verifier(config)
 
     def publish(headers: dict[str, str], channel: str = "orders/1") -> None:
-        authorize_publisher(request(headers), config, check, channel, "10.0.0.1")
+        grants = publisher_grants(bearer_token(request(headers)), config, check, "10.0.0.1")
+        check_publish(grants, [channel])
 
     publish({"Authorization": "Bearer simple-publish-token"})  # simple mode still works
     publish({"Authorization": f"Bearer {token(publish=['orders/{id}'])}"})
@@ -103,5 +110,15 @@ def test_publisher_matrix() -> None:
 def test_without_any_publisher_secret_only_loopback_publishes() -> None:
     config = load_settings()
     check = verifier(config)
-    authorize_publisher(request(), config, check, "x", "127.0.0.1")
-    assert status(lambda: authorize_publisher(request(), config, check, "x", "203.0.113.9")) == 403
+    assert publisher_grants(None, config, check, "127.0.0.1") is None  # may publish anywhere
+    assert status(lambda: publisher_grants(None, config, check, "203.0.113.9")) == 403
+
+
+def test_a_batch_needs_grants_for_every_channel_it_names() -> None:
+    config = settings()
+    grants = publisher_grants(token(publish=["orders/{id}"]), config, verifier(config), "10.0.0.1")
+    check_publish(grants, ["orders/1", "orders/2"])
+    assert status(lambda: check_publish(grants, ["orders/1", "users/1"], "item 4: ")) == 403
+    with pytest.raises(HTTPException) as refused:
+        check_publish(grants, ["orders/1", "users/1"], "item 4: ")
+    assert refused.value.detail == "item 4: token does not grant publishing to 'users/1'"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
-from app.broker.history import EVENT_OVERHEAD_BYTES, HistoryStore
+from app.broker.history import EVENT_OVERHEAD_BYTES, HistoryStore, event_cost
 from app.sse.encoding import encode_body, encode_frame
 from app.sse.event import Event
 from app.sse.event_id import EventIdGenerator, EventKey, format_event_id
@@ -36,11 +36,12 @@ class Publisher:
         self.store = store
         self._ms = 1000
 
-    def __call__(self, channel: str, now: float = 0.0, data: str = "x") -> Event:
+    def __call__(self, channel: str | tuple[str, ...], now: float = 0.0, data: str = "x") -> Event:
         key = (self._ms, 0)
         self._ms += 1
         event_id = format_event_id(key)
-        event = Event(key, event_id, channel, encode_frame(event_id, encode_body(data)))
+        channels = (channel,) if isinstance(channel, str) else channel
+        event = Event(key, event_id, channels, encode_frame(event_id, encode_body(data)))
         self.store.append(event, now)
         return event
 
@@ -129,6 +130,59 @@ def test_since_on_a_channel_with_no_log_is_empty() -> None:
 
 
 # --- interest and the TTL sweep -------------------------------------------------
+
+
+# --- events on several channels -------------------------------------------------------
+
+
+def test_an_event_on_several_channels_is_kept_and_counted_once() -> None:
+    store = make_store()
+    publish = Publisher(store)
+    both = publish(("a", "b"))
+    assert len(store) == 1
+    assert store.bytes == event_cost(both) == len(both.frame) + EVENT_OVERHEAD_BYTES + 120
+    assert store.since(["a"], START) == store.since(["b"], START) == [both]
+    assert store.since(["a", "b"], START) == [both]  # merged runs keep it once
+
+
+def test_leaving_one_channels_log_keeps_the_event_for_the_other() -> None:
+    store = make_store(max_events=1)
+    publish = Publisher(store)
+    both = publish(("a", "b"))
+    newer = publish("a")  # a's cap pushes `both` out of a's log only
+    assert store.since(["a"], newer.key) == []
+    assert store.since(["a"], START) is None  # a lost something after START
+    assert store.since(["b"], START) == [both]
+    assert len(store) == 2 and store.bytes == event_cost(both) + event_cost(newer)
+    publish("b")  # now b lets go of it too: gone, its bytes with it
+    assert both.key not in {event.key for event in store.since(["a", "b"], both.key) or []}
+    assert len(store) == 2 and store.bytes == 2 * event_cost(newer)
+
+
+def test_the_byte_budget_evicts_an_event_from_every_log_holding_it() -> None:
+    probe = Publisher(make_store())("a")
+    store = make_store(max_bytes=2 * event_cost(probe) + 200)
+    publish = Publisher(store)
+    both = publish(("a", "b"))
+    publish("c")
+    last = publish("c")  # over budget: the oldest (on a and b) goes from both logs
+    assert len(store) == 2
+    assert store.since(["a"], both.key) == [] and store.since(["b"], both.key) == []
+    assert store.since(["a"], START) is None and store.since(["b"], START) is None
+    assert store.since(["c"], START) == [store.since(["c"], START)[0], last]  # type: ignore[index]
+
+
+def test_dropping_a_channel_keeps_its_multi_channel_events_for_the_others() -> None:
+    store = make_store(ttl_seconds=1)
+    publish = Publisher(store)
+    both = publish(("a", "b"))
+    store.add_interest("b", now=0)
+    assert store.sweep(now=5) == 1  # a: unwatched and idle
+    assert store.since(["b"], START) == [both]
+    assert store.bytes == event_cost(both)
+    store.remove_interest("b", now=5)
+    store.sweep(now=10)
+    assert len(store) == 0 and store.bytes == 0
 
 
 def test_sweep_drops_a_channel_after_ttl_only_when_no_one_is_interested() -> None:
@@ -279,7 +333,7 @@ def test_event_overhead_constant_covers_measured_bookkeeping() -> None:
             event_id = format_event_id(key)
             frame = encode_frame(event_id, body)
             frame_bytes += len(frame)
-            store.append(Event(key, event_id, "channel", frame), 0.0)
+            store.append(Event(key, event_id, ("channel",), frame), 0.0)
         del key, event_id, frame
         gc.collect()
         traced = tracemalloc.get_traced_memory()[0] - before

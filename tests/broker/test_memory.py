@@ -10,6 +10,7 @@ from app.sse.encoding import encode_body, encode_frame
 from app.sse.event import Event
 from app.sse.event_id import EventIdGenerator, format_event_id, parse_event_id
 from tests.support.clock import FakeClock
+from tests.support.publishing import publish_one
 
 
 class FakeMsClock:
@@ -42,7 +43,9 @@ def make_broker(
 
 
 async def publish_many(broker: MemoryBroker, channels: str) -> list[Event]:
-    return [await broker.publish(channel, encode_body(i)) for i, channel in enumerate(channels)]
+    return [
+        await publish_one(broker, channel, encode_body(i)) for i, channel in enumerate(channels)
+    ]
 
 
 # --- publish ---------------------------------------------------------------------
@@ -51,20 +54,20 @@ async def publish_many(broker: MemoryBroker, channels: str) -> list[Event]:
 async def test_publish_assigns_increasing_ids_and_frames_the_body() -> None:
     broker = make_broker()
     body = encode_body("hello")
-    first = await broker.publish("a", body)
-    second = await broker.publish("b", body)
+    first = await publish_one(broker, "a", body)
+    second = await publish_one(broker, "b", body)
     assert parse_event_id(first.id) == first.key
     assert first.key < second.key
     assert first.frame == encode_frame(first.id, body)
-    assert (first.channel, second.channel) == ("a", "b")
+    assert (first.channels, second.channels) == (("a",), ("b",))
 
 
 async def test_publish_delivers_the_retained_event_to_the_listener() -> None:
     broker = make_broker()
     received: list[Event] = []
     await broker.connect(received.append)
-    first = await broker.publish("a", encode_body(1))
-    second = await broker.publish("a", encode_body(2))
+    first = await publish_one(broker, "a", encode_body(1))
+    second = await publish_one(broker, "a", encode_body(2))
     assert received == [first, second]
     # The listener gets the very object history keeps: one encoding for all.
     (replayed,) = (await broker.replay(["a"], first.id)).events
@@ -75,9 +78,9 @@ async def test_publish_after_disconnect_is_retained_but_not_delivered() -> None:
     broker = make_broker()
     received: list[Event] = []
     await broker.connect(received.append)
-    before = await broker.publish("a", encode_body(1))
+    before = await publish_one(broker, "a", encode_body(1))
     await broker.disconnect()
-    after = await broker.publish("a", encode_body(2))
+    after = await publish_one(broker, "a", encode_body(2))
     assert received == [before]
     assert (await broker.replay(["a"], before.id)).events == [after]
 
@@ -94,7 +97,7 @@ async def test_publish_without_listener_is_retained() -> None:
 async def test_replay_returns_exactly_the_events_after_the_id() -> None:
     broker = make_broker()
     events = await publish_many(broker, "abaab")
-    a = [event for event in events if event.channel == "a"]
+    a = [event for event in events if event.channels == ("a",)]
     replay = await broker.replay(["a"], events[0].id)
     assert replay == Replay(head=events[-1].id, events=a[1:])
     assert not replay.reset
@@ -116,7 +119,7 @@ async def test_replay_of_several_channels_is_merged_in_id_order() -> None:
     broker = make_broker()
     events = await publish_many(broker, "abcabcab")
     replay = await broker.replay(["b", "a"], events[0].id)
-    assert replay.events == [e for e in events[1:] if e.channel in ("a", "b")]
+    assert replay.events == [e for e in events[1:] if e.channels[0] in ("a", "b")]
 
 
 @pytest.mark.parametrize("garbage", ["", "nope", "12-x", "\u00b2\u00b3", "9" * 500])
@@ -191,7 +194,7 @@ async def test_subscribed_channel_survives_the_sweep_until_unsubscribed() -> Non
     clock = FakeClock(0.0)
     broker = make_broker(ttl=10, clock=clock)
     await broker.subscribe("a")
-    await broker.publish("a", encode_body(1))
+    await publish_one(broker, "a", encode_body(1))
     clock.now = 100
     assert broker.sweep(clock.now) == 0
     await broker.unsubscribe("a")

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from app.broker.base import BrokerUnavailableError
+from app.broker.base import BrokerUnavailableError, Draft
 from app.broker.redis import PUBLISH_SCRIPT, RedisBroker
 from app.sse.event import Event
+from tests.support.publishing import publish_one
 from tests.support.redis_server import RedisServer
 from tests.support.server import free_port
 
@@ -56,8 +57,8 @@ async def test_keys_share_one_hash_slot_per_channel(broker: RedisBroker) -> None
 async def test_private_flag_travels_through_the_stream(broker: RedisBroker) -> None:
     await broker.subscribe("secret")
     start = (await broker.replay(["secret"], None)).head
-    published = await broker.publish("secret", b"data: x\n", private=True)
-    public = await broker.publish("secret", b"data: y\n")
+    published = await publish_one(broker, "secret", b"data: x\n", private=True)
+    public = await publish_one(broker, "secret", b"data: y\n")
     for _ in range(100):
         if len(broker.received) >= 2:  # type: ignore[attr-defined]
             break
@@ -81,7 +82,7 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 async def test_events_of_different_channels_never_share_an_id(broker: RedisBroker) -> None:
     # Regression: each channel stream numbered its own entries, so events of two
     # channels published in one millisecond both got `<ms>-0`.
-    published = [await broker.publish(name, b"data: x\n") for name in "cdcdcdcd"]
+    published = [await publish_one(broker, name, b"data: x\n") for name in "cdcdcdcd"]
     keys = [event.key for event in published]
     assert keys == sorted(set(keys))
 
@@ -91,8 +92,8 @@ async def test_a_resume_between_same_millisecond_events_of_two_channels_misses_n
 ) -> None:
     """Regression: `chaos/c` and `chaos/d` both had `1796150510076-0`; a resume from the first
     skipped the second on a stream of both channels."""
-    first = await broker.publish("chaos/c", b"data: c\n")
-    twin = await broker.publish("chaos/d", b"data: d\n")
+    first = await publish_one(broker, "chaos/c", b"data: c\n")
+    twin = await publish_one(broker, "chaos/d", b"data: d\n")
     replay = await broker.replay(["chaos/c", "chaos/d"], first.id)
     assert [event.id for event in replay.events] == [twin.id]
     assert replay.head == twin.id
@@ -101,14 +102,14 @@ async def test_a_resume_between_same_millisecond_events_of_two_channels_misses_n
 async def test_the_reader_delivers_every_channel_in_one_id_order(broker: RedisBroker) -> None:
     for name in ("a", "b"):
         await broker.subscribe(name)
-    published = [await broker.publish(name, b"data: x\n") for name in "abbaab"]
+    published = [await publish_one(broker, name, b"data: x\n") for name in "abbaab"]
     received: list[Event] = broker.received  # type: ignore[attr-defined]
     await wait_for(lambda: len(received) == len(published))
     assert [e.id for e in received] == [e.id for e in published]
 
 
 async def test_a_new_stream_gets_the_head_and_no_events(broker: RedisBroker) -> None:
-    last = await broker.publish("a", b"data: x\n")
+    last = await publish_one(broker, "a", b"data: x\n")
     replay = await broker.replay(["a"], None)
     assert replay.head == last.id and replay.events == [] and not replay.reset
 
@@ -123,7 +124,7 @@ async def test_a_position_from_an_empty_log_replays_the_first_event(
     try:
         await wait_for(lambda: fresh.stats()["log_position"] is not None)
         start = (await fresh.replay(["a"], None)).head
-        first = await fresh.publish("a", b"data: x\n")
+        first = await publish_one(fresh, "a", b"data: x\n")
         replay = await fresh.replay(["a"], start)
     finally:
         await fresh.disconnect()
@@ -131,7 +132,7 @@ async def test_a_position_from_an_empty_log_replays_the_first_event(
 
 
 async def test_an_id_never_issued_resets_with_unknown_id(broker: RedisBroker) -> None:
-    last = await broker.publish("a", b"data: x\n")
+    last = await publish_one(broker, "a", b"data: x\n")
     ms, seq = last.key
     for unknown in [f"{ms}-{seq + 1}", f"{ms + 60_000}-0", "garbage", "9" * 70]:
         replay = await broker.replay(["a"], unknown)
@@ -145,7 +146,7 @@ async def test_trimmed_history_resets_exactly_when_an_unseen_event_was_trimmed(
     small = RedisBroker(redis_server.url, history_size=1, channel_ttl_seconds=60, key_prefix="trim")
     await small.connect(lambda event: None)
     try:
-        events = [await small.publish("a", f"data: {i}\n".encode()) for i in range(5)]
+        events = [await publish_one(small, "a", f"data: {i}\n".encode()) for i in range(5)]
         # What MAXLEN ~ does in its own time, done exactly: events 0-2 are gone.
         await small.client.xtrim(small.key("a"), maxlen=2, approximate=False)
         missed_one = await small.replay(["a"], events[1].id)
@@ -176,27 +177,14 @@ async def test_events_trimmed_from_the_log_before_the_reader_got_them_cause_a_re
 ) -> None:
     watched, reasons = await resynced_broker(redis_server, "gap")
     try:
-        await watched.publish("a", b"data: seen\n")
+        await publish_one(watched, "a", b"data: seen\n")
         await wait_for(lambda: watched.stats()["log_position"] is not None)
         # Three events and a trim in one transaction: the blocked reader wakes to find
         # only the last of them in the log, as a reader that lagged too far would.
         async with watched.client.pipeline(transaction=True) as pipe:
             for _ in range(3):
-                pipe.eval(
-                    PUBLISH_SCRIPT,
-                    4,
-                    watched.log_key,
-                    watched.counter_key,
-                    watched.key("a"),
-                    watched.log_key,
-                    "a",
-                    b"data: x\n",
-                    b"",
-                    100,
-                    100,
-                    60_000,
-                    "",
-                )
+                keys, args = watched.script_arguments([Draft(("a",), b"data: x\n")])
+                pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
             pipe.xtrim(watched.log_key, maxlen=1, approximate=False)
             await pipe.execute()
         await wait_for(lambda: bool(reasons))
@@ -209,10 +197,10 @@ async def test_redis_losing_its_data_causes_a_resync(redis_server: RedisServer) 
     watched, reasons = await resynced_broker(redis_server, "lost")
     try:
         for _ in range(3):
-            await watched.publish("a", b"data: x\n")
+            await publish_one(watched, "a", b"data: x\n")
         await asyncio.sleep(0.3)
         await watched.client.delete(watched.log_key, watched.counter_key)  # as after FLUSHALL
-        await watched.publish("a", b"data: after the loss\n")
+        await publish_one(watched, "a", b"data: after the loss\n")
         await wait_for(lambda: bool(reasons))
     finally:
         await watched.disconnect()
@@ -229,6 +217,6 @@ async def test_a_broker_that_cannot_reach_redis_raises_on_replay_and_publish() -
         with pytest.raises(BrokerUnavailableError):
             await unreachable.replay(["a"], None)
         with pytest.raises(BrokerUnavailableError):
-            await unreachable.publish("a", b"data: x\n")
+            await publish_one(unreachable, "a", b"data: x\n")
     finally:
         await unreachable.disconnect()

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from app.broker.redis import RedisBroker
+from tests.support.publishing import publish_one
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 from tests.support.server import REPO_ROOT, ServerProcess, free_port
 from tests.support.sse_client import open_stream
@@ -147,7 +148,7 @@ async def test_events_published_while_the_reader_is_away_arrive_after_it_returns
         await other_instance.connect(lambda event: None)
         try:
             ids = [
-                (await other_instance.publish("faults", f"data: {i}\n".encode())).id
+                (await publish_one(other_instance, "faults", f"data: {i}\n".encode())).id
                 for i in range(3)
             ]
         finally:

@@ -29,6 +29,7 @@ from app.cluster.snapshot import WorkerSnapshot
 from app.core.config import load_settings
 from app.sse.event import Event
 from tests.support.clock import FakeClock
+from tests.support.publishing import publish_one
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 from tests.support.server import REPO_ROOT
 from tests.support.snapshots import make_snapshot
@@ -288,7 +289,7 @@ async def test_redis_keys_never_look_like_a_channel(redis_broker: RedisBroker) -
     exchange = RedisExchange(redis_broker, "box:1", 30)
     # A channel named "workers" is the stream <prefix>:{workers}: braces keep it apart.
     assert redis_broker.key("workers") != exchange.index_key
-    await redis_broker.publish("workers", b"data: x\n\n")
+    await publish_one(redis_broker, "workers", b"data: x\n\n")
     await exchange.publish(make_snapshot(pid=1))
     assert pids(await exchange.collect()) == [1]
 

@@ -16,6 +16,7 @@ from app.core.config import load_settings
 from app.memory.guard import MemoryGuard
 from app.memory.levels import MemoryLevel
 from app.memory.limits import MemoryLimit
+from app.memory.sockets import SocketMemorySource
 from app.responses.service import ResponseService, build_producers
 from app.sse.hub import Hub
 from tests.support.clock import FakeClock
@@ -36,7 +37,12 @@ async def parts(
     hub = Hub(settings, broker)
     service = ResponseService(settings, build_producers(settings))
     guard = MemoryGuard(
-        settings, hub, service, rss_source=lambda: 95 * MB, limit=MemoryLimit(100 * MB, "setting")
+        settings,
+        hub,
+        service,
+        rss_source=lambda: 95 * MB,
+        limit=MemoryLimit(100 * MB, "setting"),
+        sockets=SocketMemorySource("sockstat", lambda: 2 * MB),
     )
     yield hub, service, guard
     await service.stop()
@@ -60,6 +66,7 @@ async def test_snapshot_reads_the_live_objects(
     service.cache.get("missing")
     after = take_snapshot(hub, service, guard, host="web-1", pid=42)
     assert after["rss_bytes"] == 95 * MB and after["limit_bytes"] == 100 * MB
+    assert after["socket_bytes"] == 2 * MB
     assert after["level"] == MemoryLevel.CRITICAL and after["refusing"] is True
     assert after["cleanups_critical"] == 1
     assert after["health_score"] == guard.health_score()

@@ -78,7 +78,10 @@ def test_dashboard_token_charts_and_try_it_round_trip(
     assert page.evaluate("() => sessionStorage.getItem('herald.adminToken')") == ADMIN_TOKEN
     page.wait_for_function("() => +document.querySelector('#chart-memory svg').dataset.samples > 2")
     memory_chart = page.locator("#chart-memory svg")
-    assert memory_chart.locator("path.series").count() == 1  # one worker
+    # One worker's RSS, and the kernel's socket memory the guard adds to it.
+    assert memory_chart.locator("path.series").count() == 2
+    assert "socket memory" in (page.text_content("#legend-memory") or "")
+    assert "sockets" in (page.text_content("#value-memory") or "")
     assert memory_chart.locator("line.guide-warning").count() == 1
     assert memory_chart.locator("line.guide-critical").count() == 1
     assert "MB" in (page.text_content("#value-memory") or "")

@@ -126,6 +126,7 @@ class SseSocket:
         self.body = ChunkedDecoder()
         self.parser = SSEParser()
         self.ended = False
+        self.reset_by_server = False  # the stream ended with RST (an overflow or idle abort)
 
     async def read_until(self, marker: bytes, timeout: float = 10.0) -> None:
         """Read the body until ``marker`` has arrived (raises ``EOFError`` at end of stream)."""
@@ -137,9 +138,14 @@ class SseSocket:
                 self.received += chunk
 
     async def next_messages(self, timeout: float = 10.0) -> list[SSEMessage]:
-        """Read once and parse: the SSE messages completed (maybe none); ``EOFError`` at end."""
-        async with asyncio.timeout(timeout):
-            chunk = await self.reader.read(READ_CHUNK)
+        """Read once and parse: the SSE messages completed (maybe none); ``EOFError`` at end,
+        clean or reset (then ``reset_by_server`` is set)."""
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await self.reader.read(READ_CHUNK)
+        except ConnectionResetError:
+            self.ended = self.reset_by_server = True
+            raise EOFError("stream reset by the server") from None
         if not chunk:
             self.ended = True
             raise EOFError("stream ended")
@@ -155,7 +161,8 @@ class SseSocket:
     def reset(self) -> None:
         """Abrupt close: RST, unsent and unread bytes discarded."""
         sock = self.writer.get_extra_info("socket")
-        if sock is not None:
+        # Already closed (the server reset it first): nothing left to reset.
+        if sock is not None and sock.fileno() != -1:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         self.writer.transport.abort()
 

@@ -8,10 +8,12 @@ fast readers: first without, then with a slow client — one with a 4 KB receive
 window that reads the response head and then nothing, so the server's writes
 back up and its queue (``SSE_QUEUE_SIZE`` = 16) fills.
 
-- ``disconnect``: the server ends the slow stream (one overflow disconnect);
-  what reached the client is a gapless prefix, and reconnecting with its
-  ``Last-Event-ID`` continues exactly after it (or says ``reset`` if history no
-  longer reaches back).
+- ``disconnect``: the server cuts the slow stream (one overflow disconnect, an
+  abort: RST, so what was still in flight is dropped rather than left in kernel
+  buffers); what reached the client is a gapless prefix, and reconnecting with
+  its ``Last-Event-ID`` continues exactly after it (or says ``reset`` if history
+  no longer reaches back). The slow client joined up to date, holding the id
+  of the newest event, as a browser that has been following the channel does.
 - ``drop_oldest``: the slow stream stays open; when the client reads again it
   finds ``event: gap`` frames, and the events it receives plus the ``dropped``
   counts they announce add up to every event published.
@@ -207,15 +209,15 @@ async def fill_history(server: ServerProcess) -> None:
 
 
 async def slow_client_overflow(
-    server: ServerProcess, policy: str, slow: SseSocket, phase: Phase
+    server: ServerProcess, policy: str, slow: SseSocket, phase: Phase, joined_at: str
 ) -> str:
     """Read what the slow client was sent, check it against the policy; a figure line."""
-    log = ReaderLog()
+    log = ReaderLog(last_id=joined_at)
     last = phase.published - 1
     if policy == "disconnect":
         await read_until(slow, log, last)
         # Stream ended by the server: what arrived is a prefix with no hole.
-        assert slow.ended or slow.body.finished
+        assert slow.reset_by_server, "an overflow cut is an abort (RST)"
         assert log.sequences == list(range(len(log.sequences))), "a hole before the cut"
         assert log.dropped_announced == 0
         await slow.close()
@@ -273,8 +275,13 @@ async def test_slow_consumer_is_contained(
     baseline = await run_phase(server, probe, scale.seconds, FAST_READERS)
     record(figures, "no slow client", baseline)
     before = (await probe.read()).document["sse"]
+    newest = baseline.readers[0].last_id  # the slow client joins up to date
     slow = await open_sse(
-        HOST, server.port, f"/events/{CHANNEL}", receive_buffer=SMALL_RECEIVE_BUFFER
+        HOST,
+        server.port,
+        f"/events/{CHANNEL}",
+        last_event_id=newest,
+        receive_buffer=SMALL_RECEIVE_BUFFER,
     )
     assert slow.status == 200
     with_slow = await run_phase(server, probe, scale.seconds, FAST_READERS + 1)
@@ -285,7 +292,7 @@ async def test_slow_consumer_is_contained(
     figures.add("overflow disconnects / dropped events", f"{overflows} / {dropped:,}")
     growth = with_slow.peak_rss - baseline.peak_rss
     figures.add("peak RSS growth with slow client MB", growth / MB)
-    outcome = await slow_client_overflow(server, policy, slow, with_slow)
+    outcome = await slow_client_overflow(server, policy, slow, with_slow, newest)
     figures.add("slow client", outcome)
     end = await probe.wait_idle(idle.tasks)
     figures.add("RSS MB at the end (idle)", end.rss_mb)

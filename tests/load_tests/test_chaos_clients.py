@@ -81,3 +81,28 @@ def test_data_that_is_not_a_chaos_event_is_counted_as_malformed() -> None:
     StreamReading(record, "").feed(b"id: 2-0\ndata: hello\n\n", NOW)
 
     assert record.malformed == 1
+
+
+def _multi_frame(event_id: str, channels: list[str], seq: int = 1) -> bytes:
+    data = json.dumps(event_document(channels, 0, seq), separators=(",", ":")).encode()
+    return b"id: " + event_id.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def test_an_event_on_several_channels_counts_for_each_channel_the_subscriber_asked_for() -> None:
+    ledger = Ledger(["a", "b", "c"])
+    record = ledger.subscriber("s", frozenset({"a", "b"}))
+    reading = StreamReading(record, "")
+    for channel in ("a", "b", "c"):
+        ledger.ack(channel, "7-0", (0, 1), 0.0, 1.0)
+
+    reading.feed(_multi_frame("7-0", ["a", "b", "c"]), NOW)
+    assert record.received == {("a", (7, 0)): (0, 1), ("b", (7, 0)): (0, 1)}
+    assert ledger.missing(record) == set()
+    reading.feed(_multi_frame("7-0", ["a", "b", "c"]), NOW)  # a second copy is a duplicate
+    assert sorted(record.duplicates) == [("a", (7, 0)), ("b", (7, 0))]
+
+
+def test_an_event_on_none_of_the_subscribers_channels_is_misrouted() -> None:
+    record = Ledger(["a", "b", "c"]).subscriber("s", frozenset({"a"}))
+    StreamReading(record, "").feed(_multi_frame("7-0", ["b", "c"]), NOW)
+    assert record.misrouted == 1

@@ -66,6 +66,8 @@ def test_headless_run_writes_csv_and_html_and_passes(tmp_path: Path) -> None:
     assert int(rows[("RESPONSE", "response (produced)")]["Request Count"]) > 0
     assert int(rows[("RESPONSE", "response (cache hit)")]["Request Count"]) > 0
     assert int(rows[("GET", "GET /api/admin/metrics")]["Request Count"]) > 0
+    batches = rows[("POST", "POST /events (batch)")]  # each answered 202 with its 100 ids
+    assert int(batches["Request Count"]) > 0 and int(batches["Failure Count"]) == 0
     assert int(rows[("", "Aggregated")]["Failure Count"]) == 0
     html = (out / "report.html").read_text()
     assert "delivery" in html and "GET /events/[channel]" in html
@@ -84,4 +86,20 @@ def test_a_violated_latency_threshold_fails_the_run(tmp_path: Path) -> None:
     # Nothing else went wrong: the latency threshold alone decided.
     rows = stats_rows(out)
     assert int(rows[("SSE", "delivery")]["Request Count"]) > 0
+    assert int(rows[("", "Aggregated")]["Failure Count"]) == 0
+
+
+def test_a_violated_batch_threshold_fails_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result, _ = run_locust(
+        *("--users", "3", "--spawn-rate", "3", "--run-time", "4s", "--out", str(out), "--quiet"),
+        *("--responders", "0", "--admins", "0", "--publishers", "0", "--batch-p95-ms", "0"),
+    )
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 1, output
+    assert "threshold violated: p95 batch answer" in output
+    assert "threshold violated: p95 delivery" not in output
+    rows = stats_rows(out)
+    assert int(rows[("POST", "POST /events (batch)")]["Request Count"]) > 0
     assert int(rows[("", "Aggregated")]["Failure Count"]) == 0

@@ -23,6 +23,7 @@ from app.memory.guard import (
 )
 from app.memory.levels import MemoryLevel
 from app.memory.limits import MemoryLimit
+from app.memory.sockets import SocketMemorySource
 from app.responses.service import ResponseService, build_producers
 from app.sse.hub import Hub, StreamRefusedError
 from tests.support.clock import FakeClock
@@ -49,11 +50,24 @@ class FakeRss:
         return self.bytes
 
 
+class FakeSockets:
+    """A socket memory reading the test sets, in bytes (0 unless a test says otherwise)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def __call__(self) -> int:
+        return self.bytes
+
+
 class Parts:
-    def __init__(self, hub: Hub, service: ResponseService, guard: MemoryGuard) -> None:
+    def __init__(
+        self, hub: Hub, service: ResponseService, guard: MemoryGuard, sockets: FakeSockets
+    ) -> None:
         self.hub = hub
         self.service = service
         self.guard = guard
+        self.sockets = sockets
 
     @property
     def history_events(self) -> int:
@@ -115,6 +129,7 @@ async def make_parts(
         hubs.append(hub)
         service = ResponseService(settings, build_producers(settings), clock=clock)
         services.append(service)
+        sockets = FakeSockets()
         guard = MemoryGuard(
             settings,
             hub,
@@ -123,8 +138,9 @@ async def make_parts(
             clock=clock,
             limit=LIMIT,
             release_heap=lambda: True,
+            sockets=SocketMemorySource("sockstat", sockets),
         )
-        return Parts(hub, service, guard)
+        return Parts(hub, service, guard, sockets)
 
     yield make
     for service in services:
@@ -180,6 +196,29 @@ async def test_percent_is_rss_over_the_limit(make_parts: MakeParts) -> None:
     assert snapshot["rss_bytes"] == int(LIMIT.bytes * 0.425)
     assert snapshot["limit_bytes"] == LIMIT.bytes
     assert snapshot["limit_source"] == "setting"
+
+
+async def test_socket_memory_counts_toward_the_level(
+    make_parts: MakeParts, memory_log: list[logging.LogRecord]
+) -> None:
+    # Kernel send buffers of stalled clients: invisible in RSS, charged to the container.
+    parts = await make_parts()
+    parts.sockets.bytes = int(LIMIT.bytes * 0.45)
+    assert parts.at(40) is MemoryLevel.WARNING  # RSS alone (40 %) would be normal
+    snapshot = parts.guard.snapshot()
+    assert snapshot["rss_bytes"] == int(LIMIT.bytes * 0.40)
+    assert snapshot["socket_bytes"] == int(LIMIT.bytes * 0.45)
+    assert snapshot["socket_source"] == "sockstat"
+    assert snapshot["used_bytes"] == snapshot["rss_bytes"] + snapshot["socket_bytes"]
+    assert snapshot["percent"] == pytest.approx(85.0, abs=0.01)
+    parts.sockets.bytes = int(LIMIT.bytes * 0.55)
+    assert parts.at(40) is MemoryLevel.CRITICAL
+    assert parts.guard.refusing
+    [line] = logged(memory_log, "-> critical")
+    assert "rss 40.0 MB + sockets 55.0 MB of 100.0 MB (95.0%)" in line
+    parts.sockets.bytes = 0  # the stalled clients were cut: their buffers are freed
+    assert parts.at(40) is MemoryLevel.NORMAL
+    assert not parts.guard.refusing
 
 
 # --- warning: light cleanup --------------------------------------------------------

@@ -334,7 +334,7 @@ def test_stats_shape_and_values() -> None:
         "hits": 0,
         "misses": 0,
         "hit_rate": 0.0,
-        "evictions": {"items": 0, "bytes": 0, "ttl": 0, "pressure": 0},
+        "evictions": {"items": 0, "bytes": 0, "ttl": 0, "pressure": 0, "operator": 0},
         "rejected": 0,
     }
 
@@ -362,7 +362,13 @@ def test_stats_snapshot_does_not_change_afterwards() -> None:
 
     assert snapshot.items == 0
     assert snapshot.evictions["items"] == 0
-    assert snapshot.as_dict()["evictions"] == {"items": 0, "bytes": 0, "ttl": 0, "pressure": 0}
+    assert snapshot.as_dict()["evictions"] == {
+        "items": 0,
+        "bytes": 0,
+        "ttl": 0,
+        "pressure": 0,
+        "operator": 0,
+    }
     assert cache.stats().evictions["items"] == 1
 
 
@@ -436,3 +442,18 @@ def test_cache_key_is_fixed_size_hex_and_deterministic() -> None:
     assert len(key) == KEY_BYTES
     assert int(key, 16) >= 0
     assert key == make_cache_key("echo", "q" * 10_000, long_context)
+
+
+def test_clearing_a_conversation_drops_only_the_entries_it_stored() -> None:
+    cache = ResponseCache()
+    cache.set("k1", "one", conversation="c1")
+    cache.set("k2", "two", conversation="c1")
+    cache.set("k3", "three", conversation="c2")
+    cache.set("k4", "four")
+    size_c1 = len("one") + len("k1") + len("c1") + len("two") + len("k2") + len("c1")
+    before = cache.bytes
+    assert cache.clear_conversation("c1") == (2, size_c1)
+    assert cache.bytes == before - size_c1
+    assert cache.get("k1") is None and cache.get("k3") == "three" and cache.get("k4") == "four"
+    assert cache.clear_conversation("nobody") == (0, 0)
+    assert cache.stats().evictions["operator"] == 2

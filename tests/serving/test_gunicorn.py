@@ -221,8 +221,11 @@ def worker_pids(logs: str) -> set[int]:
 
 
 def listing(directory: Path) -> list[str] | None:
-    """The sorted names in ``directory``, or ``None`` if it does not exist."""
-    return sorted(os.listdir(directory)) if os.path.isdir(directory) else None
+    """The sorted snapshot names in ``directory``, or ``None`` if it does not exist (the
+    workers' action sockets, ``<pid>.sock``, are tested in test_gunicorn_actions)."""
+    if not os.path.isdir(directory):
+        return None
+    return sorted(name for name in os.listdir(directory) if not name.endswith(".sock"))
 
 
 def stats_directory(logs: str) -> Path:

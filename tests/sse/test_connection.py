@@ -27,7 +27,7 @@ WAKE_TIMEOUT = 1.0
 def make_event(seq: int, data: str = "x", channel: str = "c") -> Event:
     key = (1_700_000_000_000, seq)
     event_id = format_event_id(key)
-    return Event(key, event_id, channel, encode_frame(event_id, encode_body(data)))
+    return Event(key, event_id, (channel,), encode_frame(event_id, encode_body(data)))
 
 
 def make_connection(

@@ -4,6 +4,7 @@ that must wait for the socket is finished by the stream's own task as if it had 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -97,7 +98,7 @@ async def test_flush_writes_without_waking_the_parked_writer() -> None:
     connection.push(make_event(1, "a"))
     connection.push(make_event(2, "b"))
     assert scheduled == [connection]  # one flush per loop iteration, however many events
-    connection.flush(now=5.0)
+    connection.flush(5.0, {})
     assert b"".join(send.bodies) == make_event(1, "a").frame + make_event(2, "b").frame
     assert connection.delivered == 2 and connection.last_delivery == 5.0
     await asyncio.sleep(0)
@@ -111,7 +112,7 @@ async def test_a_write_that_must_wait_is_handed_to_the_writer() -> None:
     send.blocked = asyncio.get_running_loop().create_future()
     connection, writer = await parked(send, lambda c: None)
     connection.push(make_event(1))
-    connection.flush(now=1.0)
+    connection.flush(1.0, {})
     assert connection.held_write is not None
     await writer  # woken to finish the held write
     send.blocked.set_result(None)
@@ -134,7 +135,7 @@ async def test_a_busy_writer_is_left_to_take_the_queue_itself() -> None:
     connection.close(CloseReason.IDLE)  # wakes the writer: it is no longer parked
     await writer
     connection.push(make_event(1))
-    connection.flush(now=1.0)
+    connection.flush(1.0, {})
     assert scheduled == [] and send.bodies == []
 
 
@@ -145,6 +146,105 @@ async def test_a_failing_write_closes_the_connection() -> None:
     connection, writer = await parked(FakeSend(), lambda c: None)
     connection.send = broken_send
     connection.push(make_event(1))
-    connection.flush(now=1.0)
+    connection.flush(1.0, {})
     assert connection.close_reason is CloseReason.CLIENT_GONE
+    await writer
+
+
+# --- straight to the transport (app.sse.chunked_write), on real loopback sockets -------
+
+
+class Flow:
+    """The one field of uvicorn's FlowControl the direct path reads."""
+
+    def __init__(self) -> None:
+        self.write_paused = False
+
+
+async def parked_on(
+    transport: asyncio.Transport, send: FakeSend, *, paused: bool = False
+) -> tuple[Connection, asyncio.Task[None]]:
+    """A parked connection whose server offers the direct path on ``transport``."""
+    connection, writer = await parked(send, lambda c: None)
+    connection.transport, connection.flow = transport, Flow()
+    connection.flow.write_paused = paused
+    return connection, writer
+
+
+async def read_exactly(client: socket.socket, size: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    async with asyncio.timeout(5):
+        while len(data) < size:
+            more = await loop.sock_recv(client, size - len(data))
+            assert more, "peer closed"
+            data += more
+    return data
+
+
+async def test_a_flush_writes_the_chunk_straight_to_the_transport(
+    loopback: tuple[asyncio.Transport, socket.socket],
+) -> None:
+    transport, client = loopback
+    send = FakeSend()
+    connection, writer = await parked_on(transport, send)
+    connection.push(make_event(1, "a"))
+    connection.push(make_event(2, "b"))
+    connection.flush(3.0, {})
+    body = make_event(1, "a").frame + make_event(2, "b").frame
+    # Exactly what uvicorn writes for one body chunk; nothing went through send.
+    expected = b"%x\r\n" % len(body) + body + b"\r\n"
+    assert await read_exactly(client, len(expected)) == expected
+    assert send.bodies == [] and connection.delivered == 2 and connection.last_delivery == 3.0
+    assert not writer.done()
+    connection.close(CloseReason.SHUTDOWN)
+    await writer
+
+
+async def test_streams_given_one_event_in_a_pass_share_its_chunk(
+    loopback: tuple[asyncio.Transport, socket.socket],
+) -> None:
+    transport, client = loopback
+    event = make_event(1, "shared")
+    chunks: dict[bytes, bytes] = {}
+    parked_pairs = [await parked_on(transport, FakeSend()) for _ in range(3)]
+    for connection, _ in parked_pairs:
+        connection.push(event)
+        connection.flush(1.0, chunks)
+    assert list(chunks) == [event.frame]  # framed once for the three streams
+    expected = (b"%x\r\n" % len(event.frame) + event.frame + b"\r\n") * 3
+    assert await read_exactly(client, len(expected)) == expected
+    for connection, writer in parked_pairs:
+        connection.close(CloseReason.SHUTDOWN)
+        await writer
+
+
+async def test_a_paused_transport_hands_the_write_back_to_send(
+    loopback: tuple[asyncio.Transport, socket.socket],
+) -> None:
+    transport, _ = loopback
+    send = FakeSend()
+    send.blocked = asyncio.get_running_loop().create_future()  # uvicorn waits for the drain
+    connection, writer = await parked_on(transport, send, paused=True)
+    connection.push(make_event(1))
+    connection.flush(1.0, {})
+    assert transport.get_write_buffer_size() == 0  # nothing written past the pause
+    assert connection.held_write is not None  # the writer finishes it once drained
+    await writer
+    send.blocked.set_result(None)
+    await resume(connection.held_write)
+    assert send.bodies == [make_event(1).frame]
+
+
+async def test_a_closing_transport_leaves_the_write_to_send(
+    loopback: tuple[asyncio.Transport, socket.socket],
+) -> None:
+    transport, _ = loopback
+    send = FakeSend()  # uvicorn's send returns at once for a client that left
+    connection, writer = await parked_on(transport, send)
+    transport.close()
+    connection.push(make_event(1))
+    connection.flush(1.0, {})
+    assert send.bodies == [make_event(1).frame] and connection.held_write is None
+    connection.close(CloseReason.SHUTDOWN)
     await writer

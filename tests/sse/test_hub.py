@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.broker.base import Replay
+from app.broker.base import Draft, Replay
 from app.broker.memory import MemoryBroker
 from app.core.config import load_settings
 from app.sse.connection import CloseReason
@@ -30,7 +30,7 @@ class RacingBroker(MemoryBroker):
     async def replay(
         self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
     ) -> Replay:
-        self.raced = await self.publish(channels[0], b"data: raced\n")
+        (self.raced,) = await self.publish([Draft((channels[0],), b"data: raced\n")])
         return await super().replay(channels, last_event_id, every_channel=every_channel)
 
 
@@ -516,8 +516,9 @@ async def test_the_server_wide_cap_still_answers_503(make_hub: MakeHub) -> None:
 async def test_events_soon_after_an_expensive_write_pass_share_the_next_write(
     make_hub: MakeHub, pass_seconds: float, held: bool
 ) -> None:
-    """Coalescing holds events back in proportion to what a pass costs: after a pass of
-    many streams (here: one slow write) the next waits; after a cheap one it does not."""
+    """Coalescing holds events back only when the hub is behind: events that come sooner
+    after a pass than the pass took (here: one slow write) wait about twice its duration,
+    and share one write; after a cheap pass nothing waits."""
     hub = await make_hub(sse_write_coalesce_ms=1000)
     writes: list[tuple[float, bytes]] = []
     loop = asyncio.get_running_loop()
@@ -544,5 +545,37 @@ async def test_events_soon_after_an_expensive_write_pass_share_the_next_write(
         else:
             assert waited < 0.05
         assert not writer.done()  # all of it written without waking the writer
+        connection.close(CloseReason.SHUTDOWN)
+        await writer
+
+
+async def test_a_hub_that_keeps_up_writes_at_once_however_long_its_passes(
+    make_hub: MakeHub,
+) -> None:
+    """An event arriving after the loop was idle longer than the last pass took is written
+    at once, not held for a multiple of that pass (2,000 streams at 20 events/s)."""
+    pass_seconds = 0.2
+    hub = await make_hub(sse_write_coalesce_ms=1000)
+    writes: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        time.sleep(pass_seconds)  # noqa: ASYNC251 - a pass over many streams costs CPU
+        writes.append(loop.time())
+
+    async with hub.subscribe(["steady"]) as (connection, _):
+        connection.send = send
+        writer = asyncio.create_task(connection.wait())
+        await asyncio.sleep(0)
+        await hub.publish("steady", "first")
+        await asyncio.sleep(0.001)
+        assert len(writes) == 1
+        await asyncio.sleep(1.25 * pass_seconds)  # idle for longer than the pass took
+        published = loop.time()
+        await hub.publish("steady", "second")
+        await asyncio.sleep(0.001)
+        # Held (the rule before issue 16), it would wait until 2 x 0.2 s after the pass.
+        assert len(writes) == 2
+        assert writes[1] - pass_seconds - published < 0.1
         connection.close(CloseReason.SHUTDOWN)
         await writer

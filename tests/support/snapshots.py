@@ -33,6 +33,7 @@ def make_snapshot(host: str = "box", pid: int = 100, **fields: Any) -> WorkerSna
         "cache_items": 0,
         "cache_bytes": 0,
         "rss_bytes": 50 * MB,
+        "socket_bytes": 1 * MB,
         "limit_bytes": 512 * MB,
         "level": MemoryLevel.NORMAL,
         "refusing": False,

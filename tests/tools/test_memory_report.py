@@ -109,6 +109,7 @@ def test_report_of_a_healthy_server(report_server: ServerProcess) -> None:
     assert "new streams and responses: accepted" in text
     assert "limit from default" in text or "limit from cgroup" in text
     assert "leak suspected: no" in text
+    assert "           sockets " in text and "is what the levels compare" in text
     sections = ("Memory ", "Trend ", "Cleanups ", "Cache ", "SSE ", "Responses ", "Process ")
     for section in (*sections, "Workers ", "Total "):
         assert any(line.startswith(section) for line in lines), section
@@ -132,9 +133,9 @@ def test_watch_refreshes_with_a_chart(report_server: ServerProcess) -> None:
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert text.count("Herald memory report") == 3
-    assert "RSS, last 3 samples, every 0.2 s:" in text
-    assert "RSS, last 1 samples" in text  # the chart grows with each refresh
-    last_chart = text.rsplit("RSS, last 3 samples", 1)[1]
+    assert "RSS + sockets, last 3 samples, every 0.2 s:" in text
+    assert "RSS + sockets, last 1 samples" in text  # the chart grows with each refresh
+    last_chart = text.rsplit("RSS + sockets, last 3 samples", 1)[1]
     assert "━ critical " in last_chart and "─ warning " in last_chart
     assert any(block in last_chart for block in "▁▂▃▄▅▆▇█")
     assert "\x1b[" not in text  # no screen clearing when stdout is not a terminal

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends
 from app.api.admin_auth import require_admin
 from app.api.deps import ClusterViewDep, HubDep, MemoryGuardDep, ResponseServiceDep
 from app.cluster.view import ClusterView
+from app.core.config import Settings
 from app.memory.guard import MemoryGuard
 from app.memory.process import process_stats
 from app.responses.service import ResponseService
@@ -26,6 +27,18 @@ from app.sse.hub import Hub
 __all__ = ["admin_metrics", "router"]
 
 router = APIRouter(prefix="/api", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+def _limits(settings: Settings) -> dict[str, int]:
+    return {
+        "sse_max_connections": settings.sse_max_connections,
+        "sse_queue_size": settings.sse_queue_size,
+        "sse_history_size": settings.sse_history_size,
+        "sse_history_max_channels": settings.sse_history_max_channels,
+        "cache_max_items": settings.cache_max_items,
+        "response_max_runs": settings.response_max_runs,
+        "max_conversations": settings.max_conversations,
+    }
 
 
 async def admin_metrics(
@@ -40,6 +53,9 @@ async def admin_metrics(
         # Tasks alive in this worker's event loop: a fixed few for housekeeping, plus the
         # request and disconnect-watcher tasks of each open stream; idle again after traffic.
         "process": {**process_stats(), "tasks": len(asyncio.all_tasks())},
+        # The count bounds the sections above are measured against (byte bounds
+        # are in the sections): what `memory_report --analyze` compares with.
+        "limits": _limits(hub.settings),
     }
     # read() takes this worker's live snapshot before its first await, so the
     # sections above and this worker's entry in ``workers`` agree.

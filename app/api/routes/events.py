@@ -1,20 +1,15 @@
-"""``/events``: subscribe (SSE) and publish."""
+"""``/events``: subscribe (SSE) and publish (one event, or a batch)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
-from app.api.deps import HubDep, SettingsDep, TokenVerifierDep, client_address
-from app.api.publishing import read_publish
+from app.api.publish_handler import PublishAnswer, handle_publish
 from app.api.streams import MAX_LAST_EVENT_ID_QUERY, open_stream
-from app.auth.requests import authorize_publisher, bearer_token
-from app.broker.base import BrokerUnavailableError
-from app.limits import LimitExceededError, publisher_key
-from app.sse.encoding import EncodingError
-from app.sse.hub import InvalidChannelError, validate_channel
+from app.sse.hub import CHANNEL_PATTERN
 from app.sse.response import HeraldStreamResponse
 
 __all__ = ["router"]
@@ -29,7 +24,44 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 class Published(BaseModel):
     id: str
     channel: str
+    channels: list[str]
     subscribers: int
+
+
+class PublishedBatch(BaseModel):
+    ids: list[str]
+
+
+_CHANNEL = {"type": "string", "pattern": f"^{CHANNEL_PATTERN.pattern}$"}
+_EVENT_FIELDS: dict[str, Any] = {
+    "data": {"description": "Any JSON value; a string is sent as itself"},
+    "event": {"type": "string", "maxLength": 128},
+    "private": {"type": "boolean", "default": False},
+    "channels": {"type": "array", "items": _CHANNEL, "maxItems": 256},
+}
+_SINGLE: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": _EVENT_FIELDS,
+    "additionalProperties": False,
+}
+_ITEM: dict[str, Any] = {**_SINGLE, "properties": {**_EVENT_FIELDS, "channel": _CHANNEL}}
+SINGLE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _SINGLE}, "text/plain": {"schema": {}}},
+    }
+}
+BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"oneOf": [{"type": "array", "items": _ITEM, "minItems": 1}, _ITEM]}
+            }
+        },
+    }
+}
 
 
 @router.head("/events", include_in_schema=False)
@@ -68,30 +100,44 @@ async def subscribe(
     return open_stream(request, [channel], last_event_id)
 
 
-@router.post("/events/{channel:path}", status_code=202, response_model=Published)
-async def publish(
-    channel: str, request: Request, hub: HubDep, settings: SettingsDep, tokens: TokenVerifierDep
-) -> Published:
-    """Publish one event: JSON ``{"data": <any>, "event": "name", "private": false}`` or a
-    ``text/plain`` body. A private event reaches only subscribers granted the channel."""
-    client = client_address(request)
-    authorize_publisher(request, settings, tokens, channel, client)
-    if hub.limits.publishes_limited:  # the key hashes the token: only worth it when limited
-        try:
-            await hub.limits.take_publish(publisher_key(bearer_token(request), client))
-        except LimitExceededError as exc:
-            raise HTTPException(
-                429, exc.detail, headers={"Retry-After": str(exc.retry_after)}
-            ) from None
-    try:
-        validate_channel(channel)
-    except InvalidChannelError as exc:
-        raise HTTPException(422, str(exc)) from None
-    body = await read_publish(request, settings)
-    try:
-        event_id = await hub.publish(channel, body.data, body.event, private=body.private)
-    except EncodingError as exc:
-        raise HTTPException(422, str(exc)) from None
-    except BrokerUnavailableError as exc:
-        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
-    return Published(id=event_id, channel=channel, subscribers=hub.subscriber_count(channel))
+def _as_response(answer: PublishAnswer | None) -> Response:
+    if answer is None:  # the client went away before its body arrived: nobody reads this
+        return Response(status_code=400)
+    response = Response(answer.body, answer.status)
+    response.raw_headers = answer.headers
+    return response
+
+
+@router.post(
+    "/events/{channel:path}",
+    status_code=202,
+    response_model=Published,
+    openapi_extra=SINGLE_BODY,
+)
+async def publish(channel: str, request: Request) -> Response:
+    """Publish one event on ``channel`` (and any ``channels`` listed): JSON ``{"data": <any>,
+    "event": "name", "private": false, "channels": [...]}`` or a ``text/plain`` body. A
+    private event reaches only subscribers granted one of its channels.
+
+    Answered by ``PublishFastPath`` before it reaches this route (same function, same
+    rules); this route documents it."""
+    return _as_response(
+        await handle_publish(request.app.state, request.scope, request.receive, channel)
+    )
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    response_model=PublishedBatch | Published,
+    openapi_extra=BATCH_BODY,
+)
+async def publish_batch(request: Request) -> Response:
+    """Publish a batch: a JSON array of events, each ``{"channel": "name"}`` (or
+    ``"channels": [...]``) plus the single-publish fields, up to ``PUBLISH_BATCH_MAX``
+    events and ``MAX_BATCH_BYTES``. All or nothing: any invalid item is a 422 naming its
+    index; ids come back in request order. A single JSON object publishes one event.
+    (Answered by ``PublishFastPath``, as for single publishes.)"""
+    return _as_response(
+        await handle_publish(request.app.state, request.scope, request.receive, None)
+    )

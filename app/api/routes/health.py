@@ -7,6 +7,8 @@ all. The memory level and the health score (``app.memory.health``) let a
 balancer prefer other workers instead. 503 while the broker is unreachable
 (Redis restarting): publishes fail then, so a balancer should send traffic
 elsewhere; the body names the broker's state, and open streams stay open.
+A draining worker (``POST /api/admin/drain``) stays 200, for the memory guard's
+reason, and says so in ``drain`` (``draining``: true).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.api.deps import HubDep, MemoryGuardDep
+from app.api.deps import DrainStateDep, HubDep, MemoryGuardDep
 
 __all__ = ["router"]
 
@@ -22,7 +24,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", responses={503: {"description": "The broker is unreachable"}})
-async def health(hub: HubDep, guard: MemoryGuardDep) -> JSONResponse:
+async def health(hub: HubDep, guard: MemoryGuardDep, drain: DrainStateDep) -> JSONResponse:
     broker = hub.broker.stats()
     ok = broker.get("state") == "ok"
     body = {
@@ -33,6 +35,7 @@ async def health(hub: HubDep, guard: MemoryGuardDep) -> JSONResponse:
         "health_score": guard.health_score(),
         # The backplane's state (memory: always ok; redis: ok / down while reconnecting).
         "broker": {"url": broker.get("url"), "state": broker.get("state")},
+        "drain": drain.as_dict(),
     }
     if ok:
         return JSONResponse(body)

@@ -228,6 +228,9 @@
     const thresholds = memory.thresholds;
     const rss = {};
     for (const worker of workers) rss[worker.worker] = worker.rss_bytes;
+    // Kernel socket buffers: one figure for the container (or host), added to RSS for
+    // the level, so drawn once, beside the workers' RSS.
+    if (typeof memory.socket_bytes === "number") rss["socket memory"] = memory.socket_bytes;
     charts.memory.push(
       rss,
       [
@@ -244,8 +247,10 @@
     const hitRate = rates.cache_hit_rate;
     charts.cache.push({ "hit rate": hitRate === null ? null : hitRate * 100 });
 
+    const sockets = typeof memory.socket_bytes === "number"
+      ? ` + ${megabytes(memory.socket_bytes)} sockets` : "";
     $("value-memory").textContent =
-      `${megabytes(total.rss_bytes)} · ${formatNumber(memory.percent, 1)} % of ${megabytes(memory.limit_bytes)}`;
+      `${megabytes(total.rss_bytes)}${sockets} · ${formatNumber(memory.percent, 1)} % of ${megabytes(memory.limit_bytes)}`;
     const worst = workers.some((w) => w.level === "critical") ? "critical"
       : workers.some((w) => w.level === "warning") ? "warning" : memory.level;
     const level = $("memory-level");

@@ -1,0 +1,102 @@
+"""uvicorn's HTTP protocols, plus the connection's transport in every request's scope.
+
+Why: bounding what a stalled client costs needs the stream's socket (to cap its
+kernel send buffer and to abort it, see :mod:`app.sse.stream_socket`), and
+uvicorn hands the application neither the transport nor the socket.
+
+Design decisions (read before changing):
+
+1. A subclass of each of uvicorn's two HTTP/1.1 protocols (httptools and h11),
+   chosen like uvicorn's ``http="auto"`` (:data:`HeraldHttpProtocol`), and
+   configured in both ways Herald is served: ``python -m app``
+   (``uvicorn.run(http=...)``) and the gunicorn worker (``CONFIG_KWARGS``).
+   Neither a middleware nor a wrapper around the app can reach the transport,
+   and a wrapper would add a frame to every stream's stack for hours.
+2. The transport goes in ``scope["extensions"]["herald.transport"]``: the ASGI
+   spec's place for server-specific additions, so another server's scope simply
+   lacks the key. One extensions dict per connection, shared by the requests of
+   a kept-alive connection (they share the transport too): no allocation per
+   request.
+3. The scope is tagged right after uvicorn builds it and before the request's
+   task first runs (httptools builds it in ``on_message_begin``; h11 builds it
+   and creates the task inside ``handle_events``, and a task created there
+   starts only on a later loop iteration), so the application always sees it.
+4. The httptools protocol also answers, per response, whether its body chunks
+   may be written straight to the transport
+   (``scope["extensions"]["herald.chunked_body"]``, :mod:`app.sse.chunked_write`):
+   yes, with the connection's ``FlowControl``, only while the current cycle is
+   an HTTP/1.1 ``GET`` whose headers are out, whose body uvicorn frames as
+   chunks and which is not complete. The h11 protocol always says no (h11
+   chooses the framing itself); its streams keep the ASGI path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from app.sse.chunked_write import CHUNKED_BODY_EXTENSION, WriteFlow
+from app.sse.stream_socket import TRANSPORT_EXTENSION
+
+# HeraldHttpToolsProtocol exists where httptools is installed (uvicorn[standard] brings it).
+__all__ = ["HeraldH11Protocol", "HeraldHttpProtocol"]
+
+
+class _TransportHandOver(asyncio.Protocol):
+    """The connection's transport in one extensions dict, shared by its requests' scopes."""
+
+    _herald_extensions: dict[str, Any]
+
+    def connection_made(  # type: ignore[override]  # uvicorn narrows the argument too
+        self, transport: asyncio.Transport
+    ) -> None:
+        super().connection_made(transport)
+        self._herald_extensions = {TRANSPORT_EXTENSION: transport}
+
+
+class HeraldH11Protocol(_TransportHandOver, H11Protocol):
+    def handle_events(self) -> None:
+        super().handle_events()
+        scope: Any = self.scope
+        if scope is not None and "extensions" not in scope:
+            scope["extensions"] = self._herald_extensions
+
+
+HeraldHttpProtocol: type[asyncio.Protocol]
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # httptools not installed: uvicorn's "auto" would pick h11 too
+    HeraldHttpProtocol = HeraldH11Protocol
+else:
+
+    class HeraldHttpToolsProtocol(_TransportHandOver, HttpToolsProtocol):
+        def connection_made(  # type: ignore[override]  # uvicorn narrows the argument too
+            self, transport: asyncio.Transport
+        ) -> None:
+            super().connection_made(transport)
+            self._herald_extensions[CHUNKED_BODY_EXTENSION] = self._chunked_body_flow
+
+        def _chunked_body_flow(self) -> WriteFlow | None:
+            # Exactly the case in which uvicorn's cycle.send writes b"%x\r\n" + body + b"\r\n".
+            cycle = self.cycle
+            if (
+                cycle is None
+                or not cycle.response_started
+                or cycle.response_complete
+                or cycle.disconnected
+                or cycle.chunked_encoding is not True
+                or cycle.scope["method"] != "GET"
+                or cycle.scope["http_version"] != "1.1"
+            ):
+                return None
+            return cycle.flow
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            scope: Any = self.scope
+            scope["extensions"] = self._herald_extensions
+
+    HeraldHttpProtocol = HeraldHttpToolsProtocol

@@ -1,0 +1,46 @@
+"""The Unix-socket action bus with real sockets in a real directory: a request reaches the
+workers named and only them, a silent or gone worker is simply absent from the answers,
+and a stopped worker leaves no socket behind."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from app.cluster.actions.base import TARGETS
+from app.cluster.actions.sockets import SocketBus
+
+
+def handler_for(name: str, seen: list[str], delay: float = 0.0) -> Any:
+    async def handle(request: dict[str, Any]) -> dict[str, Any] | None:
+        if name not in request[TARGETS]:
+            return None
+        seen.append(name)
+        await asyncio.sleep(delay)
+        return {"result": {"by": name}}
+
+    return handle
+
+
+async def test_requests_reach_the_named_workers_and_answers_come_back(tmp_path: Path) -> None:
+    seen: list[str] = []
+    buses = {name: SocketBus(tmp_path, name) for name in ("box:1", "box:2", "box:3", "box:4")}
+    await buses["box:2"].start(handler_for("box:2", seen))
+    await buses["box:3"].start(handler_for("box:3", seen, delay=5.0))  # too slow
+    await buses["box:4"].start(handler_for("box:4", seen))
+    asker = buses["box:1"]
+    try:
+        request = {"id": "r1", TARGETS: ["box:2", "box:3", "box:5"]}
+        answers = await asker.ask(request, ["box:2", "box:3", "box:5"], within_seconds=0.5)
+        assert answers["box:2"] == {"result": {"by": "box:2"}}
+        assert "box:3" not in answers  # did not answer in time
+        assert answers["box:5"]["error"].startswith("unreachable")  # never existed
+        assert "box:4" not in seen  # not named: never asked
+        # Named to a worker that is not a target: it stays silent.
+        silent = await asker.ask({"id": "r2", TARGETS: ["box:9"]}, ["box:4"], within_seconds=0.5)
+        assert silent == {}
+    finally:
+        for bus in buses.values():
+            await bus.stop()
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []

@@ -1,0 +1,27 @@
+"""The publish-rate tool measures real servers in one run: a short smoke run of it."""
+
+from __future__ import annotations
+
+import pytest
+
+from load_tests import publish_rate
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_target_is_measured_in_alternating_rounds_and_compared() -> None:
+    names = ("bare", "herald-memory", "herald-redis", "batch-memory")
+    try:
+        results = publish_rate.compare(names, rounds=2, seconds=0.3, batch=100, pin=False)
+    except RuntimeError as exc:  # no redis-server on this machine
+        pytest.skip(str(exc))
+    print(publish_rate.render(results))
+    for name in names:
+        rate = results[name]
+        assert len(rate.rounds) == 2
+        assert rate.refused == 0, name  # every publish answered 202: real publishes counted
+        assert rate.per_second > 0
+    assert results["batch-memory"].events_per_request == 100
+    ratios = publish_rate.ratios(results)
+    assert set(ratios) == {"herald-memory / bare", "herald-redis / herald-memory"}
+    assert all(value > 0 for value in ratios.values())

@@ -1,0 +1,161 @@
+"""Herald's HTTP protocols against real uvicorn servers: each request's scope carries the
+transport of the connection it came on, under both parsers (httptools and h11), and the
+direct chunk path is offered exactly where its bytes are uvicorn's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.serving.protocols import HeraldH11Protocol, HeraldHttpProtocol, HeraldHttpToolsProtocol
+from app.serving.worker import HeraldWorker
+from app.sse.chunked_write import chunked_body_flow, frame_chunk
+from app.sse.stream_socket import TRANSPORT_EXTENSION
+from tests.leak.raw_http import KeepAliveClient
+from tests.support.server import free_port
+
+HOST = "127.0.0.1"
+
+
+def address(pair: tuple[str, int]) -> str:
+    host, port = pair
+    return f"{host}:{port}"
+
+
+class PeerReporter:
+    """An ASGI app answering with the peer of the transport its scope carries (or none)."""
+
+    def __init__(self) -> None:
+        self.transports: list[Any] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+        self.transports.append(transport)
+        peer = "none" if transport is None else address(transport.get_extra_info("peername"))
+        body = peer.encode()
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, http: type[asyncio.Protocol]) -> AsyncIterator[int]:
+    port = free_port()
+    config = uvicorn.Config(app, host=HOST, port=port, http=http, lifespan="off", log_level="error")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+            await asyncio.sleep(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.parametrize("http", [HeraldHttpToolsProtocol, HeraldH11Protocol])
+async def test_every_request_sees_its_own_connections_transport(
+    http: type[asyncio.Protocol],
+) -> None:
+    app = PeerReporter()
+    async with serving(app, http) as port:
+        first, second = KeepAliveClient(HOST, port), KeepAliveClient(HOST, port)
+        try:
+            answers = []
+            for client in (first, second, first):  # the first connection is kept alive
+                response = await client.request("GET", "/")
+                answers.append(response.body.decode())
+            assert first._writer is not None and second._writer is not None
+            mine = [address(c._writer.get_extra_info("sockname")) for c in (first, second)]
+        finally:
+            await first.aclose()
+            await second.aclose()
+    assert answers == [mine[0], mine[1], mine[0]]
+    assert app.transports[0] is app.transports[2] is not app.transports[1]
+
+
+@pytest.mark.parametrize("http", [HttpToolsProtocol, H11Protocol])
+async def test_uvicorns_own_protocols_carry_no_transport(http: type[asyncio.Protocol]) -> None:
+    # What Herald meets under a plain `uvicorn app.main:app`: the stream keeps the defaults.
+    app = PeerReporter()
+    async with serving(app, http) as port:
+        client = KeepAliveClient(HOST, port)
+        try:
+            assert (await client.request("GET", "/")).body == b"none"
+        finally:
+            await client.aclose()
+
+
+def test_both_ways_of_serving_use_herald_protocol() -> None:
+    assert HeraldHttpProtocol is HeraldHttpToolsProtocol  # httptools is installed here
+    assert HeraldWorker.CONFIG_KWARGS["http"] is HeraldHttpProtocol
+    # python -m app passes it to uvicorn.run: the stalled-stream tests
+    # (tests/sse/test_stream_socket.py) fail on a server without the transport.
+
+
+class ChunkedBodyReporter:
+    """An ASGI app that answers three body chunks, writing the middle one straight to the
+    transport when the server offers the direct path (else through send), and records
+    whether it was offered before and after its headers went out."""
+
+    def __init__(self, *, content_length: bool = False) -> None:
+        self.content_length = content_length
+        self.offered: list[tuple[bool, bool]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        before = chunked_body_flow(scope) is not None
+        headers = [(b"content-type", b"text/event-stream")]
+        if self.content_length:
+            headers.append((b"content-length", b"9"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        flow = chunked_body_flow(scope)
+        self.offered.append((before, flow is not None))
+        await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        if flow is not None and not flow.write_paused:
+            scope["extensions"][TRANSPORT_EXTENSION].write(frame_chunk(b"two"))
+        else:
+            await send({"type": "http.response.body", "body": b"two", "more_body": True})
+        await send({"type": "http.response.body", "body": b"six", "more_body": False})
+
+
+async def raw_response(port: int, version: str = "1.1") -> bytes:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(f"GET / HTTP/{version}\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        data = await reader.read()
+    writer.close()
+    return data.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize(
+    ("http", "version", "content_length", "offered"),
+    [
+        (HeraldHttpToolsProtocol, "1.1", False, True),
+        (HeraldHttpToolsProtocol, "1.0", False, False),  # HTTP/1.0: the ASGI path
+        (HeraldHttpToolsProtocol, "1.1", True, False),  # not a chunked body
+        (HeraldH11Protocol, "1.1", False, False),  # h11 frames the body itself
+        (HttpToolsProtocol, "1.1", False, False),  # plain uvicorn: no extension
+    ],
+)
+async def test_direct_chunks_are_offered_only_where_they_are_uvicorns_bytes(
+    http: type[asyncio.Protocol], version: str, content_length: bool, offered: bool
+) -> None:
+    app = ChunkedBodyReporter(content_length=content_length)
+    async with serving(app, http) as port:
+        body = await raw_response(port, version)
+    assert app.offered == [(False, offered)]  # never before the headers are out
+    if content_length:
+        assert body == b"onetwosix"
+    else:  # uvicorn chunks HTTP/1.0 bodies too; the direct chunk looks the same as its own
+        assert body == b"3\r\none\r\n3\r\ntwo\r\n3\r\nsix\r\n0\r\n\r\n"
