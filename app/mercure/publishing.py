@@ -13,9 +13,10 @@ Decisions where the spec leaves room:
   that parsed as one would resume from the wrong place.
 * Without an ``id`` the hub generates ``urn:uuid:<random>`` (an IRI, as the spec
   requires, and opaque, as it recommends for private updates).
-* Several ``topic`` fields (alternate topics) need one event on several
-  channels, which the hub gets with issue 15 ([publish]); until then a second
-  topic is refused with 400 rather than dispatched on the canonical topic only.
+* Several ``topic`` fields (alternate topics) make one event on several Herald
+  channels (the hub's multi-channel events): a subscriber matching any of them
+  gets it once, and a private one reaches subscribers authorized for any of
+  them. A topic repeated is counted once.
 """
 
 from __future__ import annotations
@@ -96,10 +97,6 @@ def parse_update(body: bytes, *, hub_url: str, max_topics: int, max_field_length
             raise PublishRejected("the topic '*' is reserved for the wildcard matcher")
         if in_reserved_namespace(topic, hub_url):
             raise PublishRejected("topics under the hub's own path are reserved for the hub")
-    if len(dict.fromkeys(topics)) > 1:
-        raise PublishRejected(
-            "alternate topics (several topic fields) are not supported by this hub yet"
-        )
     supplied = _last(fields, "id", max_field_length)
     if supplied is not None:
         _check_characters("id", supplied)
@@ -122,7 +119,7 @@ def parse_update(body: bytes, *, hub_url: str, max_topics: int, max_field_length
         retry = int(retry_text)
     data = "\n".join(fields.get("data", [])[-1:])
     return Update(
-        topics=tuple(topics),
+        topics=tuple(dict.fromkeys(topics)),
         data=data,
         private="private" in fields,
         id=supplied if supplied is not None else f"urn:uuid:{uuid.uuid4()}",

@@ -216,7 +216,7 @@ async def publish(request: Request) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=413)
     try:
         event_id = await state.hub.publish_frame(
-            update.topic, encode_update(update), private=update.private, event_id=update.id
+            update.topics, encode_update(update), private=update.private, event_id=update.id
         )
     except BrokerUnavailableError as exc:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})

@@ -115,6 +115,42 @@ async def test_a_stream_on_several_matchers_gets_an_event_once(server: ServerPro
         await quiet(stream)
 
 
+async def test_alternate_topics_reach_each_topic_once(server: ServerProcess) -> None:
+    u = unique()
+    canonical, alternate = f"https://example.com/{u}/book", f"https://example.com/{u}/author"
+    async with (
+        open_stream(server.base_url, path(("match", alternate))) as by_alternate,
+        open_stream(server.base_url, path(("match", canonical), ("match", alternate))) as both,
+        open_stream(server.base_url, f"/events/{alternate}") as herald,
+    ):
+        for stream in (by_alternate, both, herald):
+            await stream.position()
+        event_id = publish(server, topic=[canonical, alternate, canonical], data="one update")
+        for stream in (by_alternate, both, herald):
+            event = await stream.next_event()
+            assert (event.id, event.data) == (event_id, "one update")
+        await quiet(both)  # once, though it matched two of the update's topics
+
+
+async def test_a_private_update_on_alternate_topics_needs_a_grant_for_one_of_them(
+    server: ServerProcess,
+) -> None:
+    u = unique()
+    granted, other = f"https://example.com/{u}/granted", f"https://example.com/{u}/other"
+    reader = token(detail(["subscribe"], granted))
+    query = path(("match", other))
+    async with (
+        open_stream(server.base_url, query) as anonymous,
+        open_stream(server.base_url, query, bearer(reader)) as authorized,
+    ):
+        for stream in (anonymous, authorized):
+            await stream.position()
+        publish(server, topic=[other, granted], data="secret", private="on")
+        publish(server, topic=other, data="public")
+        assert [(await authorized.next_event()).data for _ in range(2)] == ["secret", "public"]
+        assert (await anonymous.next_event()).data == "public"
+
+
 async def test_private_updates_need_a_subscribe_grant_for_the_topic(server: ServerProcess) -> None:
     u = unique()
     allowed = token(
