@@ -9,10 +9,9 @@ options as ``python -m app`` (the event loop and HTTP parser uvicorn picks with
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import uvicorn
+from load_tests.serve import serve
 
 __all__ = ["app", "main"]
 
@@ -44,15 +43,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def main() -> None:
-    uvicorn.run(
-        app,
-        host=os.environ.get("HOST", "127.0.0.1"),
-        port=int(os.environ.get("PORT", "8002")),
-        log_level=os.environ.get("LOG_LEVEL", "warning"),
-        access_log=False,
-        timeout_graceful_shutdown=5,
-        proxy_headers=False,
-    )
+    serve(app, 8002)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 
-import uvicorn
 from fastapi import FastAPI, Request
 from sse_starlette import EventSourceResponse
+
+from load_tests.serve import serve
 
 __all__ = ["app", "main"]
 
@@ -55,15 +55,7 @@ async def health() -> dict[str, str]:
 
 
 def main() -> None:
-    uvicorn.run(
-        app,
-        host=os.environ.get("HOST", "127.0.0.1"),
-        port=int(os.environ.get("PORT", "8001")),
-        log_level=os.environ.get("LOG_LEVEL", "warning"),
-        access_log=False,
-        timeout_graceful_shutdown=5,
-        proxy_headers=False,
-    )
+    serve(app, 8001)
 
 
 if __name__ == "__main__":

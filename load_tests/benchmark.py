@@ -185,16 +185,22 @@ def _herald_env(max_connections: int, memory_limit_mb: int) -> dict[str, str]:
     }
 
 
+def herald_spec(max_connections: int, cwd: Path = REPO_ROOT) -> ServerSpec:
+    """``python -m app`` from ``cwd`` (another checkout, for before/after), memory broker."""
+    return ServerSpec(
+        [sys.executable, "-m", "app"],
+        _herald_env(max_connections + 1000, 64 * 1024),
+        "/events/bench",
+        "/events/bench",
+        wrap_publish=True,
+        publish_status=202,
+        cwd=cwd,
+    )
+
+
 def single_worker(kind: str, max_connections: int) -> ServerSpec:
     if kind == "herald":
-        return ServerSpec(
-            [sys.executable, "-m", "app"],
-            _herald_env(max_connections + 1000, 64 * 1024),
-            "/events/bench",
-            "/events/bench",
-            wrap_publish=True,
-            publish_status=202,
-        )
+        return herald_spec(max_connections)
     return ServerSpec(
         [sys.executable, "-m", "load_tests.baseline_app"],
         {"LOG_LEVEL": "warning"},

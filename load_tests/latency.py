@@ -56,6 +56,7 @@ from load_tests.benchmark import (
     _connect,
     _cpus,
     _herald_env,
+    herald_spec,
     machine_info,
     plan_placement,
     running,
@@ -83,18 +84,6 @@ def floor_spec() -> ServerSpec:
         "/events/bench",
         wrap_publish=False,
         publish_status=202,
-    )
-
-
-def herald_spec(streams: int, cwd: Path = REPO_ROOT) -> ServerSpec:
-    return ServerSpec(
-        [sys.executable, "-m", "app"],
-        _herald_env(streams + 1000, 64 * 1024),
-        "/events/bench",
-        "/events/bench",
-        wrap_publish=True,
-        publish_status=202,
-        cwd=cwd,
     )
 
 
