@@ -188,8 +188,10 @@ def test_admin_metrics_shape(admin_server: ServerProcess) -> None:
     # The level is judged on RSS plus the kernel's socket memory (app.memory.sockets).
     assert memory["socket_source"] in ("cgroup-v2", "sockstat", "none")
     assert memory["used_bytes"] == memory["rss_bytes"] + memory["socket_bytes"]
-    if memory["socket_source"] != "none":
-        assert memory["socket_bytes"] > 0  # this very request's sockets hold some
+    # Not > 0: the guard samples every MEMORY_CHECK_SECONDS, and on a quiet host no socket
+    # may hold a buffered page at that instant (tests/memory/test_sockets.py and the
+    # stalled-stream tests check the figure itself).
+    assert isinstance(memory["socket_bytes"], int) and memory["socket_bytes"] >= 0
     assert memory["percent"] == pytest.approx(
         100 * memory["used_bytes"] / memory["limit_bytes"], abs=0.01
     )
