@@ -198,6 +198,19 @@ def herald_spec(max_connections: int, cwd: Path = REPO_ROOT) -> ServerSpec:
     )
 
 
+def gunicorn_spec(env: dict[str, str]) -> ServerSpec:
+    """render.yaml's start command, ``gunicorn app.main:app`` with gunicorn.conf.py (which
+    binds HOST:PORT, set to 127.0.0.1 by ServerProcess)."""
+    return ServerSpec(
+        [sys.executable, "-m", "gunicorn", "app.main:app"],
+        env,
+        "/events/bench",
+        "/events/bench",
+        wrap_publish=True,
+        publish_status=202,
+    )
+
+
 def single_worker(kind: str, max_connections: int) -> ServerSpec:
     if kind == "herald":
         return herald_spec(max_connections)
@@ -220,15 +233,7 @@ def box(kind: str, options: Options) -> ServerSpec:
     if kind == "herald":
         env = _herald_env(options.box_max_connections, options.box_memory_mb)
         env |= {"WEB_CONCURRENCY": str(options.box_workers), "GUNICORN_MAX_REQUESTS": "0"}
-        # gunicorn.conf.py binds HOST:PORT, which ServerProcess sets to 127.0.0.1.
-        return ServerSpec(
-            [sys.executable, "-m", "gunicorn", "app.main:app"],
-            env,
-            "/events/bench",
-            "/events/bench",
-            wrap_publish=True,
-            publish_status=202,
-        )
+        return gunicorn_spec(env)
     return ServerSpec(
         [
             sys.executable,

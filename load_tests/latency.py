@@ -56,6 +56,7 @@ from load_tests.benchmark import (
     _connect,
     _cpus,
     _herald_env,
+    gunicorn_spec,
     herald_spec,
     machine_info,
     plan_placement,
@@ -91,14 +92,7 @@ def deployed_spec(streams: int, redis_url: str) -> ServerSpec:
     """render.yaml's start command: gunicorn with gunicorn.conf.py, two workers, Redis."""
     env = _herald_env(streams + 1000, 64 * 1024)
     env |= {"BROKER_URL": redis_url, "WEB_CONCURRENCY": "2", "GUNICORN_MAX_REQUESTS": "0"}
-    return ServerSpec(
-        [sys.executable, "-m", "gunicorn", "app.main:app"],
-        env,
-        "/events/bench",
-        "/events/bench",
-        wrap_publish=True,
-        publish_status=202,
-    )
+    return gunicorn_spec(env)
 
 
 @contextlib.contextmanager
