@@ -45,6 +45,7 @@ from app.middleware.publish_fast_path import HeraldApp, PublishFastPath, wrap_us
 from app.middleware.stream_fast_path import StreamFastPath
 from app.responses.producers.base import Producer
 from app.responses.service import ResponseService, build_producers
+from app.serving.collector import tune_collector
 from app.sse.hub import Hub
 
 __all__ = ["app", "create_app"]
@@ -119,6 +120,8 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
             checks.append(drain.refusal)
         # After the cluster view: the bus is for workers that others can see.
         await actions.start()
+        # Last: everything start-up built is now in place to be frozen.
+        tune_collector(settings.gc_young_threshold)
         try:
             yield
         finally:

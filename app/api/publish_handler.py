@@ -45,9 +45,9 @@ from app.api.publishing import (
 from app.auth.requests import bearer_from_header, check_publish, publisher_grants
 from app.broker.base import BrokerUnavailableError, Draft
 from app.limits import LimitExceededError, publisher_key
-from app.sse.encoding import EncodingError
+from app.sse.encoding import EncodingError, encode_parsed_body
 from app.sse.event import Event
-from app.sse.hub import Hub, InvalidChannelError, validate_channel
+from app.sse.hub import Hub, InvalidChannelError, event_channels, validate_channel
 
 __all__ = ["PublishAnswer", "handle_publish"]
 
@@ -146,13 +146,10 @@ async def _publish(
             receive, headers.content_length, settings.max_batch_bytes, "MAX_BATCH_BYTES"
         )
         items, batch = parse_batch(body, headers.media_type, settings.publish_batch_max)
-    drafts = [
-        _draft(hub, item, f"item {index}: " if batch else "", checked_size=channel is not None)
-        for index, item in enumerate(items)
-    ]
+    drafts = _drafts(hub, items, batch, checked_size=channel is not None)
     if grants is not None:
         for index, draft in enumerate(drafts):
-            check_publish(grants, draft.channels, f"item {index}: " if batch else "")
+            check_publish(grants, draft.channels, _where(index, batch))
     try:
         events = await hub.publish_drafts(drafts)
     except BrokerUnavailableError as exc:
@@ -164,17 +161,34 @@ async def _publish(
     return _answer(202, _published(hub, events[0]))
 
 
-def _draft(hub: Hub, item: PublishItem, where: str, *, checked_size: bool) -> Draft:
-    try:
-        draft = hub.draft(item.channels, item.data, item.event, private=item.private)
-    except (InvalidChannelError, EncodingError) as exc:
-        raise HTTPException(422, f"{where}{exc}") from None
-    limit = hub.settings.max_event_bytes
-    # A path publish's whole body is within MAX_EVENT_BYTES already; an event taken from a
-    # batch is held to the same limit on its encoded size.
-    if not checked_size and len(draft.body) > limit:
-        raise HTTPException(413, f"{where}event larger than MAX_EVENT_BYTES ({limit} bytes)")
-    return draft
+def _drafts(hub: Hub, items: list[PublishItem], batch: bool, *, checked_size: bool) -> list[Draft]:
+    """The request's events, encoded; 422 or 413 naming the first item that cannot be.
+    A batch repeats its channels: each distinct list is validated once (and the events
+    share its tuple in history)."""
+    limit, max_bytes = hub.settings.publish_max_channels, hub.settings.max_event_bytes
+    validated: dict[tuple[str, ...], tuple[str, ...]] = {}
+    drafts = []
+    for index, item in enumerate(items):
+        try:
+            asked = tuple(item.channels)
+            names = validated.get(asked)
+            if names is None:
+                names = validated[asked] = event_channels(asked, limit)
+            body = encode_parsed_body(item.data, item.event)
+        except (InvalidChannelError, EncodingError) as exc:
+            raise HTTPException(422, f"{_where(index, batch)}{exc}") from None
+        # A path publish's whole body is within MAX_EVENT_BYTES already; an event taken
+        # from a batch is held to the same limit on its encoded size.
+        if not checked_size and len(body) > max_bytes:
+            raise HTTPException(
+                413, f"{_where(index, batch)}event larger than MAX_EVENT_BYTES ({max_bytes} bytes)"
+            )
+        drafts.append(Draft(names, body, item.private))
+    return drafts
+
+
+def _where(index: int, batch: bool) -> str:
+    return f"item {index}: " if batch else ""
 
 
 def _published(hub: Hub, event: Event) -> bytes:

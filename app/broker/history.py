@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from heapq import merge
 
 from app.sse.event import Event
-from app.sse.event_id import EventKey
+from app.sse.event_id import EventKey, format_event_id
 
 __all__ = ["EVENT_OVERHEAD_BYTES", "EXTRA_CHANNEL_OVERHEAD_BYTES", "HistoryStore", "event_cost"]
 
@@ -106,25 +106,50 @@ class HistoryStore:
         return log
 
     def append(self, event: Event, now: float, *, supplied_id: bool = False) -> None:
-        channels = event.channels
-        self._all[event.key] = event
-        if supplied_id:
-            self._supplied_ids.setdefault(event.id, event.key)
-        self.bytes += event_cost(event)
-        if len(channels) > 1:
-            self._holders[event.key] = len(channels)
-        for channel in channels:
-            log = self._log(channel, now)
-            log.events.append(event)
-            if len(log.events) > self.max_events:
-                self._evict(log, log.events.popleft())
-        while self.bytes > self.max_bytes and self._all:
-            oldest = next(iter(self._all.values()))
-            for channel in oldest.channels:
-                # The oldest retained event is at the front of every log still holding it.
-                holder = self._logs.get(channel)
-                if holder is not None and holder.events and holder.events[0] is oldest:
-                    self._evict(holder, holder.events.popleft())
+        self.extend((event,), now, supplied_ids=supplied_id)
+
+    def extend(self, events: Iterable[Event], now: float, *, supplied_ids: bool = False) -> None:
+        """``append`` each of ``events`` in order. A batch looks each channel's log up once,
+        not once per event; ``supplied_ids``: some carry a publisher-supplied id."""
+        logs: dict[str, _ChannelLog] = {}
+        dropped = self.channels_dropped
+        everything, max_events = self._all, self.max_events
+        for event in events:
+            key, channels = event.key, event.channels
+            everything[key] = event
+            if supplied_ids and event.id != format_event_id(key):
+                self._supplied_ids.setdefault(event.id, key)
+            self.bytes += event_cost(event)
+            if len(channels) > 1:
+                self._holders[key] = len(channels)
+            for channel in channels:
+                log = logs.get(channel)
+                if log is None:
+                    log = logs[channel] = self._log(channel, now)
+                    if self.channels_dropped != dropped:
+                        # Making room dropped a log: it may be one looked up for this batch.
+                        dropped = self.channels_dropped
+                        logs = {channel: log}
+                retained = log.events
+                retained.append(event)
+                if len(retained) > max_events:
+                    oldest = retained.popleft()
+                    if len(oldest.channels) == 1 and not self._supplied_ids:
+                        # _evict and _release inlined for the usual event: a full log
+                        # evicts one event per event appended.
+                        log.floor = max(log.floor, oldest.key)
+                        self.evicted += 1
+                        del everything[oldest.key]
+                        self.bytes -= event_cost(oldest)
+                    else:
+                        self._evict(log, oldest)
+            while self.bytes > self.max_bytes and everything:
+                oldest = next(iter(everything.values()))
+                for channel in oldest.channels:
+                    # The oldest retained event is at the front of every log still holding it.
+                    holder = self._logs.get(channel)
+                    if holder is not None and holder.events and holder.events[0] is oldest:
+                        self._evict(holder, holder.events.popleft())
 
     def resolve(self, supplied_id: str) -> EventKey | None:
         """The position of the earliest retained event whose publisher gave it this id."""

@@ -95,6 +95,7 @@ from app.broker.base import (
     Replay,
     ResyncListener,
 )
+from app.broker.packed_script import call_script
 from app.sse.encoding import encode_frame
 from app.sse.event import Event
 from app.sse.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
@@ -427,8 +428,9 @@ class RedisBroker(Broker):
     async def _send_call(self, call: list[_PendingPublish]) -> None:
         keys, args = self.script_arguments(draft for pending in call for draft in pending.drafts)
         try:
-            assert self._publish is not None
-            entry_ids = cast(list[bytes], await self._publish(keys=keys, args=args))
+            assert self._publish is not None and self._commands is not None
+            reply = await call_script(self._commands, self._publish, keys, args)
+            entry_ids = cast(list[bytes], reply)
             self.publish_calls += 1
         except (RedisError, OSError) as exc:
             self._mark_down(exc)

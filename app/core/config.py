@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     # POST /events batches: events per request and bytes per request body.
     publish_batch_max: int = Field(default=1000, ge=1, le=100_000)
     max_batch_bytes: int = Field(default=1 * MB, ge=16, le=64 * MB)
+    # The cyclic collector's young-generation threshold (app/serving/collector.py).
+    gc_young_threshold: int = Field(default=10_000, ge=100, le=1_000_000)
     # Channels one event may be published on ("channels": [...]).
     publish_max_channels: int = Field(default=16, ge=1, le=256)
     publish_token: SecretStr | None = None

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 __all__ = [
     "MAX_EVENT_NAME_LENGTH",
     "PING_FRAME",
@@ -26,6 +28,7 @@ __all__ = [
     "encode_body",
     "encode_comment",
     "encode_frame",
+    "encode_parsed_body",
     "encode_position",
     "encode_retry",
     "validate_event_name",
@@ -73,6 +76,24 @@ def encode_body(data: object, event: str | None = None) -> bytes:
         except (TypeError, ValueError) as exc:
             raise EncodingError(f"data is not a JSON value: {exc}") from None
     payload = b"data: " + _utf8(text, "data").replace(b"\n", b"\ndata: ") + b"\n"
+    if event is None:
+        return payload
+    return b"event: " + _utf8(validate_event_name(event), "event name") + b"\n" + payload
+
+
+def encode_parsed_body(data: object, event: str | None = None) -> bytes:
+    """``encode_body`` for a value a JSON parser produced (string keys, no NaN): what the
+    publish API decodes. orjson writes it ten times faster than the stdlib encoder, the
+    same compact JSON (a float may be spelled differently, ``1e16`` for ``1e+16``, the
+    same number). A value orjson refuses (an integer past 64 bits, a lone surrogate)
+    goes to ``encode_body``, which takes it or explains why not. Not for other callers:
+    orjson writes NaN as ``null`` where ``encode_body`` refuses it."""
+    if isinstance(data, str):
+        return encode_body(data, event)
+    try:
+        payload = b"data: " + orjson.dumps(data) + b"\n"  # compact JSON has no raw newline
+    except orjson.JSONEncodeError:
+        return encode_body(data, event)
     if event is None:
         return payload
     return b"event: " + _utf8(validate_event_name(event), "event name") + b"\n" + payload

@@ -72,3 +72,14 @@ class EventIdGenerator:
         key = (last_ms, last_seq + 1) if ms <= last_ms else (ms, 0)
         self.last = key
         return key
+
+    def take(self, count: int) -> list[EventKey]:
+        """``count`` consecutive positions with one clock read (a batch: one millisecond,
+        consecutive sequence numbers, as ``next`` would give within that millisecond)."""
+        ms = self._clock_ms()
+        last_ms, last_seq = self.last
+        first = last_seq + 1 if ms <= last_ms else 0
+        ms = max(ms, last_ms)
+        keys = [(ms, seq) for seq in range(first, first + count)]
+        self.last = keys[-1]
+        return keys

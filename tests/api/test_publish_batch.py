@@ -8,6 +8,7 @@ listened all along receives only the next good event after a refused batch.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -222,3 +223,31 @@ def test_too_many_channels_on_one_event_is_422(server: ServerProcess) -> None:
     )
     assert answer.status_code == 422
     assert "item 0: too many channels" in answer.json()["detail"]
+
+
+async def test_values_past_the_fast_json_path_are_published_or_refused_as_before(
+    server: ServerProcess,
+) -> None:
+    # orjson parses and encodes the usual batch; what it refuses (an integer past 64 bits,
+    # a lone surrogate escape) takes the stdlib path: published, or refused with its reason.
+    huge = 2**80
+    async with (
+        open_stream(server.base_url, "/events/wide-values") as stream,
+        httpx.AsyncClient(base_url=server.base_url) as client,
+    ):
+        body = b'[{"channel": "wide-values", "data": {"n": %d}}]' % huge
+        answer = await client.post(
+            "/events", content=body, headers={**PUBLISHER, "content-type": "application/json"}
+        )
+        assert answer.status_code == 202, answer.text
+        assert json.loads((await stream.next_event()).data) == {"n": huge}
+        surrogate = (
+            b'[{"channel": "wide-values", "data": "ok"}, {"channel": "x", "data": "\\ud800"}]'
+        )
+        refused = await client.post(
+            "/events", content=surrogate, headers={**PUBLISHER, "content-type": "application/json"}
+        )
+        assert refused.status_code == 422
+        assert refused.json()["detail"].startswith("item 1: data is not valid Unicode")
+        await client.post("/events/wide-values", json={"data": "after"}, headers=PUBLISHER)
+        assert (await stream.next_event()).data == "after"  # the refused batch published nothing

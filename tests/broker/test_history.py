@@ -342,3 +342,47 @@ def test_event_overhead_constant_covers_measured_bookkeeping() -> None:
     assert len(store) == count
     per_event = (traced - frame_bytes) / count
     assert 100 < per_event <= EVENT_OVERHEAD_BYTES, per_event
+
+
+def _batch_events(count: int) -> list[Event]:
+    """A mixed batch: three channels, some events on two of them, some with supplied ids."""
+    channels = [("a",), ("b",), ("a", "c"), ("c",), ("b", "a")]
+    events = []
+    for n in range(count):
+        key = (2000, n)
+        event_id = f"urn:n:{n}" if n % 7 == 0 else format_event_id(key)
+        frame = encode_frame(event_id, encode_body("y" * (n % 13)))
+        events.append(Event(key, event_id, channels[n % len(channels)], frame))
+    return events
+
+
+def _observed(store: HistoryStore) -> tuple[object, ...]:
+    return (
+        store.stats(),
+        store.evicted,
+        [[e.key for e in store.since([c], (0, 0), exact=False) or []] for c in "abc"],
+        [store.since([c], (2000, 10)) is None for c in "abc"],
+        [store.resolve(f"urn:n:{n}") for n in range(0, 60, 7)],
+    )
+
+
+def test_extend_keeps_exactly_what_appending_one_by_one_keeps() -> None:
+    # Per-channel caps, the byte budget, multi-channel events and supplied ids all act
+    # inside the batch, in the same order as event-by-event appends.
+    one_by_one = make_store(max_events=6, max_bytes=2_500)
+    batched = make_store(max_events=6, max_bytes=2_500)
+    events = _batch_events(60)
+    for event in events:
+        one_by_one.append(event, 0.0, supplied_id=event.id.startswith("urn:"))
+    batched.extend(events, 0.0, supplied_ids=True)
+    assert batched.evicted > 0 and batched.bytes <= 2_500
+    assert _observed(batched) == _observed(one_by_one)
+
+
+def test_extend_survives_a_batch_with_more_channels_than_the_store_may_keep() -> None:
+    store = make_store(max_channels=2)
+    events = _batch_events(10)
+    store.extend(events, 0.0)
+    assert store.channel_count == 2
+    retained = store.since_all((0, 0), exact=False) or []
+    assert retained and store.bytes == sum(event_cost(event) for event in retained)

@@ -220,3 +220,24 @@ async def test_a_broker_that_cannot_reach_redis_raises_on_replay_and_publish() -
             await publish_one(unreachable, "a", b"data: x\n")
     finally:
         await unreachable.disconnect()
+
+
+async def test_a_redis_that_forgot_the_publish_script_gets_it_again(
+    broker: RedisBroker, redis_server: RedisServer
+) -> None:
+    # The script is called by its SHA with a C-packed command (app/broker/packed_script.py);
+    # a Redis that restarted has no script cache, and the publish must load it and go on.
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_server.url)
+    try:
+        first = await publish_one(broker, "again", b"data: 1\n")
+        await client.script_flush()
+        second = await publish_one(broker, "again", b"data: 2\n")
+        assert second.key > first.key
+        replayed = await broker.replay(["again"], first.id)
+        assert [event.id for event in replayed.events] == [second.id]
+        assert broker._publish is not None
+        assert await client.script_exists(broker._publish.sha) == [True]
+    finally:
+        await client.aclose()

@@ -11,6 +11,7 @@ from app.sse.encoding import (
     encode_body,
     encode_comment,
     encode_frame,
+    encode_parsed_body,
     encode_retry,
     validate_event_name,
 )
@@ -197,3 +198,41 @@ def test_every_byte_split_of_a_frame_parses_the_same() -> None:
         parser = SSEParser()
         messages = parser.feed(wire[:cut]) + parser.feed(wire[cut:])
         assert [m.data for m in messages] == ["ünï\n\ncode ✓"], cut
+
+
+# --- the publish API's encoder (values a JSON parser produced) ---------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"text": "x" * 40, "n": 1},
+        [1, 2.5, -0.0, None, True, False, "é", {"nested": ["a\nb", "\u2028"]}],
+        {"quote": '"', "backslash": "\\", "control": "\u0001\t"},
+        1e16,
+        12,
+        [],
+        {},
+    ],
+)
+def test_parsed_values_encode_to_the_same_json_value(value: object) -> None:
+    import json
+
+    body = encode_parsed_body(value, "update")
+    general = encode_body(value, "update")
+    assert body.startswith(b"event: update\ndata: ") and body.endswith(b"\n")
+    assert body.count(b"\n") == 2  # one event line, one data line: compact JSON
+    assert json.loads(body.split(b"data: ", 1)[1]) == json.loads(general.split(b"data: ", 1)[1])
+
+
+def test_parsed_strings_are_encoded_as_text_like_encode_body() -> None:
+    assert encode_parsed_body("two\nlines") == encode_body("two\nlines")
+    with pytest.raises(EncodingError, match="carriage return"):
+        encode_parsed_body("a\rb")
+
+
+def test_values_orjson_refuses_go_to_the_general_encoder() -> None:
+    huge = 2**80  # past 64 bits: the stdlib's JSON takes it
+    assert encode_parsed_body({"n": huge}) == encode_body({"n": huge})
+    with pytest.raises(EncodingError, match="lone surrogate"):
+        encode_parsed_body({"s": "\ud800"})

@@ -98,3 +98,17 @@ def test_generator_first_is_a_position_below_every_issued_id() -> None:
     issued = [ids.next(), ids.next()]
     assert issued == [(5000, 1), (5000, 2)]
     assert all(key > ids.first for key in issued)
+
+
+def test_take_numbers_a_batch_consecutively_with_one_clock_read() -> None:
+    ids = EventIdGenerator(clock_ms=StepClock(1000, 1000, 1007))
+    assert ids.take(3) == [(1000, 1), (1000, 2), (1000, 3)]
+    assert ids.take(2) == [(1007, 0), (1007, 1)]  # one read: both in the same millisecond
+    assert ids.last == (1007, 1)
+
+
+def test_take_stays_monotonic_when_the_clock_steps_back() -> None:
+    ids = EventIdGenerator(clock_ms=StepClock(1000, 1005, 900))
+    assert ids.take(2) == [(1005, 0), (1005, 1)]
+    assert ids.take(2) == [(1005, 2), (1005, 3)]
+    assert ids.last == (1005, 3)
