@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil  # type: ignore[import-untyped, unused-ignore]
+
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 from tests.support.server import REPO_ROOT, ServerProcess
 
@@ -81,11 +83,14 @@ class Target:
 
 @dataclass
 class PublishRate:
-    """One target's rounds: accepted events per second each, and the client's CPU use."""
+    """One target's rounds: accepted events per second each, the events per CPU-second of
+    the server process (a figure that other load on the machine disturbs much less than
+    the wall-clock rate; a redis-server's own CPU is not in it), and the client's CPU use."""
 
     target: str
     events_per_request: int
     rounds: list[float] = field(default_factory=list)
+    per_cpu_rounds: list[float] = field(default_factory=list)
     refused: int = 0
     client_cpu_percent: list[float] = field(default_factory=list)
 
@@ -93,12 +98,17 @@ class PublishRate:
     def per_second(self) -> float:
         return statistics.median(self.rounds) if self.rounds else 0.0
 
+    @property
+    def per_cpu_second(self) -> float:
+        return statistics.median(self.per_cpu_rounds) if self.per_cpu_rounds else 0.0
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "events_per_request": self.events_per_request,
             "events_per_second": round(self.per_second, 1),
             "rounds": [round(r, 1) for r in self.rounds],
+            "events_per_server_cpu_second": round(self.per_cpu_second, 1),
             "refused": self.refused,
             "client_cpu_percent": [round(c) for c in self.client_cpu_percent],
         }
@@ -230,11 +240,15 @@ def compare(
                 _run(_drive(target, server.port, connections, window, 1.0))
             for _ in range(rounds):
                 for name, (target, server) in servers.items():
+                    cpu_before = _cpu_seconds(server)
                     accepted, refused, elapsed, cpu = _run(
                         _drive(target, server.port, connections, window, seconds)
                     )
+                    server_cpu = _cpu_seconds(server) - cpu_before
                     rate = results[name]
-                    rate.rounds.append(accepted * target.events_per_request / elapsed)
+                    events = accepted * target.events_per_request
+                    rate.rounds.append(events / elapsed)
+                    rate.per_cpu_rounds.append(events / server_cpu if server_cpu > 0 else 0.0)
                     rate.refused += refused
                     rate.client_cpu_percent.append(cpu)
     finally:
@@ -243,6 +257,12 @@ def compare(
         if redis_server is not None:
             redis_server.close()
     return results
+
+
+def _cpu_seconds(server: ServerProcess) -> float:
+    assert server.process is not None
+    times = psutil.Process(server.process.pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def ratios(results: dict[str, PublishRate]) -> dict[str, float]:
@@ -267,6 +287,7 @@ def render(results: dict[str, PublishRate]) -> str:
         cpu = max(rate.client_cpu_percent, default=0)
         lines.append(
             f"{rate.target:>14}: {rate.per_second:>10,.0f} {unit} (rounds {rounds};"
+            f" {rate.per_cpu_second:,.0f} per server CPU-second;"
             f" {rate.refused} refused; client CPU up to {cpu:.0f} %)"
         )
     lines += [f"{label}: {value:.2f}" for label, value in ratios(results).items()]

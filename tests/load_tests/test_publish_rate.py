@@ -22,6 +22,7 @@ def test_every_target_is_measured_in_alternating_rounds_and_compared() -> None:
         assert len(rate.rounds) == 2
         assert rate.refused == 0, name  # every publish answered 202: real publishes counted
         assert rate.per_second > 0
+        assert len(rate.per_cpu_rounds) == 2 and rate.per_cpu_second > 0
     assert results["batch-memory"].events_per_request == 100
     ratios = publish_rate.ratios(results)
     assert set(ratios) == {"herald-memory / bare", "herald-redis / herald-memory"}
