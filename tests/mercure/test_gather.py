@@ -92,6 +92,7 @@ def matches(document: dict[str, Any]) -> set[str]:
     return {s["match"] for s in document["subscriptions"]}
 
 
+@pytest.mark.integration
 async def test_either_worker_lists_every_workers_subscriptions(
     servers: list[ServerProcess], backplane: dict[str, str]
 ) -> None:
