@@ -34,11 +34,13 @@ from app.auth.tokens import TokenVerifier
 from app.broker import create_broker
 from app.cluster import ClusterView, create_exchange, take_snapshot, worker_id
 from app.cluster.actions import create_bus
+from app.cluster.actions.routing import HandlerRouter
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.logging import configure_logging
 from app.limits import create_client_limits
 from app.memory.guard import MemoryGuard, level_tracker
 from app.mercure import routes as mercure
+from app.mercure.gather import SUBSCRIPTIONS_KIND, SubscriptionGather
 from app.mercure.subscriptions import SubscriptionRegistry
 from app.middleware.memory_headers import MemoryHeadersMiddleware
 from app.middleware.publish_fast_path import HeraldApp, PublishFastPath, wrap_user_middleware
@@ -93,12 +95,23 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
             interval_seconds=settings.metrics_share_seconds,
         )
         drain = DrainState()
+        bus = create_bus(settings, broker, worker)
         actions = ActionCoordinator(
             WorkerActions(hub, service, drain),
-            create_bus(settings, broker, worker),
+            bus,
             cluster,
             timeout_seconds=settings.admin_action_timeout_seconds,
         )
+        # The subscription API asks the other workers over the same bus.
+        gather = SubscriptionGather(
+            app.state.mercure_subscriptions,
+            cluster,
+            bus,
+            timeout_seconds=settings.mercure_subscriptions_timeout_seconds,
+            max_bytes=settings.mercure_subscriptions_list_max_kb * 1024,
+        )
+        bus_handler = HandlerRouter(actions.answer)
+        bus_handler.add(SUBSCRIPTIONS_KIND, gather.answer)
         app.state.hub = hub
         app.state.responses = service
         app.state.memory = guard
@@ -106,6 +119,7 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         app.state.drain = drain
         app.state.audit = audit
         app.state.actions = actions
+        app.state.mercure_gather = gather
         if settings.publish_token is None and not tokens.enabled:
             logger.warning("PUBLISH_TOKEN is not set: only loopback clients may publish")
         if settings.admin_token is None:
@@ -119,7 +133,7 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         for checks in (hub.admission_checks, service.admission_checks):
             checks.append(drain.refusal)
         # After the cluster view: the bus is for workers that others can see.
-        await actions.start()
+        await actions.start(bus_handler)
         # Last: everything start-up built is now in place to be frozen.
         tune_collector(settings.gc_young_threshold)
         try:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.admin.actions import TargetedRequest, WorkerActions
-from app.cluster.actions import ActionBus, ActionBusError, Answer, Request
+from app.cluster.actions import ActionBus, ActionBusError, Answer, Handler, Request
 from app.cluster.actions.base import REQUEST_ID, SENDER, TARGETS
 from app.cluster.snapshot import WorkerSnapshot
 from app.cluster.view import ClusterView
@@ -117,8 +117,10 @@ class ActionCoordinator:
     def worker(self) -> str:
         return self.cluster.worker
 
-    async def start(self) -> None:
-        await self.bus.start(self.answer)
+    async def start(self, handler: Handler | None = None) -> None:
+        """Take requests over the bus: with :meth:`answer`, or ``handler`` when the bus is
+        shared with other kinds of request (``app.cluster.actions.routing``)."""
+        await self.bus.start(handler or self.answer)
 
     async def stop(self) -> None:
         await self.bus.stop()

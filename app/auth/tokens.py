@@ -1,8 +1,9 @@
 """Verifying JWTs: signature, algorithm, ``exp``/``nbf``; then the grants they carry.
 
 The algorithm is pinned by configuration, never taken from the token alone:
-``JWT_SECRET`` admits HS256 only, ``JWT_PUBLIC_KEY`` admits RS256 (an RSA key)
-or ES256 (an EC key) only, and each key is used only for its own family. So
+``JWT_SECRET`` admits HS256 only, ``JWT_PUBLIC_KEY`` admits RS256 (an RSA key),
+ES256 (an EC key) or EdDSA (an Ed25519 or Ed448 key) only, and each key is used
+only for its own family. So
 ``alg: none`` is refused, and so is the classic confusion of signing HS256 with
 the public key as the HMAC secret.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import SecretStr
 
@@ -55,8 +56,13 @@ class TokenVerifier:
                 self._keys["RS256"] = _Key("RS256", loaded)
             elif isinstance(loaded, ec.EllipticCurvePublicKey):
                 self._keys["ES256"] = _Key("ES256", loaded)
+            elif isinstance(loaded, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+                # RFC 8037: one JWS name, EdDSA, for both curves; the key says which.
+                self._keys["EdDSA"] = _Key("EdDSA", loaded)
             else:
-                raise ValueError("JWT_PUBLIC_KEY must be an RSA or EC public key in PEM")
+                raise ValueError(
+                    "JWT_PUBLIC_KEY must be an RSA, EC, Ed25519 or Ed448 public key in PEM"
+                )
         self.leeway_seconds = leeway_seconds
 
     @property

@@ -133,6 +133,17 @@ class ClusterView:
             exchange_state=self.state,
         )
 
+    async def peers(self) -> list[str] | None:
+        """The other live workers' ids, sorted; ``None`` when the exchange could not say.
+
+        For callers that only need who is alive (the Mercure subscription API's
+        gather): cheaper than :meth:`read`, which takes this worker's live snapshot.
+        """
+        shared = await self._bounded(self.exchange.collect())
+        if shared is None:
+            return None
+        return sorted({snapshot["worker"] for snapshot in shared} - {self.worker})
+
     async def _bounded(self, call: Awaitable[_T]) -> _T | None:
         """``call``'s result, or ``None`` when the exchange failed or was too slow."""
         task = asyncio.current_task()

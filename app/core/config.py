@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     mercure_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * MB)
     # Active subscriptions kept for the subscription API (oldest ended ones go first).
     mercure_subscriptions_max: int = Field(default=10_000, ge=1, le=10_000_000)
+    # The subscription API lists every worker's subscriptions (app.mercure.gather):
+    # how long it waits for the other workers' answers (at most 4 s, as for operator
+    # actions: a BLPOP on the Redis command pool), and the JSON bytes of documents
+    # one answer carries (each worker's, and the merged list; past it: cut).
+    mercure_subscriptions_timeout_seconds: float = Field(default=1, gt=0, le=4)
+    mercure_subscriptions_list_max_kb: int = Field(default=4096, ge=1, le=32_768)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- streamed responses ---

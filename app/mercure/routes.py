@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import client_address
 from app.broker.base import BrokerUnavailableError
+from app.mercure.gather import GatherBusy, SubscriptionGather, SubscriptionQuery
 from app.mercure.grants import AUTHORIZATION_DETAIL_TYPE, ReadGrant
 from app.mercure.matchers import (
     EXACT,
@@ -248,6 +249,7 @@ async def _head_id(request: Request) -> str:
 @router.get(SUBSCRIPTIONS_PATH, summary="Active subscriptions (Mercure)", response_model=None)
 @router.get(SUBSCRIPTIONS_PATH + "/{rest:path}", include_in_schema=False, response_model=None)
 async def subscriptions(request: Request, rest: str = "") -> Response:
+    """Every worker's subscriptions (``app.mercure.gather``), consistent with the cursor."""
     state = request.app.state
     raw_path = request.scope.get("raw_path", b"").decode("latin-1").split("?")[0]
     try:
@@ -264,24 +266,38 @@ async def subscriptions(request: Request, rest: str = "") -> Response:
     except MercureRefusal as refusal:
         return _refused(request, refusal)
     segments = [unquote(part) for part in raw_path[len(SUBSCRIPTIONS_PATH) :].split("/")[1:]]
-    registry: SubscriptionRegistry = state.mercure_subscriptions
+    if len(segments) not in (0, 2, 3):
+        return JSONResponse({"detail": "no such resource"}, 404)
+    # The cursor first, the subscriptions after: see app.mercure.gather, decision 2.
     head = await _head_id(request)
     link = (
         f'<{str(request.base_url).rstrip("/")}{HUB_PATH}>; rel="mercure"; '
         f'last-event-id="{head}"; type="mercure"; content-type="application/json"'
     )
     headers = {"Link": link, "Cache-Control": "must-revalidate"}
+    gather: SubscriptionGather = state.mercure_gather
     if len(segments) == 3:
-        found = registry.get(raw_path)
-        if found is None:
-            return JSONResponse({"detail": "no such subscription"}, 404, headers=headers)
-        return JSONResponse(found.document(), headers=headers)
-    if len(segments) not in (0, 2):
-        return JSONResponse({"detail": "no such resource"}, 404, headers=headers)
-    selected = registry.select(*segments) if segments else registry.select()
+        found = state.mercure_subscriptions.get(raw_path)
+        if found is not None:  # held here: no need to ask the others
+            return JSONResponse(found.document(), headers=headers)
+        query = SubscriptionQuery(topic=raw_path)
+    else:
+        query = SubscriptionQuery(*segments)
+    try:
+        gathered = await gather.gather(query)
+    except GatherBusy as exc:
+        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "1"})
+    if len(segments) == 3:
+        if gathered.documents:
+            return JSONResponse(gathered.documents[0], headers=headers)
+        if not gathered.complete:  # the worker holding it may be the one that did not answer
+            detail = "not every worker answered; retry"
+            return JSONResponse({"detail": detail}, 503, headers={"Retry-After": "1"})
+        return JSONResponse({"detail": "no such subscription"}, 404, headers=headers)
     document = {
         "id": raw_path,
         "type": "subscriptions",
-        "subscriptions": [s.document() for s in selected],
+        "subscriptions": gathered.documents,
+        "complete": gathered.complete,
     }
     return JSONResponse(document, headers=headers)

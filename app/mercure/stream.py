@@ -79,6 +79,8 @@ class MercureStreamResponse(HeraldStreamResponse):
                 delay, connection.close, CloseReason.TOKEN_EXPIRED
             )
         # Registered here, inside the hub's open, so a refused stream leaves nothing.
+        # Added before the active event and removed before the inactive one: the
+        # subscription API's list is then never behind its cursor (app.mercure.gather, 2.).
         self._registry.add(self._subscriptions)
         try:
             await self._announce(self._subscriptions, active=True)

@@ -8,7 +8,8 @@ Design decisions:
 2. The registry holds active subscriptions only, at most
    ``MERCURE_SUBSCRIPTIONS_MAX``; a stream that would pass the bound is refused
    (503) rather than left out of the events and the API.
-3. It is per worker: the API lists the subscriptions this process holds. The
+3. It is per worker: it holds the subscriptions of this process's streams. The
+   API lists every worker's by asking the others (``app.mercure.gather``); the
    events are published through the hub, so with ``redis://`` every worker's
    subscribers see every worker's subscription events.
 4. Topics and ids follow the spec's template, each variable percent-encoded

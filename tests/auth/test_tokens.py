@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
 from pydantic import SecretStr
 
 from app.auth.grants import ANONYMOUS, Grants, compile_selector
@@ -112,6 +113,29 @@ def test_rs256_and_es256_with_a_public_key() -> None:
     # Each key only for its own family.
     with pytest.raises(InvalidTokenError, match="algorithm"):
         rsa_verifier.verify(jwt.encode(claims, ec_key, algorithm="ES256"))
+
+
+@pytest.mark.parametrize("private_key", [ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey])
+def test_eddsa_with_an_ed25519_or_ed448_public_key(private_key: type[Any]) -> None:
+    key = private_key.generate()
+    verifier = TokenVerifier(public_key=pem(key.public_key()))
+    claims = grant(subscribe=["news"])
+    assert verifier.algorithms == ["EdDSA"]
+    assert verifier.verify(jwt.encode(claims, key, algorithm="EdDSA")).can_subscribe("news")
+    # Another Ed key's signature, and other families, are refused.
+    with pytest.raises(InvalidTokenError, match="signature"):
+        verifier.verify(jwt.encode(claims, private_key.generate(), algorithm="EdDSA"))
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(InvalidTokenError, match="algorithm"):
+        verifier.verify(jwt.encode(claims, ec_key, algorithm="ES256"))
+    with pytest.raises(InvalidTokenError, match="algorithm"):
+        verifier.verify(hs256(claims))
+
+
+def test_a_key_exchange_key_is_rejected_at_start() -> None:
+    # X25519 is the easy mix-up with Ed25519: it encrypts, it does not sign.
+    with pytest.raises(ValueError, match="Ed25519"):
+        TokenVerifier(public_key=pem(x25519.X25519PrivateKey.generate().public_key()))
 
 
 def test_hs_rs_confusion_is_refused() -> None:

@@ -1,6 +1,6 @@
 """The Unix-socket action bus with real sockets in a real directory: a request reaches the
 workers named and only them, a silent or gone worker is simply absent from the answers,
-and a stopped worker leaves no socket behind."""
+a stopped worker leaves no socket behind, and answers are bounded by their own limit."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from app.cluster.actions import sockets
 from app.cluster.actions.base import TARGETS
-from app.cluster.actions.sockets import SocketBus
+from app.cluster.actions.sockets import MAX_LINE_BYTES, SocketBus
 
 
 def handler_for(name: str, seen: list[str], delay: float = 0.0) -> Any:
@@ -44,3 +47,24 @@ async def test_requests_reach_the_named_workers_and_answers_come_back(tmp_path: 
         for bus in buses.values():
             await bus.stop()
     assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+
+
+async def test_a_long_answer_comes_back_and_one_past_the_limit_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A subscription-list answer (app.mercure.gather) is far longer than a request line.
+    long_text = "s" * (4 * MAX_LINE_BYTES)
+
+    async def answer_long(request: dict[str, Any]) -> dict[str, Any]:
+        return {"result": long_text}
+
+    asker, answering = SocketBus(tmp_path, "box:1"), SocketBus(tmp_path, "box:2")
+    await answering.start(answer_long)
+    try:
+        answers = await asker.ask({"id": "r1", TARGETS: ["box:2"]}, ["box:2"], 2.0)
+        assert answers == {"box:2": {"result": long_text}}
+        monkeypatch.setattr(sockets, "MAX_ANSWER_BYTES", MAX_LINE_BYTES)
+        answers = await asker.ask({"id": "r2", TARGETS: ["box:2"]}, ["box:2"], 2.0)
+        assert answers["box:2"]["error"] == f"answer longer than {MAX_LINE_BYTES} bytes"
+    finally:
+        await answering.stop()

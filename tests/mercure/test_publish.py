@@ -4,12 +4,14 @@ with the id."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from tests.mercure.tokens import MERCURE_ENV, detail, token
+from tests.mercure.tokens import AUDIENCE, ISSUER, MERCURE_ENV, detail, token
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -200,3 +202,26 @@ def test_protected_resource_metadata(server: ServerProcess) -> None:
     assert document["bearer_methods_supported"] == ["header"]
     assert document["mercure_cookie"] == "__Secure-mercure_access_token"
     assert document["mercure_subscriptions"] is True
+
+
+def test_an_ed25519_public_key_verifies_eddsa_tokens(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    server = server_factory(
+        JWT_AUDIENCE=AUDIENCE, JWT_ISSUER=ISSUER, JWT_PUBLIC_KEY=public_pem.decode()
+    )
+    eddsa = token(detail(["publish"], "*"), secret=key, algorithm="EdDSA")
+    response = post(server, "topic=https://example.com/ed/1&data=signed", auth=eddsa)
+    assert response.status_code == 200, response.text
+    # Only the configured key's family: an HS256 token (no JWT_SECRET here) is refused.
+    refused = post(server, "topic=https://example.com/ed/1&data=x")
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    other = token(
+        detail(["publish"], "*"), secret=ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA"
+    )
+    assert post(server, "topic=https://example.com/ed/1&data=x", auth=other).status_code == 401

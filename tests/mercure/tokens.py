@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import jwt
 
@@ -28,11 +29,13 @@ def detail(
 def token(
     *details: dict[str, object],
     typ: str = "at+jwt",
-    secret: str = SECRET,
+    secret: Any = SECRET,
+    algorithm: str = "HS256",
     **claims: object,
 ) -> str:
     """Only what hubs must enforce (no sub, client_id, iat or jti, like the official
-    suite's token); ``claims`` override or add (``exp=None`` removes it)."""
+    suite's token); ``claims`` override or add (``exp=None`` removes it). ``secret``
+    is the signing key of ``algorithm`` (a private key object for EdDSA, RS*, ES*)."""
     body: dict[str, object] = {
         "aud": AUDIENCE,
         "iss": ISSUER,
@@ -41,4 +44,4 @@ def token(
     }
     body.update(claims)
     body = {k: v for k, v in body.items() if v is not None}
-    return jwt.encode(body, secret, algorithm="HS256", headers={"typ": typ})
+    return jwt.encode(body, secret, algorithm=algorithm, headers={"typ": typ})

@@ -19,8 +19,13 @@ Design decisions:
 3. Access is the directory's: 0700, owned by the user the workers run as; the
    socket itself is made 0600 too. Whoever can connect could also signal the
    workers, so the socket grants nothing new.
-4. Lines are bounded by :data:`MAX_LINE_BYTES`; a request or answer is a few
-   hundred bytes.
+4. Lines are bounded: a request by :data:`MAX_LINE_BYTES` (a few hundred bytes
+   in practice), an answer by :data:`MAX_ANSWER_BYTES`. An operator action's
+   answer is a few hundred bytes too, but the Mercure subscription API's gather
+   (``app.mercure.gather``) answers with a worker's subscription documents, up
+   to ``MERCURE_SUBSCRIPTIONS_LIST_MAX_KB``; the limit is a ceiling on the
+   reader's buffer, not an allocation. An answer past it is reported as an
+   error of that worker, never raised into the asking request.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ from pathlib import Path
 
 from app.cluster.actions.base import ActionBus, Answer, Handler, Request
 
-__all__ = ["MAX_LINE_BYTES", "SOCKET_SUFFIX", "SocketBus", "pid_of"]
+__all__ = ["MAX_ANSWER_BYTES", "MAX_LINE_BYTES", "SOCKET_SUFFIX", "SocketBus", "pid_of"]
 
 logger = logging.getLogger("herald.cluster")
 
 SOCKET_SUFFIX = ".sock"
 SOCKET_MODE = 0o600
 MAX_LINE_BYTES = 64 * 1024
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""Above the largest ``MERCURE_SUBSCRIPTIONS_LIST_MAX_KB`` (32 MiB) with room for framing."""
 READ_TIMEOUT_SECONDS = 5.0
 """How long a worker waits for the request line of a connection it accepted."""
 
@@ -126,7 +133,7 @@ class SocketBus(ActionBus):
     async def _ask_one(self, worker: str, line: bytes) -> Answer | None:
         try:
             reader, writer = await asyncio.open_unix_connection(
-                self.socket_path(worker), limit=MAX_LINE_BYTES
+                self.socket_path(worker), limit=MAX_ANSWER_BYTES
             )
         except OSError as exc:
             return {"error": f"unreachable: {exc.strerror or exc}"}
@@ -136,6 +143,8 @@ class SocketBus(ActionBus):
             reply = await reader.readline()
         except OSError as exc:
             return {"error": f"connection failed: {exc.strerror or exc}"}
+        except ValueError:  # StreamReader's limit: the answer is longer than MAX_ANSWER_BYTES
+            return {"error": f"answer longer than {MAX_ANSWER_BYTES} bytes"}
         finally:
             writer.close()
             with contextlib.suppress(OSError):
