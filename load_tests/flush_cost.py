@@ -9,12 +9,15 @@ Each variant runs in a process of its own, pinned to CPU 0: Herald's app served
 by ``uvicorn.Server`` (uvloop, httptools) in that process, ``--streams`` raw
 client sockets on the same loop that read and discard, and ``--events``
 publishes through ``hub.publish`` ``--interval`` apart (one event per pass, as
-at 20 events/s). The hub's ``_flush`` is timed around each pass, in CPU time of
-the thread (the clients' reads are outside it, and so is other work that
-preempts the process on a busy machine); the figure is the median over the passes of pass time
-divided by the streams in it. Variants:
+at 20 events/s). Each event's cost is its ``hub.publish`` (whose fan-out writes
+the event itself when the hub keeps up, hub design note 12) plus the hub's
+``_flush`` passes that follow it, in CPU time of the thread (the clients' reads
+are outside it, and so is other work that preempts the process on a busy
+machine); the figure is the median over the events of that cost divided by the
+streams. Variants:
 
-* ``before``: the code at ``--before`` (extracted with ``git archive``);
+* ``before``: the code at ``--before`` (extracted with ``git archive``), under
+  Herald's protocol where that code has one;
 * ``asgi``: this code under uvicorn's own protocol, so every write is a step of
   the ASGI ``send`` (the path the direct one hands back to);
 * ``direct``: this code under Herald's protocol, as ``python -m app`` serves it.
@@ -67,9 +70,12 @@ async def measure(
     app = create_app(load_settings())
     http: Any = "httptools"
     if herald_protocol:
-        from app.serving.protocols import HeraldHttpProtocol
-
-        http = HeraldHttpProtocol
+        try:
+            from app.serving.protocols import HeraldHttpProtocol
+        except ImportError:  # a checkout from before issue 14 has none
+            pass
+        else:
+            http = HeraldHttpProtocol
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, http=http, log_level="warning", access_log=False
     )
@@ -98,10 +104,20 @@ async def measure(
         passes.append((time.thread_time() - started, count))
 
     hub._flush = timed
+    per_stream = []
     for number in range(events):
+        # The event's whole cost to the streams: its fan-out (which writes it itself when
+        # the hub keeps up, design note 12) and any pass that writes it later.
+        before = len(passes)
+        started = time.thread_time()
         await hub.publish("bench", {"s": number, "p": "x" * 100})
+        fan_out = time.thread_time() - started
         await asyncio.sleep(interval)
-    per_stream = [seconds / count * 1e6 for seconds, count in passes if count]
+        later = sum(seconds for seconds, _ in passes[before:])
+        per_stream.append((fan_out + later) / streams * 1e6)
+    written_in_fan_out = sum(c.delivered for c in hub._connections) - sum(
+        count for _, count in passes
+    )
     # The floor on the same sockets: one transport.write of one shared chunk per stream
     # (an SSE comment, which the clients discard like the events).
     server_transports = [c.transport for c in hub._connections if c.transport is not None]
@@ -121,6 +137,7 @@ async def measure(
         "streams": streams,
         "passes": len(passes),
         "streams_per_pass": statistics.median(count for _, count in passes) if passes else 0,
+        "written_in_fan_out": written_in_fan_out,
         "us_per_stream_median": round(statistics.median(per_stream), 3),
         "us_per_stream_p90": round(statistics.quantiles(per_stream, n=10)[-1], 3),
         "floor_us_per_stream_median": round(statistics.median(floor), 3) if floor else None,
@@ -133,7 +150,7 @@ def child(args: argparse.Namespace) -> None:
         sys.path.insert(0, args.repo)
     import uvloop
 
-    result = uvloop.run(measure(args.variant == "direct", args.streams, args.events, args.interval))
+    result = uvloop.run(measure(args.variant != "asgi", args.streams, args.events, args.interval))
     print(json.dumps(result))
 
 
@@ -191,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({"round": number + 1, **result})
                 print(
                     f"round {number + 1} {variant:>6}: {result['us_per_stream_median']:.2f} µs per"
-                    f" stream per pass (p90 {result['us_per_stream_p90']:.2f}),"
-                    f" {result['passes']} passes of {result['streams_per_pass']:.0f} streams;"
+                    f" stream per event (p90 {result['us_per_stream_p90']:.2f}),"
+                    f" {result['passes']} passes of {result['streams_per_pass']:.0f} streams,"
+                    f" {result.get('written_in_fan_out', 0)} writes in the fan-out;"
                     f" floor on the same sockets {result['floor_us_per_stream_median']} µs",
                     flush=True,
                 )

@@ -59,6 +59,7 @@ __all__ = [
     "MAX_BATCH_BYTES",
     "OVERFLOWED",
     "QUEUED",
+    "WRITTEN",
     "CloseReason",
     "Connection",
     "QueueBudget",
@@ -70,6 +71,7 @@ DROPPED_OLDEST = 1
 OVERFLOWED = 2  # this push closed the connection (policy `disconnect`)
 ALREADY_CLOSED = 3
 ALREADY_HAD = 4  # at or below the cursor: sent or queued before
+WRITTEN = 5  # push_now wrote it to the transport at once
 
 # A batch write stops growing here, so a full queue of large events is not joined
 # into one multi-megabyte buffer.
@@ -231,6 +233,42 @@ class Connection:
         queue.append(event)
         self._ready()
         return outcome
+
+    def push_now(self, event: Event, chunk: bytes, now: float) -> int:
+        """``push``, but written to the transport at once when nothing stands in the way
+        (the hub keeps up: design note 12 of ``app.sse.hub``): live, nothing queued, the
+        writer parked, a direct transport that is not paused or closing. ``chunk`` is
+        ``event.frame`` framed as an HTTP chunk, shared by every stream. Returns WRITTEN,
+        or what ``push`` returns when the event had to be queued instead."""
+        cursor = self.cursor
+        waiter = self._waiter
+        flow = self.flow
+        transport = self.transport
+        if (
+            cursor is None  # catching up: the event waits for go_live
+            or self._queue  # earlier events first
+            or self._gap
+            or flow is None
+            or transport is None
+            or flow.write_paused
+            or waiter is None
+            or waiter.done()  # the writer is awake and owns the stream
+            or self.close_reason is not None
+            or transport.is_closing()
+        ):
+            return self.push(event)
+        if event.key <= cursor:
+            return ALREADY_HAD
+        self.cursor = event.key
+        try:
+            transport.write(chunk)
+        except Exception:  # the transport refused the write: treat the client as gone
+            self.close(CloseReason.CLIENT_GONE)
+            return ALREADY_CLOSED
+        self.ping_due = False
+        self.delivered += 1
+        self.last_delivery = now
+        return WRITTEN
 
     def take(self) -> tuple[bytes, int] | None:
         """What the writer should send next, with the number of events in it."""

@@ -194,9 +194,11 @@ def busy_writer(tmp_path: Path) -> Iterator[Path]:
 async def test_a_reader_never_sees_a_half_written_snapshot(busy_writer: Path) -> None:
     reader = FileExchange(busy_writer, "box:2", 3600)
     seen: set[int] = set()
-    deadline = time.monotonic() + 1.5
+    # Until the writer has been seen mid-rewrite-loop often enough (a busy machine slows
+    # it down: count rewrites seen, not seconds), with a generous cap.
+    deadline = time.monotonic() + 30
     reads = 0
-    while time.monotonic() < deadline:
+    while len(seen) <= 100 and time.monotonic() < deadline:
         found = await reader.collect()
         reads += 1
         assert pids(found) == [1], f"read {reads} found {found}"

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from app.sse.connection import CloseReason, Connection, QueueBudget
+from app.sse.connection import (
+    ALREADY_HAD,
+    QUEUED,
+    WRITTEN,
+    CloseReason,
+    Connection,
+    QueueBudget,
+)
 from app.sse.direct_write import resume, step
 from tests.sse.test_connection import make_event
 
@@ -246,5 +253,76 @@ async def test_a_closing_transport_leaves_the_write_to_send(
     connection.push(make_event(1))
     connection.flush(1.0, {})
     assert send.bodies == [make_event(1).frame] and connection.held_write is None
+    connection.close(CloseReason.SHUTDOWN)
+    await writer
+
+
+# --- written inside the fan-out (Connection.push_now, hub design note 12) ---------------
+
+
+async def live_on(
+    transport: asyncio.Transport, *, paused: bool = False
+) -> tuple[Connection, asyncio.Task[None], FakeSend]:
+    send = FakeSend()
+    connection, writer = await parked_on(transport, send, paused=paused)
+    connection.go_live((0, 0))
+    return connection, writer, send
+
+
+def chunk_of(frame: bytes) -> bytes:
+    return b"%x\r\n" % len(frame) + frame + b"\r\n"
+
+
+async def test_push_now_writes_a_live_parked_stream_at_once(
+    loopback: tuple[asyncio.Transport, socket.socket],
+) -> None:
+    transport, client = loopback
+    connection, writer, send = await live_on(transport)
+    event = make_event(1, "now")
+    assert connection.push_now(event, chunk_of(event.frame), 7.0) == WRITTEN
+    assert await read_exactly(client, len(chunk_of(event.frame))) == chunk_of(event.frame)
+    assert connection.queued == 0 and not connection.flush_pending and event.refs == 0
+    assert connection.delivered == 1 and connection.last_delivery == 7.0
+    assert not writer.done() and send.bodies == []  # the writer slept through it
+    # The cursor moved: the same event pushed again (a second channel, a pattern) is skipped.
+    assert connection.push_now(event, chunk_of(event.frame), 8.0) == ALREADY_HAD
+    assert connection.push(event) == ALREADY_HAD
+    connection.close(CloseReason.SHUTDOWN)
+    await writer
+
+
+async def test_push_now_queues_behind_events_already_waiting(
+    loopback: tuple[asyncio.Transport, socket.socket],
+) -> None:
+    transport, client = loopback
+    connection, writer, _ = await live_on(transport)
+    first, second = make_event(1, "a"), make_event(2, "b")
+    assert connection.push(first) == QUEUED
+    assert connection.push_now(second, chunk_of(second.frame), 1.0) == QUEUED
+    assert transport.get_write_buffer_size() == 0 and connection.queued == 2
+    connection.flush(2.0, {})  # the pass writes both, in order, in one chunk
+    expected = chunk_of(first.frame + second.frame)
+    assert await read_exactly(client, len(expected)) == expected
+    connection.close(CloseReason.SHUTDOWN)
+    await writer
+
+
+@pytest.mark.parametrize("state", ["catching up", "paused", "closing", "writer awake"])
+async def test_push_now_queues_when_the_stream_cannot_take_a_write_now(
+    loopback: tuple[asyncio.Transport, socket.socket], state: str
+) -> None:
+    transport, _ = loopback
+    connection, writer, _ = await live_on(transport, paused=state == "paused")
+    if state == "catching up":
+        connection.cursor = None
+    elif state == "closing":
+        transport.close()
+    elif state == "writer awake":
+        connection.request_ping()  # wakes the parked writer
+        await asyncio.sleep(0)
+    event = make_event(1)
+    outcome = connection.push_now(event, chunk_of(event.frame), 1.0)
+    assert outcome == QUEUED and connection.delivered == 0
+    assert connection.queued == 1 or state == "writer awake"
     connection.close(CloseReason.SHUTDOWN)
     await writer

@@ -4,6 +4,7 @@ housekeeping with a fake clock, counters and replay floors."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
@@ -15,9 +16,10 @@ from app.broker.base import Draft, Replay
 from app.broker.memory import MemoryBroker
 from app.core.config import load_settings
 from app.sse.connection import CloseReason
-from app.sse.encoding import PING_FRAME
+from app.sse.encoding import PING_FRAME, encode_body, encode_frame
 from app.sse.event_id import parse_event_id
 from app.sse.hub import Hub, InvalidChannelError, StreamRefusedError
+from tests.sse.test_direct_write import FakeSend, Flow, chunk_of, read_exactly
 from tests.support.clock import FakeClock
 
 CHANNEL_TTL = 30.0
@@ -577,5 +579,30 @@ async def test_a_hub_that_keeps_up_writes_at_once_however_long_its_passes(
         # Held (the rule before issue 16), it would wait until 2 x 0.2 s after the pass.
         assert len(writes) == 2
         assert writes[1] - pass_seconds - published < 0.1
+        connection.close(CloseReason.SHUTDOWN)
+        await writer
+
+
+async def test_a_hub_that_keeps_up_writes_inside_the_fan_out_and_queues_when_behind(
+    make_hub: MakeHub, loopback: tuple[asyncio.Transport, socket.socket]
+) -> None:
+    """Design note 12: keeping up, the publish itself writes the event to the stream's
+    transport (no pass scheduled); behind, the event is queued for the next pass."""
+    transport, client = loopback
+    hub = await make_hub(sse_write_coalesce_ms=1000)
+    async with hub.subscribe(["through"]) as (connection, _):
+        connection.send, connection.transport, connection.flow = FakeSend(), transport, Flow()
+        writer = asyncio.create_task(connection.wait())
+        await asyncio.sleep(0)
+        event_id = await hub.publish("through", "now")
+        # Before the loop has run again: written by the fan-out, nothing left for a pass.
+        assert connection.delivered == 1 and connection.queued == 0 and not hub._to_flush
+        frame = encode_frame(event_id, encode_body("now"))
+        assert await read_exactly(client, len(chunk_of(frame))) == chunk_of(frame)
+        hub._last_flush_cost = 60.0  # the last writes took a minute: the hub is behind
+        await hub.publish("through", "later")
+        assert connection.queued == 1 and hub._to_flush == [connection]
+        assert connection.delivered == 1
+        assert not writer.done()
         connection.close(CloseReason.SHUTDOWN)
         await writer
