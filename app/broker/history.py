@@ -106,7 +106,21 @@ class HistoryStore:
         return log
 
     def append(self, event: Event, now: float, *, supplied_id: bool = False) -> None:
-        self.extend((event,), now, supplied_ids=supplied_id)
+        """Retain one event (the usual publish: ``extend``'s batch bookkeeping skipped)."""
+        key, channels = event.key, event.channels
+        self._all[key] = event
+        if supplied_id:
+            self._supplied_ids.setdefault(event.id, key)
+        self.bytes += event_cost(event)
+        if len(channels) > 1:
+            self._holders[key] = len(channels)
+        for channel in channels:
+            log = self._log(channel, now)
+            log.events.append(event)
+            if len(log.events) > self.max_events:
+                self._evict(log, log.events.popleft())
+        if self.bytes > self.max_bytes:
+            self._keep_within_bytes()
 
     def extend(self, events: Iterable[Event], now: float, *, supplied_ids: bool = False) -> None:
         """``append`` each of ``events`` in order. A batch looks each channel's log up once,
@@ -143,13 +157,18 @@ class HistoryStore:
                         self.bytes -= event_cost(oldest)
                     else:
                         self._evict(log, oldest)
-            while self.bytes > self.max_bytes and everything:
-                oldest = next(iter(everything.values()))
-                for channel in oldest.channels:
-                    # The oldest retained event is at the front of every log still holding it.
-                    holder = self._logs.get(channel)
-                    if holder is not None and holder.events and holder.events[0] is oldest:
-                        self._evict(holder, holder.events.popleft())
+            if self.bytes > self.max_bytes:
+                self._keep_within_bytes()
+
+    def _keep_within_bytes(self) -> None:
+        everything = self._all
+        while self.bytes > self.max_bytes and everything:
+            oldest = next(iter(everything.values()))
+            for channel in oldest.channels:
+                # The oldest retained event is at the front of every log still holding it.
+                holder = self._logs.get(channel)
+                if holder is not None and holder.events and holder.events[0] is oldest:
+                    self._evict(holder, holder.events.popleft())
 
     def resolve(self, supplied_id: str) -> EventKey | None:
         """The position of the earliest retained event whose publisher gave it this id."""

@@ -14,7 +14,12 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.serving.protocols import HeraldH11Protocol, HeraldHttpProtocol, HeraldHttpToolsProtocol
+from app.serving.protocols import (
+    HeraldH11Protocol,
+    HeraldHttpProtocol,
+    HeraldHttpToolsProtocol,
+    _HeadHoldingTransport,
+)
 from app.serving.worker import HeraldWorker
 from app.sse.chunked_write import chunked_body_flow, frame_chunk
 from app.sse.stream_socket import TRANSPORT_EXTENSION
@@ -159,3 +164,70 @@ async def test_direct_chunks_are_offered_only_where_they_are_uvicorns_bytes(
         assert body == b"onetwosix"
     else:  # uvicorn chunks HTTP/1.0 bodies too; the direct chunk looks the same as its own
         assert body == b"3\r\none\r\n3\r\ntwo\r\n3\r\nsix\r\n0\r\n\r\n"
+
+
+# --- one send() per small response (design note 5) --------------------------------------
+
+
+class RecordingTransport:
+    """Records what reaches the connection's transport, call by call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[bytes, ...]]] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", (data,)))
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        self.calls.append(("writelines", tuple(parts)))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_head_and_its_body_leave_in_one_call_and_later_writes_pass_straight() -> None:
+    transport = RecordingTransport()
+    cycle_transport = _HeadHoldingTransport(transport)  # type: ignore[arg-type]
+    cycle_transport.write(b"HEAD")
+    assert transport.calls == []  # held for the body
+    cycle_transport.write(b"body")
+    cycle_transport.write(b"more")
+    await asyncio.sleep(0)  # the end-of-iteration release finds nothing left to send
+    assert transport.calls == [("writelines", (b"HEAD", b"body")), ("write", (b"more",))]
+
+
+async def test_a_head_without_a_body_goes_out_at_the_end_of_the_iteration() -> None:
+    transport = RecordingTransport()
+    cycle_transport = _HeadHoldingTransport(transport)  # type: ignore[arg-type]
+    cycle_transport.write(b"HEAD")
+    await asyncio.sleep(0)
+    assert transport.calls == [("write", (b"HEAD",))]
+    closing = _HeadHoldingTransport(transport)  # type: ignore[arg-type]
+    closing.write(b"LAST")
+    closing.close()  # a close never loses a held head
+    assert transport.calls[-1] == ("write", (b"LAST",)) and transport.closed
+
+
+async def test_a_streams_head_reaches_the_client_before_its_first_event() -> None:
+    body_sent = asyncio.Event()
+
+    async def slow_stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await asyncio.sleep(2)  # a stream waiting for its first event
+        await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": False})
+        body_sent.set()
+
+    async with serving(slow_stream, HeraldHttpToolsProtocol) as port:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(1):  # well before the body, two seconds away
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and not body_sent.is_set()
+        writer.close()
