@@ -119,7 +119,7 @@ BACKOFF_MAX_SECONDS = 2.0
 # reader is a flag it checks plus a bounded wait, never an unbounded await.
 READER_STOP_SECONDS = 2.0
 BODY_FIELD = b"b"
-PRIVATE_FIELD = b"p"  # b"1" on private events
+PRIVATE_FIELD = b"p"  # b"1" on private events, absent on the others
 PREVIOUS_FIELD = b"v"  # channel entries: the id of the channel's previous entry
 SUPPLIED_ID_FIELD = b"i"  # the publisher's own id, shown instead of the entry id
 CHANNEL_FIELD = b"c"  # log entries; channel entries only when the event has several
@@ -142,6 +142,7 @@ UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
 PUBLISH_SCRIPT = """
 local count = tonumber(ARGV[4])
 local n = redis.call('INCRBY', KEYS[2], count) - count
+local log, log_size, history_size = KEYS[1], ARGV[1], ARGV[2]
 local previous = {}
 local ids = {}
 local a = 5
@@ -150,12 +151,22 @@ for e = 1, count do
   local supplied_key = tonumber(ARGV[a + 4])
   local k = tonumber(ARGV[a + 5])
   n = n + 1
-  local log_fields = {'n', n, 'c', names, 'b', body, 'p', private}
-  if supplied ~= '' then
-    log_fields[9] = 'i'
-    log_fields[10] = supplied
+  local id
+  if supplied == '' and private == '' then
+    -- The usual event: its fields spelled out, no table to build and unpack.
+    id = redis.call('XADD', log, 'MAXLEN', '~', log_size, '*', 'n', n, 'c', names, 'b', body)
+  else
+    local log_fields = {'n', n, 'c', names, 'b', body}
+    if private ~= '' then
+      log_fields[#log_fields + 1] = 'p'
+      log_fields[#log_fields + 1] = private
+    end
+    if supplied ~= '' then
+      log_fields[#log_fields + 1] = 'i'
+      log_fields[#log_fields + 1] = supplied
+    end
+    id = redis.call('XADD', log, 'MAXLEN', '~', log_size, '*', unpack(log_fields))
   end
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(log_fields))
   ids[e] = id
   for j = 1, k do
     local key = KEYS[tonumber(ARGV[a + 5 + j])]
@@ -164,20 +175,28 @@ for e = 1, count do
       local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
       before = last and last[1] or false
     end
-    local fields = {'b', body, 'p', private}
-    if supplied ~= '' then
-      fields[#fields + 1] = 'i'
-      fields[#fields + 1] = supplied
+    if k == 1 and supplied == '' and private == '' and before then
+      redis.call('XADD', key, 'MAXLEN', '~', history_size, id, 'b', body, 'v', before)
+    else
+      local fields = {'b', body}
+      if private ~= '' then
+        fields[#fields + 1] = 'p'
+        fields[#fields + 1] = private
+      end
+      if supplied ~= '' then
+        fields[#fields + 1] = 'i'
+        fields[#fields + 1] = supplied
+      end
+      if k > 1 then
+        fields[#fields + 1] = 'c'
+        fields[#fields + 1] = names
+      end
+      if before then
+        fields[#fields + 1] = 'v'
+        fields[#fields + 1] = before
+      end
+      redis.call('XADD', key, 'MAXLEN', '~', history_size, id, unpack(fields))
     end
-    if k > 1 then
-      fields[#fields + 1] = 'c'
-      fields[#fields + 1] = names
-    end
-    if before then
-      fields[#fields + 1] = 'v'
-      fields[#fields + 1] = before
-    end
-    redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, unpack(fields))
     previous[key] = id
   end
   if supplied_key > 0 then
