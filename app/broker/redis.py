@@ -245,22 +245,18 @@ class _PendingPublish:
         self.future = future
 
 
-def _fields(draft: Draft) -> dict[bytes, bytes]:
-    """The fields an event's stream entries have that ``_event`` reads, from its draft."""
-    fields = {BODY_FIELD: draft.body, PRIVATE_FIELD: _flag(draft)}
-    if draft.event_id is not None:
-        fields[SUPPLIED_ID_FIELD] = draft.event_id.encode()
-    return fields
-
-
 def _flag(draft: Draft) -> bytes:
     return b"1" if draft.private else b""
 
 
 def _key_of(event_id: bytes | str) -> EventKey:
-    key = parse_event_id(event_id.decode() if isinstance(event_id, bytes) else event_id)
-    assert key is not None, event_id  # Redis ids always parse
-    return key
+    # Redis entry ids are always <ms>-<seq>, two decimal integers: no validation needed, and
+    # this runs for every event read or published (parse_event_id cost 7 % of a batch).
+    if isinstance(event_id, bytes):
+        ms, _, seq = event_id.partition(b"-")
+        return int(ms), int(seq)
+    text_ms, _, text_seq = event_id.partition("-")
+    return int(text_ms), int(text_seq)
 
 
 class RedisBroker(Broker):
@@ -399,10 +395,14 @@ class RedisBroker(Broker):
             self._flushers.add(flusher)
             flusher.add_done_callback(self._flushers.discard)
         entry_ids = await future
-        return [
-            _event(entry_id, draft.channels, _fields(draft))
-            for entry_id, draft in zip(entry_ids, drafts, strict=True)
-        ]
+        # What _event would make of the entries just written, built from the drafts without
+        # the entries' field maps (this runs once per published event).
+        events = []
+        for entry_id, draft in zip(entry_ids, drafts, strict=True):
+            event_id = draft.event_id if draft.event_id is not None else entry_id.decode()
+            frame = encode_frame(event_id, draft.body)
+            events.append(Event(_key_of(entry_id), event_id, draft.channels, frame, draft.private))
+        return events
 
     async def _flush_publishes(self) -> None:
         """Send what is queued as one script call, again and again until nothing is."""
