@@ -31,13 +31,14 @@ Design decisions (read before changing):
 5. One ``send()`` per small response (httptools): uvicorn writes a response's
    head and its body with two ``transport.write`` calls, two system calls that
    were a quarter of a publish's CPU (issue 15, py-spy). Each cycle writes
-   through a :class:`_HeadHoldingTransport`, which keeps the head until the
-   cycle's next write and sends both with one ``writelines``; a head with no body
-   soon after (a stream that waits for its first event, a ``100 Continue``) goes
-   out at the end of the loop iteration it was written in. Direct chunk writes
-   (note 4) cannot overtake a held head: a stream hands its transport to the hub
-   only after its opening frames went through ``send``, and the first of them
-   took the head along.
+   through a :class:`_HeadHoldingTransport`: a head that carries a
+   ``content-length`` (its body follows in the same task) is kept until the
+   cycle's next write and both go out with one ``writelines``; a close sends it
+   first. Any other first write (a stream's chunked head, whose first event may
+   be minutes away, or a ``100 Continue``) goes out at once, so nothing needs a
+   timer; an end-of-iteration callback per response was tried and cost more
+   loop time than the saved system call. Direct chunk writes (note 4) only
+   follow chunked heads, which are never held.
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ class _TransportHandOver(asyncio.Protocol):
         self._herald_extensions = {TRANSPORT_EXTENSION: transport}
 
 
+_SIZED = b"\r\ncontent-length: "  # uvicorn writes header names lowercased
+
+
 class _HeadHoldingTransport:
-    """What a request's cycle writes through: the head it writes first is held until its
-    next write or the end of this loop iteration (design note 5); everything else is the
-    connection's transport."""
+    """What a request's cycle writes through: a first write that is a head with a
+    ``content-length`` is held until the cycle's next write or its close (design note 5);
+    everything else goes straight to the connection's transport."""
 
     __slots__ = ("_first", "_held", "transport")  # one per request: kept small
 
@@ -85,8 +89,13 @@ class _HeadHoldingTransport:
             self.transport.writelines((held, data))
         elif self._first:
             self._first = False
-            self._held = data
-            asyncio.get_running_loop().call_soon(self.release)
+            if _SIZED in data:
+                # A head with its body's length: the body follows in the same task (no loop
+                # callback to schedule: that cost a publish more than the saved send()).
+                self._held = data
+            else:
+                # A stream's head, or a "100 Continue": its body may be long in coming.
+                self.transport.write(data)
         else:
             self.transport.write(data)
 

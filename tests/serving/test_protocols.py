@@ -189,27 +189,36 @@ class RecordingTransport:
         self.closed = True
 
 
-async def test_a_head_and_its_body_leave_in_one_call_and_later_writes_pass_straight() -> None:
+SIZED_HEAD = b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+CHUNKED_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+def test_a_sized_head_and_its_body_leave_in_one_call_and_later_writes_pass_straight() -> None:
     transport = RecordingTransport()
     cycle_transport = _HeadHoldingTransport(transport)  # type: ignore[arg-type]
-    cycle_transport.write(b"HEAD")
+    cycle_transport.write(SIZED_HEAD)
     assert transport.calls == []  # held for the body
-    cycle_transport.write(b"body")
+    cycle_transport.write(b"{}")
     cycle_transport.write(b"more")
-    await asyncio.sleep(0)  # the end-of-iteration release finds nothing left to send
-    assert transport.calls == [("writelines", (b"HEAD", b"body")), ("write", (b"more",))]
+    assert transport.calls == [("writelines", (SIZED_HEAD, b"{}")), ("write", (b"more",))]
 
 
-async def test_a_head_without_a_body_goes_out_at_the_end_of_the_iteration() -> None:
+@pytest.mark.parametrize("first", [CHUNKED_HEAD, b"HTTP/1.1 100 Continue\r\n\r\n"])
+def test_a_head_whose_body_may_be_long_in_coming_is_written_at_once(first: bytes) -> None:
     transport = RecordingTransport()
     cycle_transport = _HeadHoldingTransport(transport)  # type: ignore[arg-type]
-    cycle_transport.write(b"HEAD")
-    await asyncio.sleep(0)
-    assert transport.calls == [("write", (b"HEAD",))]
-    closing = _HeadHoldingTransport(transport)  # type: ignore[arg-type]
-    closing.write(b"LAST")
-    closing.close()  # a close never loses a held head
-    assert transport.calls[-1] == ("write", (b"LAST",)) and transport.closed
+    cycle_transport.write(first)
+    assert transport.calls == [("write", (first,))]
+
+
+def test_a_close_never_loses_a_held_head() -> None:
+    transport = RecordingTransport()
+    cycle_transport = _HeadHoldingTransport(transport)  # type: ignore[arg-type]
+    cycle_transport.write(SIZED_HEAD)
+    cycle_transport.close()
+    assert transport.calls == [("write", (SIZED_HEAD,))] and transport.closed
 
 
 async def test_a_streams_head_reaches_the_client_before_its_first_event() -> None:
