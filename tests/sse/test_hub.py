@@ -603,6 +603,15 @@ async def test_a_hub_that_keeps_up_writes_inside_the_fan_out_and_queues_when_beh
         await hub.publish("through", "later")
         assert connection.queued == 1 and hub._to_flush == [connection]
         assert connection.delivered == 1
+        # What arrived during one event's writes is a burst: its pass runs at once, not
+        # two minutes (twice the last writes) later.
+        await asyncio.sleep(0.05)
+        assert connection.delivered == 2 and connection.queued == 0
+        # After a pass, the same hurry is a hub falling behind: held (design note 9).
+        hub._last_flush_cost = 60.0
+        await hub.publish("through", "held")
+        await asyncio.sleep(0.05)
+        assert connection.delivered == 2 and connection.queued == 1
         assert not writer.done()
         connection.close(CloseReason.SHUTDOWN)
         await writer
