@@ -1,0 +1,234 @@
+"""What the Redis brokers share: the stream entry layout, the publish script, decoding,
+timeouts and backoff (``app.broker.redis`` on one Redis, ``app.broker.redis_cluster`` on
+a Redis Cluster, where each log shard runs the same script on its own keys).
+
+Entry layout: a log entry has ``n`` (its number in its log), ``c`` (the event's
+channels, newline-separated), ``b`` (body), ``p`` (private flag) and ``i`` (a
+publisher's own id); a channel entry has ``b``, ``p``, ``i``, ``v`` (the id of the
+channel's previous entry) and ``c`` only when the event has several channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from app.broker.base import Draft
+from app.sse.encoding import encode_frame
+from app.sse.event import Event
+from app.sse.event_id import EventKey, format_event_id, parse_event_id
+
+__all__ = [
+    "BACKOFF_INITIAL_SECONDS",
+    "BACKOFF_MAX_SECONDS",
+    "BODY_FIELD",
+    "CHANNEL_FIELD",
+    "CHANNEL_SEPARATOR",
+    "COMMAND_TIMEOUT_SECONDS",
+    "CONNECT_TIMEOUT_SECONDS",
+    "NUMBER_FIELD",
+    "PREVIOUS_FIELD",
+    "PRIVATE_FIELD",
+    "PUBLISH_CALLS_IN_FLIGHT",
+    "PUBLISH_CALL_EVENTS",
+    "PUBLISH_SCRIPT",
+    "READER_SOCKET_TIMEOUT_SECONDS",
+    "READER_STOP_SECONDS",
+    "READ_BLOCK_MS",
+    "READ_COUNT",
+    "SUPPLIED_ID_FIELD",
+    "UNAVAILABLE",
+    "PendingPublish",
+    "channels_of",
+    "draft_fields",
+    "entry_event",
+    "flag",
+    "key_of",
+    "publish_arguments",
+    "redact_url",
+]
+
+READ_BLOCK_MS = 5000
+READ_COUNT = 1000
+CONNECT_TIMEOUT_SECONDS = 5.0
+# Longer than the block: a quiet XREAD BLOCK must not look like a dead socket.
+READER_SOCKET_TIMEOUT_SECONDS = READ_BLOCK_MS / 1000 + 10
+COMMAND_TIMEOUT_SECONDS = 5.0
+BACKOFF_INITIAL_SECONDS = 0.1
+BACKOFF_MAX_SECONDS = 2.0
+# Python 3.11's asyncio.wait_for (used by redis-py around socket I/O) can swallow a
+# cancellation that lands as the I/O completes (CPython gh-86296): so stopping the
+# reader is a flag it checks plus a bounded wait, never an unbounded await.
+READER_STOP_SECONDS = 2.0
+BODY_FIELD = b"b"
+PRIVATE_FIELD = b"p"  # b"1" on private events
+PREVIOUS_FIELD = b"v"  # channel entries: the id of the channel's previous entry
+SUPPLIED_ID_FIELD = b"i"  # the publisher's own id, shown instead of the entry id
+CHANNEL_FIELD = b"c"  # log entries; channel entries only when the event has several
+CHANNEL_SEPARATOR = "\n"  # no channel or Mercure topic may contain a control character
+PUBLISH_CALL_EVENTS = 1000
+# Two calls in flight: while one waits for Redis, the next gathers what arrived meanwhile
+# (measured: 1 leaves requests waiting behind the call in flight; 4 makes calls smaller).
+PUBLISH_CALLS_IN_FLIGHT = 2
+NUMBER_FIELD = b"n"  # log entries only
+UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
+
+# KEYS: log, counter, then every channel stream of the call and every supplied id's key
+# (each once). ARGV: log size, history size, channel TTL (ms), event count, then per
+# event: its channel names (the log's channel field), body, private flag, the publisher's
+# own id ('' for none), the index of that id's key in KEYS (0 for none), channel count k
+# and k indexes into KEYS. A supplied id's key maps it to the event's position, set only
+# by the first event that carries it and expiring with the channel TTL.
+# Returns the event ids in order. `previous` remembers each stream's newest entry, so a
+# call of many events on one channel reads it once.
+PUBLISH_SCRIPT = """
+local count = tonumber(ARGV[4])
+local n = redis.call('INCRBY', KEYS[2], count) - count
+local previous = {}
+local ids = {}
+local a = 5
+for e = 1, count do
+  local names, body, private, supplied = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local supplied_key = tonumber(ARGV[a + 4])
+  local k = tonumber(ARGV[a + 5])
+  n = n + 1
+  local log_fields = {'n', n, 'c', names, 'b', body, 'p', private}
+  if supplied ~= '' then
+    log_fields[9] = 'i'
+    log_fields[10] = supplied
+  end
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(log_fields))
+  ids[e] = id
+  for j = 1, k do
+    local key = KEYS[tonumber(ARGV[a + 5 + j])]
+    local before = previous[key]
+    if before == nil then
+      local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+      before = last and last[1] or false
+    end
+    local fields = {'b', body, 'p', private}
+    if supplied ~= '' then
+      fields[#fields + 1] = 'i'
+      fields[#fields + 1] = supplied
+    end
+    if string.find(names, '\\n', 1, true) then
+      fields[#fields + 1] = 'c'
+      fields[#fields + 1] = names
+    end
+    if before then
+      fields[#fields + 1] = 'v'
+      fields[#fields + 1] = before
+    end
+    redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, unpack(fields))
+    previous[key] = id
+  end
+  if supplied_key > 0 then
+    redis.call('SET', KEYS[supplied_key], id, 'NX', 'PX', ARGV[3])
+  end
+  a = a + 6 + k
+end
+for i = 3, #KEYS do
+  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+end
+return ids
+"""
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def entry_event(
+    entry_id: bytes,
+    channels: tuple[str, ...],
+    fields: dict[bytes, bytes],
+    key: EventKey | None = None,
+) -> Event:
+    """A stream entry as an Event: its position is ``key`` (the entry id by default) and
+    its id, unless the publisher supplied one, the position."""
+    position = key_of(entry_id) if key is None else key
+    supplied = fields.get(SUPPLIED_ID_FIELD)
+    if supplied:
+        event_id = supplied.decode()
+    elif key is None:
+        event_id = entry_id.decode()
+    else:
+        event_id = format_event_id(key)
+    body = fields.get(BODY_FIELD, b"")
+    private = fields.get(PRIVATE_FIELD) == b"1"
+    return Event(position, event_id, channels, encode_frame(event_id, body), private)
+
+
+def channels_of(raw: bytes) -> tuple[str, ...]:
+    return tuple(raw.decode().split(CHANNEL_SEPARATOR))
+
+
+class PendingPublish:
+    """One ``publish`` call waiting for the flusher: its drafts and who awaits their ids."""
+
+    __slots__ = ("drafts", "future")
+
+    def __init__(self, drafts: Sequence[Draft], future: asyncio.Future[list[bytes]]) -> None:
+        self.drafts = drafts
+        self.future = future
+
+
+def draft_fields(draft: Draft) -> dict[bytes, bytes]:
+    """The fields an event's stream entries have that ``_event`` reads, from its draft."""
+    fields = {BODY_FIELD: draft.body, PRIVATE_FIELD: flag(draft)}
+    if draft.event_id is not None:
+        fields[SUPPLIED_ID_FIELD] = draft.event_id.encode()
+    return fields
+
+
+def flag(draft: Draft) -> bytes:
+    return b"1" if draft.private else b""
+
+
+def key_of(event_id: bytes | str) -> EventKey:
+    key = parse_event_id(event_id.decode() if isinstance(event_id, bytes) else event_id)
+    assert key is not None, event_id  # Redis ids always parse
+    return key
+
+
+def publish_arguments(
+    log_key: str,
+    counter_key: str,
+    sizes: tuple[int, int, int],
+    parts: Iterable[tuple[Draft, Sequence[str], str | None]],
+) -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of one ``PUBLISH_SCRIPT`` call. ``sizes``: log size, history
+    size, channel TTL (ms). Each part: a draft, the keys of the channel streams it is
+    written to by this call, and the key mapping its supplied id (or None)."""
+    keys: list[Any] = [log_key, counter_key]
+    index: dict[str, int] = {}
+    args: list[Any] = [*sizes, 0]
+    count = 0
+    for draft, channel_keys, supplied_id_key in parts:
+        supplied = draft.event_id or ""
+        supplied_index = 0
+        if supplied and supplied_id_key is not None:
+            supplied_index = _key_index(supplied_id_key, keys, index)
+        args += [CHANNEL_SEPARATOR.join(draft.channels), draft.body, flag(draft)]
+        args += [supplied, supplied_index, len(channel_keys)]
+        args += [_key_index(key, keys, index) for key in channel_keys]
+        count += 1
+    args[3] = count
+    return keys, args
+
+
+def _key_index(key: str, keys: list[Any], index: dict[str, int]) -> int:
+    """``key``'s place in the script's KEYS (Lua counts from 1), added once."""
+    position = index.get(key)
+    if position is None:
+        keys.append(key)
+        position = index[key] = len(keys)
+    return position
