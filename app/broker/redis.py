@@ -102,7 +102,6 @@ from app.broker.redis_entries import (
     CONNECT_TIMEOUT_SECONDS,
     NUMBER_FIELD,
     PREVIOUS_FIELD,
-    PUBLISH_CALL_EVENTS,
     PUBLISH_CALLS_IN_FLIGHT,
     PUBLISH_SCRIPT,
     READ_BLOCK_MS,
@@ -110,11 +109,13 @@ from app.broker.redis_entries import (
     READER_SOCKET_TIMEOUT_SECONDS,
     READER_STOP_SECONDS,
     UNAVAILABLE,
+    LocalInterest,
     PendingPublish,
     channels_of,
     draft_fields,
     entry_event,
     key_of,
+    next_call,
     publish_arguments,
     redact_url,
 )
@@ -129,7 +130,7 @@ DEFAULT_KEY_PREFIX = "herald"
 DEFAULT_LOG_SIZE = 10_000
 
 
-class RedisBroker(Broker):
+class RedisBroker(LocalInterest, Broker):
     def __init__(
         self,
         url: str,
@@ -162,9 +163,7 @@ class RedisBroker(Broker):
         self._position: bytes | None = None
         self._number = 0
         self._verify_after_error = False
-        self._interest: dict[str, int] = {}
-        # Local subscribers that may want any channel (patterns): the reader keeps all.
-        self._every_channel = 0
+        LocalInterest.__init__(self)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         # Publishes waiting for the next script call, and the task sending them (note 9).
@@ -273,12 +272,7 @@ class RedisBroker(Broker):
     async def _flush_publishes(self) -> None:
         """Send what is queued as one script call, again and again until nothing is."""
         while self._pending:
-            taken, events = 0, 0
-            for pending in self._pending:
-                if taken and events + len(pending.drafts) > PUBLISH_CALL_EVENTS:
-                    break
-                taken += 1
-                events += len(pending.drafts)
+            taken = next_call(self._pending)
             call, self._pending = self._pending[:taken], self._pending[taken:]
             await self._send_call(call)
 
@@ -321,25 +315,6 @@ class RedisBroker(Broker):
             if not pending.future.done():  # its request may have gone meanwhile
                 pending.future.set_result(entry_ids[start:end])
             start = end
-
-    # --- subscriptions ---------------------------------------------------
-
-    async def subscribe(self, channel: str) -> None:
-        # Local only: the reader reads the whole log and keeps what has interest.
-        self._interest[channel] = self._interest.get(channel, 0) + 1
-
-    async def unsubscribe(self, channel: str) -> None:
-        count = self._interest.get(channel, 0) - 1
-        if count > 0:
-            self._interest[channel] = count
-        else:
-            self._interest.pop(channel, None)
-
-    async def watch_every_channel(self) -> None:
-        self._every_channel += 1
-
-    async def unwatch_every_channel(self) -> None:
-        self._every_channel = max(0, self._every_channel - 1)
 
     # --- the reader ------------------------------------------------------
 

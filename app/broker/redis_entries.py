@@ -40,12 +40,14 @@ __all__ = [
     "READ_COUNT",
     "SUPPLIED_ID_FIELD",
     "UNAVAILABLE",
+    "LocalInterest",
     "PendingPublish",
     "channels_of",
     "draft_fields",
     "entry_event",
     "flag",
     "key_of",
+    "next_call",
     "publish_arguments",
     "redact_url",
 ]
@@ -232,3 +234,41 @@ def _key_index(key: str, keys: list[Any], index: dict[str, int]) -> int:
         keys.append(key)
         position = index[key] = len(keys)
     return position
+
+
+def next_call(pending: Sequence[PendingPublish]) -> int:
+    """How many of the queued publishes the next script call carries: up to
+    ``PUBLISH_CALL_EVENTS`` events, or one publish that alone has more."""
+    taken, events = 0, 0
+    for waiting in pending:
+        if taken and events + len(waiting.drafts) > PUBLISH_CALL_EVENTS:
+            break
+        taken += 1
+        events += len(waiting.drafts)
+    return taken
+
+
+class LocalInterest:
+    """The channels this process has local subscribers on, counted (subscribing is local:
+    the readers read every event and keep those that have interest)."""
+
+    def __init__(self) -> None:
+        self._interest: dict[str, int] = {}
+        # Local subscribers that may want any channel (patterns): the readers keep all.
+        self._every_channel = 0
+
+    async def subscribe(self, channel: str) -> None:
+        self._interest[channel] = self._interest.get(channel, 0) + 1
+
+    async def unsubscribe(self, channel: str) -> None:
+        count = self._interest.get(channel, 0) - 1
+        if count > 0:
+            self._interest[channel] = count
+        else:
+            self._interest.pop(channel, None)
+
+    async def watch_every_channel(self) -> None:
+        self._every_channel += 1
+
+    async def unwatch_every_channel(self) -> None:
+        self._every_channel = max(0, self._every_channel - 1)

@@ -1,0 +1,1098 @@
+"""``redis+cluster://`` / ``rediss+cluster://``: Herald's event log spread over a Redis Cluster.
+
+Design decisions (read before changing):
+
+1. **Log shards.** ``REDIS_CLUSTER_SHARDS`` (S) logs, shard k under the hash tag
+   ``{<prefix>:s<k>}``: its log ``…:log``, its counter ``…:log:n``, the streams of
+   its channels ``…:c:<channel>`` and its publisher-id keys ``…:id:<id>``. Channel c
+   belongs to shard ``crc32(c) mod S``, so a channel's slot (and master) is its
+   shard's, and one Lua script (``PUBLISH_SCRIPT``, the one ``redis://`` runs) writes
+   a shard's part of a call atomically: Redis Cluster refuses cross-slot scripts.
+2. **One order across shards.** Shard k's log entry ``<ms>-<n>`` (id assigned by its
+   master) is the event at position ``(ms, n*S + k)``, wire id ``<ms>-<n*S+k>``: the
+   two-part id format and ``EventKey`` stay, and an id decodes back to its shard and
+   entry. Each worker merges the S logs by position: an event is delivered only once
+   every shard's *frontier* (the smallest position its next entry can have, from the
+   last entry read: ``(ms, (n+1)*S + k)``, monotonic since stream ids are) is past it.
+   Every worker reads every shard, so all deliver one order.
+3. **Ticks.** An idle shard would hold the merge back for ever, so a reader that holds
+   an event back because shard j's frontier is behind it runs ``TICK_SCRIPT`` on j:
+   it appends a ``t`` entry (an entry of the log, trimmed like it, never an event)
+   with an id past the held event, unless j's log already is past it (so N workers
+   waiting on one shard write one tick). At most one tick per shard in flight per
+   worker, and none within ``TICK_INTERVAL_SECONDS`` of the last. Cost: an event on a
+   quiet deployment waits one round trip to each idle shard's master (plus the
+   replication to its replica, note 6) and costs up to S - 1 tick writes; under steady
+   traffic on every shard, no ticks. Every empty shard gets one tick at start-up, so
+   every log has a head.
+4. **Readers.** One reader task and connection per shard (not per master, not per
+   client): ``XREAD`` cannot span slots in a cluster (CROSSSLOT, even on one node), so
+   waking at once for every shard needs one blocking read per shard key; the
+   alternatives poll or wait out a block on another shard's key. S is bounded by the
+   setting (16 by default: 16 connections per worker, whatever the clients), and a
+   per-shard task follows its slot by itself through failovers and migrations.
+   Gaps are detected per shard as on ``redis://``: events carry their number, ticks
+   the number of the last event before them; a jump (trimmed unread) or a number
+   that went back (a failover lost entries the reader had, data lost) → resync.
+5. **Held events are bounded** by ``REDIS_CLUSTER_HELD_EVENTS`` per worker (only events
+   with a local subscriber are held). A shard that cannot be read (a master down
+   until its replica is promoted) holds every delivery back: past the bound the
+   reader lets the held events go and resyncs (streams resume from history, exactly).
+6. **Durability.** After each shard's script, ``WAIT <REDIS_CLUSTER_WAIT_REPLICAS>
+   <timeout>`` in the same pipeline (one round trip, on the connection that wrote:
+   WAIT counts the replication of that connection's writes, which is also why the
+   broker routes its own commands instead of using redis-py's ``RedisCluster``, whose
+   keyless WAIT would go to any node). Fewer replicas → not acknowledged (503).
+   Readers and replays read each shard from its replica (``READONLY``), the master
+   only when the shard has no replica: an entry delivered from a master and lost in a
+   failover would let the new master give its number and id to another event, shifting
+   every stream's cursor past events it never got. What a replica has, the promoted
+   replica has (one replica per master; with more, the cluster promotes the most
+   up-to-date one, and a number that went back would resync).
+7. **Multi-shard events.** An event on channels of several shards is written once per
+   shard involved (each shard's script writes its channels' streams), each copy its own
+   entry and position; every copy lists all the channels. A stream takes only the copy
+   on the lowest shard among the shards of (its channels ∩ the event's channels), a
+   pattern stream only the home copy (shard of the first channel): deterministic, the
+   same live (``Event.copy``, applied by the hub) and in replay, so no dedupe state.
+   The lead's first design gave every copy the home copy's position; a copy written
+   after its home copy was read could then land behind positions already delivered or
+   handed out as heads, and be lost — own positions avoid the ordering race. Publisher
+   ids map per shard to that shard's copy, so they resume to the copy the stream takes.
+   A multi-shard publish is acknowledged only when every part succeeded; no
+   all-or-nothing across shards exists, so a failed one (503) may have landed on some.
+   Batches stay in request order within a shard; across shards their events follow
+   the positions (one order for every stream), not necessarily the request.
+8. **Replay** reads, per shard involved, one ``MULTI`` on its replica: the log's last
+   entry and the streams' entries after the cursor (``XRANGE``; per-channel trim
+   detection through ``v`` as on ``redis://``). Per-shard snapshots suffice: positions
+   are per shard (an entry's position depends on its shard's ids only), each shard's
+   snapshot contains every entry of that shard up to its frontier, and the head is
+   just below the smallest frontier (for one shard: its last entry, the same position for
+   that shard's streams), so every retained event at or below the head is
+   in the replay, and any event above it had not been delivered by any worker (it was
+   not below every frontier yet, note 2): it arrives live. Events above the head are
+   left out of the replay for that reason. A cursor above the head that a shard issued
+   (a Mercure hub-wide cursor from channels of a busier shard) is kept as the head;
+   one past every frontier read is ``unknown_id``.
+9. Unreachable nodes are a state (as on ``redis://``): ``connect`` never fails, publishes
+   and replays raise ``BrokerUnavailableError``; MOVED refreshes the slot map and
+   retries, ASK retries once on the importing node after ``ASKING``, TRYAGAIN and
+   CLUSTERDOWN retry shortly within the command timeout. A publish whose connection
+   failed is not retried (it may have run): 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+import zlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ConnectionError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.utils import str_if_bytes
+
+from app.broker.base import (
+    Broker,
+    BrokerUnavailableError,
+    Draft,
+    EventListener,
+    Replay,
+    ResyncListener,
+)
+from app.broker.cluster_url import ClusterURL, parse_cluster_url
+from app.broker.redis_entries import (
+    BACKOFF_INITIAL_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    CHANNEL_FIELD,
+    COMMAND_TIMEOUT_SECONDS,
+    CONNECT_TIMEOUT_SECONDS,
+    NUMBER_FIELD,
+    PREVIOUS_FIELD,
+    PUBLISH_CALLS_IN_FLIGHT,
+    PUBLISH_SCRIPT,
+    READ_COUNT,
+    READER_STOP_SECONDS,
+    LocalInterest,
+    PendingPublish,
+    channels_of,
+    draft_fields,
+    entry_event,
+    key_of,
+    next_call,
+    publish_arguments,
+)
+from app.sse.event import Event
+from app.sse.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
+
+__all__ = ["TICK_SCRIPT", "RedisClusterBroker", "ShardCopy"]
+
+logger = logging.getLogger("herald.broker")
+
+DEFAULT_SHARDS = 16
+READ_BLOCK_MS = 2000  # short: a reader on a slot that moved away learns it within this
+READER_SOCKET_TIMEOUT_SECONDS = READ_BLOCK_MS / 1000 + 10
+TICK_INTERVAL_SECONDS = 0.005
+# Ticks for held events nobody here waits for: they only keep the held events bounded.
+TICK_IDLE_INTERVAL_SECONDS = 0.1
+TICK_FIELD = b"t"
+# A refresh of the slot map at most this often (a failover makes every task ask).
+REFRESH_INTERVAL_SECONDS = 0.1
+REDIRECT_ATTEMPTS = 5
+RETRY_PAUSE_SECONDS = 0.05
+UNAVAILABLE = "the event backplane (Redis Cluster) is unavailable; retry later"
+
+# KEYS: log, counter. ARGV: log size, shard count S, shard k, and the position
+# (ms, seq) to get past. Appends a tick unless the log's frontier is already past the
+# position; its id is past it too (ms + 1), or `*` on an empty log (a first head).
+# Returns the log's last entry id.
+TICK_SCRIPT = """
+local S, k = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ms, seq = tonumber(ARGV[4]), tonumber(ARGV[5])
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if last then
+  local dash = string.find(last[1], '-', 1, true)
+  local lms = tonumber(string.sub(last[1], 1, dash - 1))
+  local ln = tonumber(string.sub(last[1], dash + 1))
+  if lms > ms or (lms == ms and (ln + 1) * S + k > seq) then
+    return last[1]
+  end
+end
+local number = redis.call('GET', KEYS[2]) or '0'
+local id = '*'
+if last or ms > 0 then
+  id = tostring(ms + 1) .. '-*'
+end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 't', '1', 'n', number)
+"""
+
+
+def shard_of(channel: str, shards: int) -> int:
+    return zlib.crc32(channel.encode()) % shards
+
+
+@dataclass(frozen=True, slots=True)
+class ShardCopy:
+    """The copy of a multi-shard event on ``shard`` (design note 7)."""
+
+    shard: int
+    channels: tuple[str, ...]
+    shards: int
+
+    def taken_by(self, channels: Collection[str], every_channel: bool) -> bool:
+        return self.shard == taking_shard(self.channels, channels, every_channel, self.shards)
+
+
+def taking_shard(
+    event_channels: Sequence[str], stream_channels: Collection[str], every: bool, shards: int
+) -> int | None:
+    """The shard whose copy of an event a stream takes (None: it takes none)."""
+    if every:
+        return shard_of(event_channels[0], shards)
+    taken = [shard_of(c, shards) for c in event_channels if c in stream_channels]
+    return min(taken) if taken else None
+
+
+class _ReadOnly:
+    """A connection that serves reads on a replica (``READONLY`` on every connect)."""
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        await super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
+        await self.send_command("READONLY", check_health=False)  # type: ignore[attr-defined]
+        if str_if_bytes(await self.read_response()) != "OK":  # type: ignore[attr-defined]
+            raise ConnectionError("READONLY refused")
+
+
+class ReadOnlyConnection(_ReadOnly, Connection):
+    pass
+
+
+class ReadOnlySSLConnection(_ReadOnly, SSLConnection):
+    pass
+
+
+Node = tuple[str, int]
+
+
+@dataclass(slots=True)
+class _Shard:
+    index: int
+    tag: str
+    slot: int
+    # The reader's place: the last entry read, the number of the last event, the frontier.
+    position: bytes | None = None
+    number: int = 0
+    frontier: EventKey = (0, 0)
+    verify: bool = False
+    reader: aioredis.Redis | None = None
+    reader_node: Node | None = None
+    reader_readonly: bool = False
+    task: asyncio.Task[None] | None = None
+    ok: bool = False
+    # Ticks: the position to get past, the task writing it, when the last was written.
+    tick_wanted: EventKey | None = None
+    tick_task: asyncio.Task[None] | None = None
+    tick_at: float = 0.0
+    tick_interval: float = TICK_INTERVAL_SECONDS
+    scripts_loaded: set[Node] = field(default_factory=set)
+
+    @property
+    def log_key(self) -> str:
+        return f"{self.tag}:log"
+
+    @property
+    def counter_key(self) -> str:
+        return f"{self.tag}:log:n"
+
+
+class RedisClusterBroker(LocalInterest, Broker):
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int,
+        channel_ttl_seconds: float,
+        key_prefix: str = "herald",
+        log_size: int = 10_000,
+        shards: int = DEFAULT_SHARDS,
+        wait_replicas: int = 1,
+        wait_timeout_ms: int = 1000,
+        held_events: int = 10_000,
+        block_ms: int = READ_BLOCK_MS,
+    ) -> None:
+        self.url = url
+        self.parsed: ClusterURL = parse_cluster_url(url)
+        self.history_size = max(1, history_size)
+        self.log_size = max(1, log_size)
+        self.channel_ttl_ms = int(channel_ttl_seconds * 1000)
+        self.key_prefix = key_prefix
+        self.shard_count = max(1, shards)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.held_limit = held_events
+        self.block_ms = block_ms
+        self.shards = [
+            _Shard(k, tag, key_slot(tag.encode()))
+            for k in range(self.shard_count)
+            for tag in [f"{{{key_prefix}:s{k}}}"]
+        ]
+        self.state = "disconnected"
+        self.reconnects = self.read_errors = self.resyncs = 0
+        self.publish_calls = self.ticks = self.refreshes = 0
+        self._listener: EventListener | None = None
+        self._resync: ResyncListener | None = None
+        self._clients: dict[tuple[Node, bool], aioredis.Redis] = {}
+        # slot → (master, replicas), for the shards' slots only.
+        self._routes: dict[int, tuple[Node, list[Node]]] = {}
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed_at = 0.0
+        LocalInterest.__init__(self)
+        # Entries held back until every frontier is past them (note 2): (frontier, order,
+        # shard, entry id, fields, wanted when read); how many were wanted; the newest
+        # position given up past the bound (note 5).
+        self._held: list[tuple[EventKey, int, int, bytes, dict[bytes, bytes], bool]] = []
+        self._held_order = 0
+        self._held_wanted = 0
+        self._dropped_upto: EventKey | None = None
+        self._closing = False
+        self._pending: list[PendingPublish] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._publish_sha: str | None = None
+        self._tick_sha: str | None = None
+
+    # --- keys and positions ----------------------------------------------
+
+    def shard_of(self, channel: str) -> int:
+        return shard_of(channel, self.shard_count)
+
+    def key(self, channel: str) -> str:
+        return f"{self.shards[self.shard_of(channel)].tag}:c:{channel}"
+
+    def supplied_id_key(self, shard: int, supplied_id: str) -> str:
+        return f"{self.shards[shard].tag}:id:{supplied_id}"
+
+    def position(self, shard: int, entry_id: bytes | str) -> EventKey:
+        ms, n = key_of(entry_id)
+        return ms, n * self.shard_count + shard
+
+    def _frontier(self, shard: int, entry_id: bytes | str) -> EventKey:
+        ms, n = key_of(entry_id)
+        return ms, (n + 1) * self.shard_count + shard
+
+    def _range_start(self, shard: int, after: EventKey) -> str:
+        """The first entry id of ``shard`` whose position is above ``after`` (inclusive)."""
+        ms, seq = after
+        return f"{ms}-{max(0, (seq - shard) // self.shard_count + 1)}"
+
+    # --- lifecycle -------------------------------------------------------
+
+    async def connect(self, listener: EventListener, resync: ResyncListener | None = None) -> None:
+        self._listener = listener
+        self._resync = resync
+        self._closing = False
+        try:
+            await self._refresh(force=True)
+            await asyncio.gather(*(self._tick(shard, (0, 0)) for shard in self.shards))
+            await asyncio.gather(*(self._find_position(shard) for shard in self.shards))
+        except (RedisError, OSError, BrokerUnavailableError) as exc:
+            logger.warning(
+                "redis cluster unreachable at %s: %s; serving degraded until it is back",
+                self.parsed.redacted(),
+                exc,
+            )
+            self.state = "down"
+        else:
+            self.state = "ok"
+        for shard in self.shards:
+            shard.task = asyncio.create_task(
+                self._read_loop(shard), name=f"herald cluster reader {shard.index}"
+            )
+
+    async def disconnect(self) -> None:
+        self._closing = True
+        if self._flushers:
+            await asyncio.wait(set(self._flushers), timeout=READER_STOP_SECONDS)
+        for pending in self._pending:
+            if not pending.future.done():
+                pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
+        self._pending = []
+        tasks = {s.task for s in self.shards if s.task is not None}
+        tasks |= {s.tick_task for s in self.shards if s.tick_task is not None} | self._tasks
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=READER_STOP_SECONDS)
+        for shard in self.shards:
+            await self._drop_reader(shard)
+            shard.task = shard.tick_task = None
+        for client in list(self._clients.values()):
+            with contextlib.suppress(Exception):
+                await client.aclose(close_connection_pool=True)
+        self._clients.clear()
+        self._listener = self._resync = None
+        self.state = "disconnected"
+
+    # --- topology --------------------------------------------------------
+
+    def _client(self, node: Node, readonly: bool = False) -> aioredis.Redis:
+        client = self._clients.get((node, readonly))
+        if client is None:
+            client = self._clients[(node, readonly)] = self._new_client(
+                node, readonly, COMMAND_TIMEOUT_SECONDS
+            )
+        return client
+
+    def _new_client(self, node: Node, readonly: bool, timeout: float) -> aioredis.Redis:
+        tls = self.parsed.tls
+        connection_class: type[Connection] = (
+            (ReadOnlySSLConnection if tls else ReadOnlyConnection)
+            if readonly
+            else (SSLConnection if tls else Connection)
+        )
+        pool = aioredis.ConnectionPool(
+            connection_class=connection_class,
+            host=node[0],
+            port=node[1],
+            username=self.parsed.username,
+            password=self.parsed.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            health_check_interval=30,
+            # Never resend on its own: a publish resent after a lost answer may run twice.
+            retry=Retry(NoBackoff(), 0),
+        )
+        return aioredis.Redis(connection_pool=pool)
+
+    def _route(self, shard: _Shard) -> tuple[Node, list[Node]]:
+        route = self._routes.get(shard.slot)
+        if route is None:
+            raise BrokerUnavailableError(UNAVAILABLE)
+        return route
+
+    def _read_node(self, shard: _Shard) -> tuple[Node, bool]:
+        """Where a shard is read from: its first replica, else its master (note 6)."""
+        master, replicas = self._route(shard)
+        return (replicas[0], True) if replicas else (master, False)
+
+    async def _refresh(self, *, force: bool = False) -> None:
+        """Read the slot map again (at most every REFRESH_INTERVAL_SECONDS; callers at
+        the same time share one read)."""
+        if self._refreshing is not None:
+            await asyncio.shield(self._refreshing)
+            return
+        if not force and time.monotonic() - self._refreshed_at < REFRESH_INTERVAL_SECONDS:
+            return
+        self._refreshing = asyncio.create_task(self._read_slots())
+        try:
+            await asyncio.shield(self._refreshing)
+        finally:
+            self._refreshing = None
+            self._refreshed_at = time.monotonic()
+
+    async def _read_slots(self) -> None:
+        known = {node for master, replicas in self._routes.values() for node in [master, *replicas]}
+        candidates = list(dict.fromkeys([*self.parsed.seeds, *sorted(known)]))
+        last: BaseException | None = None
+        for node in candidates:
+            try:
+                client = self._client(node)
+                ranges = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            except (RedisError, OSError) as exc:
+                last = exc
+                continue
+            routes: dict[int, tuple[Node, list[Node]]] = {}
+            wanted = {shard.slot for shard in self.shards}
+            for start, end, master, *replicas in ranges:
+                for slot in wanted:
+                    if start <= slot <= end:
+                        routes[slot] = (
+                            (_host(master[0], node), int(master[1])),
+                            [(_host(r[0], node), int(r[1])) for r in replicas],
+                        )
+            if len(routes) < len(wanted):
+                last = RedisError("some shard slots are not served (cluster down?)")
+                continue
+            self._routes = routes
+            self.refreshes += 1
+            return
+        raise last if last is not None else RedisError("no Redis Cluster node answered")
+
+    def _refresh_soon(self) -> None:
+        if self._closing:
+            return
+        task = asyncio.create_task(self._refresh_quietly())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._refresh()
+
+    async def _on_master(
+        self, shard: _Shard, commands: list[tuple[Any, ...]], script: tuple[str, str] | None
+    ) -> list[Any]:
+        """Run ``commands`` in one pipeline on ``shard``'s master, following MOVED and ASK
+        and waiting out TRYAGAIN / CLUSTERDOWN (note 9). ``script``: (sha, text) of an
+        EVALSHA among them, loaded on a NOSCRIPT. Raises RedisError / OSError."""
+        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+        asking: Node | None = None
+        for _attempt in range(REDIRECT_ATTEMPTS * 4):
+            node = asking or self._route(shard)[0]
+            async with self._client(node).pipeline(transaction=False) as pipe:
+                if asking is not None:
+                    pipe.execute_command("ASKING")
+                for command in commands:
+                    pipe.execute_command(*command)
+                results = await pipe.execute(raise_on_error=False)
+            if asking is not None:
+                results = results[1:]
+            error = next((r for r in results if isinstance(r, ResponseError)), None)
+            asking = None
+            if error is None:
+                return results
+            if isinstance(error, NoScriptError) and script is not None:
+                await self._client(node).script_load(script[1])
+                continue
+            if isinstance(error, AskError):
+                asking = (_host(error.host, node), int(error.port))
+                continue
+            if isinstance(error, MovedError):
+                await self._refresh(force=True)
+                continue
+            if isinstance(error, TryAgainError | ClusterDownError):
+                if time.monotonic() > deadline:
+                    raise error
+                await asyncio.sleep(RETRY_PAUSE_SECONDS)
+                if isinstance(error, ClusterDownError):
+                    await self._refresh()
+                continue
+            raise error
+        raise RedisError("too many redirections")
+
+    # --- publish ---------------------------------------------------------
+
+    async def publish(self, drafts: Sequence[Draft]) -> list[Event]:
+        if not drafts:
+            return []
+        if self._closing or self._listener is None:
+            raise BrokerUnavailableError(UNAVAILABLE)
+        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        self._pending.append(PendingPublish(drafts, future))
+        if len(self._flushers) < PUBLISH_CALLS_IN_FLIGHT:
+            flusher = asyncio.create_task(self._flush_publishes(), name="herald cluster publish")
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
+        entry_ids = await future
+        events = []
+        for entry_id, draft in zip(entry_ids, drafts, strict=True):
+            home = self.shard_of(draft.channels[0])
+            key = self.position(home, entry_id)
+            events.append(entry_event(entry_id, draft.channels, draft_fields(draft), key))
+        return events
+
+    async def _flush_publishes(self) -> None:
+        while self._pending:
+            taken = next_call(self._pending)
+            call, self._pending = self._pending[:taken], self._pending[taken:]
+            await self._send_call(call)
+
+    def shard_parts(
+        self, drafts: Sequence[Draft]
+    ) -> dict[int, list[tuple[int, Draft, list[str], str | None]]]:
+        """Each shard's part of a call: (index of the draft, draft, its channel keys on the
+        shard, its supplied-id key on the shard), in request order."""
+        parts: dict[int, list[tuple[int, Draft, list[str], str | None]]] = {}
+        for index, draft in enumerate(drafts):
+            by_shard: dict[int, list[str]] = {}
+            for channel in draft.channels:
+                by_shard.setdefault(self.shard_of(channel), []).append(self.key(channel))
+            for k, keys in by_shard.items():
+                supplied = self.supplied_id_key(k, draft.event_id) if draft.event_id else None
+                parts.setdefault(k, []).append((index, draft, keys, supplied))
+        return parts
+
+    async def _send_call(self, call: list[PendingPublish]) -> None:
+        drafts = [draft for pending in call for draft in pending.drafts]
+        try:
+            home_ids = await self._write(drafts)
+        except BaseException as exc:
+            for pending in call:
+                if not pending.future.done():
+                    pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if not isinstance(exc, RedisError | OSError | BrokerUnavailableError):
+                logger.exception("cluster publish failed")
+            return
+        self.publish_calls += 1
+        start = 0
+        for pending in call:
+            end = start + len(pending.drafts)
+            if not pending.future.done():
+                pending.future.set_result(home_ids[start:end])
+            start = end
+
+    async def _write(self, drafts: list[Draft]) -> list[bytes]:
+        """Every shard's part at once (one round trip each, concurrently); the entry ids
+        of each draft's home copy."""
+        parts = self.shard_parts(drafts)
+        shards = list(parts)
+        results = await asyncio.gather(
+            *(self._write_shard(self.shards[k], parts[k]) for k in shards),
+            return_exceptions=True,
+        )
+        home_ids: list[bytes | None] = [None] * len(drafts)
+        for k, outcome in zip(shards, results, strict=True):
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, RedisError | OSError):
+                    self._refresh_soon()
+                raise outcome
+            for (index, draft, _, _), entry_id in zip(parts[k], outcome, strict=True):
+                if self.shard_of(draft.channels[0]) == k:
+                    home_ids[index] = entry_id
+        return cast(list[bytes], home_ids)
+
+    async def _write_shard(
+        self, shard: _Shard, part: list[tuple[int, Draft, list[str], str | None]]
+    ) -> list[bytes]:
+        sizes = (self.log_size, self.history_size, self.channel_ttl_ms)
+        keys, args = publish_arguments(
+            shard.log_key,
+            shard.counter_key,
+            sizes,
+            ((draft, keys, supplied) for _, draft, keys, supplied in part),
+        )
+        sha = self._publish_script_sha()
+        commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
+        if self.wait_replicas:
+            commands.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
+        results = await self._on_master(shard, commands, (sha, PUBLISH_SCRIPT))
+        if self.wait_replicas and int(results[1]) < self.wait_replicas:
+            # Written on the master only: a failover could lose it, so not acknowledged.
+            raise BrokerUnavailableError(UNAVAILABLE)
+        return cast(list[bytes], results[0])
+
+    def _publish_script_sha(self) -> str:
+        if self._publish_sha is None:
+            self._publish_sha = _sha1(PUBLISH_SCRIPT)
+        return self._publish_sha
+
+    # --- ticks -----------------------------------------------------------
+
+    async def _tick(self, shard: _Shard, past: EventKey) -> None:
+        if self._tick_sha is None:
+            self._tick_sha = _sha1(TICK_SCRIPT)
+        command = ("EVALSHA", self._tick_sha, 2, shard.log_key, shard.counter_key)
+        args = (self.log_size, self.shard_count, shard.index, past[0], past[1])
+        await self._on_master(shard, [(*command, *args)], (self._tick_sha, TICK_SCRIPT))
+        self.ticks += 1
+
+    def _want_tick(self, shard: _Shard, past: EventKey, interval: float) -> None:
+        if shard.tick_wanted is None or shard.tick_wanted < past:
+            shard.tick_wanted = past
+        shard.tick_interval = interval
+        if shard.tick_task is None and not self._closing:
+            shard.tick_task = asyncio.create_task(self._ticker(shard))
+
+    async def _ticker(self, shard: _Shard) -> None:
+        try:
+            while shard.tick_wanted is not None and shard.frontier <= shard.tick_wanted:
+                pause = shard.tick_at + shard.tick_interval - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                past = shard.tick_wanted
+                if shard.frontier > past:
+                    break
+                shard.tick_at = time.monotonic()
+                try:
+                    await self._tick(shard, past)
+                except (RedisError, OSError, BrokerUnavailableError):
+                    # The shard is down or moving: its reader will find it; try again later.
+                    self._refresh_soon()
+                    await asyncio.sleep(BACKOFF_INITIAL_SECONDS)
+                # The reader sees the tick on the replica; wait for it before another.
+                for _ in range(20):
+                    if shard.frontier > past:
+                        break
+                    await asyncio.sleep(TICK_INTERVAL_SECONDS)
+        finally:
+            shard.tick_task = None
+            if shard.tick_wanted is not None and shard.frontier > shard.tick_wanted:
+                shard.tick_wanted = None
+
+    # --- the readers -----------------------------------------------------
+
+    async def _reader_for(self, shard: _Shard) -> aioredis.Redis:
+        """The shard's reader connection. It stays on its node while the node answers, even
+        if the slot map changes: an old master returning as a replica first serves its own
+        stale (possibly divergent) data until its sync completes (note 6)."""
+        if shard.reader is not None:
+            return shard.reader
+        node, readonly = self._read_node(shard)
+        if readonly and not await self._replica_in_sync(node):
+            node, readonly = self._route(shard)[0], False
+        reader = self._new_client(node, readonly, READER_SOCKET_TIMEOUT_SECONDS)
+        shard.reader, shard.reader_node, shard.reader_readonly = reader, node, readonly
+        return reader
+
+    async def _replica_in_sync(self, node: Node) -> bool:
+        try:
+            info = await self._client(node).info("replication")
+        except (RedisError, OSError):
+            return False
+        return bool(
+            info.get("role") == "slave"
+            and info.get("master_link_status") == "up"
+            and not info.get("master_sync_in_progress")
+        )
+
+    def _read_target(self, shard: _Shard) -> tuple[Node, bool]:
+        """Where replays and position checks read a shard: where its reader reads, so a
+        snapshot holds at least what the reader has delivered (note 8)."""
+        if shard.reader_node is not None:
+            return shard.reader_node, shard.reader_readonly
+        return self._read_node(shard)
+
+    async def _drop_reader(self, shard: _Shard) -> None:
+        reader, shard.reader, shard.reader_node = shard.reader, None, None
+        shard.reader_readonly = False
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                await reader.aclose(close_connection_pool=True)
+
+    async def _read_loop(self, shard: _Shard) -> None:
+        backoff = BACKOFF_INITIAL_SECONDS
+        while not self._closing:
+            try:
+                if not self._routes:
+                    await self._refresh()
+                if shard.position is None or shard.verify:
+                    await self._find_position(shard)
+                reader = await self._reader_for(shard)
+                response = await reader.xread(
+                    {shard.log_key: shard.position},  # type: ignore[dict-item]
+                    count=READ_COUNT,
+                    block=self.block_ms,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closing:
+                    return
+                if isinstance(exc, MovedError | AskError):
+                    # The slot moved (a migration, a failover): follow it at once.
+                    await self._drop_reader(shard)
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._refresh(force=True)
+                    continue
+                if not isinstance(exc, RedisError | OSError | BrokerUnavailableError):
+                    logger.warning("cluster reader %d: unexpected %r", shard.index, exc)
+                self.read_errors += 1
+                shard.verify = shard.position is not None
+                self._mark_down(shard, exc)
+                await self._drop_reader(shard)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._refresh()
+                continue
+            if not shard.ok:
+                shard.ok = True
+                if all(s.ok for s in self.shards) and self.state != "ok":
+                    logger.info("redis cluster reader reconnected to %s", self.parsed.redacted())
+                    self.reconnects += 1
+                    self.state = "ok"
+            backoff = BACKOFF_INITIAL_SECONDS
+            if response:
+                self._take(shard, cast(list[Any], response)[0][1])
+
+    async def _find_position(self, shard: _Shard) -> None:
+        """Start at the shard's head, or check its log is still the one being read."""
+        async with (await self._reader_for(shard)).pipeline(transaction=True) as pipe:
+            pipe.xrevrange(shard.log_key, count=1)
+            pipe.get(shard.counter_key)
+            newest, counter = await pipe.execute()
+        number = int(counter or 0)
+        if shard.position is not None and number < shard.number:
+            self._skipped(f"shard {shard.index} lost events (event {number} after {shard.number})")
+            shard.position = None
+        if shard.position is None:
+            shard.position = cast(bytes, newest[0][0]) if newest else b"0-0"
+            shard.number = number
+            shard.frontier = self._frontier(shard.index, shard.position)
+        shard.verify = False
+        shard.ok = True
+
+    def _take(self, shard: _Shard, entries: list[Any]) -> None:
+        """Entries of one shard, in its order: check numbers, move its frontier, hold every
+        event, then deliver what every frontier has passed.
+
+        Every event is held, not only those a local stream wants now: a stream that
+        subscribes later counts on every event above its replay's head reaching the
+        listener after its subscription, and interest is decided at release (note 8)."""
+        k = shard.index
+        interest = self._interest
+        held = self._held
+        for entry_id, fields in entries:
+            number = int(fields[NUMBER_FIELD])
+            tick = TICK_FIELD in fields
+            expected = shard.number if tick else shard.number + 1
+            if number > expected:
+                self._skipped(
+                    f"shard {k}: events {shard.number + 1} to {number - 1} left the log unread"
+                )
+            elif number < expected:
+                self._skipped(f"shard {k}: event {number} after {shard.number} (entries lost)")
+            shard.number = number
+            shard.position = entry_id
+            shard.frontier = self._frontier(k, entry_id)
+            if tick:
+                continue
+            raw = fields[CHANNEL_FIELD]
+            wanted = bool(self._every_channel) or (
+                raw.decode() in interest
+                if b"\n" not in raw
+                else any(name in interest for name in channels_of(raw))
+            )
+            self._held_wanted += wanted
+            self._held_order += 1
+            heapq.heappush(held, (shard.frontier, self._held_order, k, entry_id, fields, wanted))
+        self._release()
+
+    def _release(self) -> None:
+        held = self._held
+        if not held:
+            return
+        passed = min(shard.frontier for shard in self.shards)
+        listener = self._listener
+        interest = self._interest
+        shards = self.shard_count
+        # Entries are keyed by their frontier, (ms, (n+1)*S + k): the position plus S.
+        while held and (held[0][0][0], held[0][0][1] - shards) < passed:
+            _, _, k, entry_id, fields, wanted = heapq.heappop(held)
+            self._held_wanted -= wanted
+            if listener is None:
+                continue
+            position = self.position(k, entry_id)
+            raw = fields[CHANNEL_FIELD]
+            if b"\n" not in raw:
+                channel = raw.decode()
+                if channel in interest or self._every_channel:
+                    listener(entry_event(entry_id, (channel,), fields, position))
+                continue
+            channels = channels_of(raw)
+            if self._every_channel or any(name in interest for name in channels):
+                event = entry_event(entry_id, channels, fields, position)
+                event.copy = ShardCopy(k, channels, shards)
+                listener(event)
+        if not held:
+            return
+        if len(held) > self.held_limit:
+            # Let them go; replays wait until every frontier is past them (note 5).
+            newest = max(entry[0] for entry in held)
+            self._dropped_upto = max(self._dropped_upto or newest, newest)
+            count = len(held)
+            self._held = []
+            self._held_wanted = 0
+            self._skipped(f"{count} events held back past REDIS_CLUSTER_HELD_EVENTS")
+            return
+        oldest_frontier = held[0][0]
+        oldest = (oldest_frontier[0], oldest_frontier[1] - shards)
+        # Quick ticks for what a local stream waits for; slow ones only bound the heap.
+        interval = TICK_INTERVAL_SECONDS if self._held_wanted else TICK_IDLE_INTERVAL_SECONDS
+        for shard in self.shards:
+            if shard.frontier <= oldest:
+                self._want_tick(shard, oldest, interval)
+
+    def _skipped(self, why: str) -> None:
+        self.resyncs += 1
+        logger.warning("cluster live feed skipped events (%s): streams resume from history", why)
+        if self._resync is not None:
+            self._resync(why)
+
+    def _mark_down(self, shard: _Shard, exc: BaseException) -> None:
+        shard.ok = False
+        if self.state == "ok":
+            logger.warning("redis cluster shard %d unavailable: %s", shard.index, exc)
+        self.state = "down"
+
+    # --- replay ----------------------------------------------------------
+
+    async def replay(
+        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+    ) -> Replay:
+        if self._listener is None or any(s.position is None for s in self.shards):
+            raise BrokerUnavailableError(UNAVAILABLE)
+        if self._dropped_upto is not None:
+            if min(s.frontier for s in self.shards) <= self._dropped_upto:
+                raise BrokerUnavailableError(UNAVAILABLE)  # until the merge is past (note 5)
+            self._dropped_upto = None
+        exact = last_event_id != EARLIEST
+        after: EventKey | None = None
+        if last_event_id is not None:
+            after = parse_event_id(last_event_id) if exact else (0, 0)
+            if after is None:
+                after = await self._resolve(last_event_id, channels)
+        by_shard: dict[int, list[str]] = {}
+        if every_channel or not channels:
+            by_shard = {k: [] for k in range(self.shard_count)}
+        for channel in channels:
+            by_shard.setdefault(self.shard_of(channel), []).append(channel)
+        stream_shards = set(by_shard)
+        if after is not None and exact:
+            # The shard that issued the cursor (and the next: a head decodes one below).
+            for k in (after[1] % self.shard_count, (after[1] + 1) % self.shard_count):
+                by_shard.setdefault(k, [])
+        read = last_event_id is not None and after is not None
+        try:
+            snapshots = await asyncio.gather(
+                *(
+                    self._snapshot(self.shards[k], names, after if read else None, every_channel)
+                    for k, names in by_shard.items()
+                )
+            )
+        except (RedisError, OSError) as exc:
+            self._refresh_soon()
+            logger.debug("cluster replay failed: %s", exc)
+            raise BrokerUnavailableError(UNAVAILABLE) from None
+        frontiers = [snapshot.frontier for snapshot in snapshots]
+        own = [snapshot for snapshot in snapshots if snapshot.shard in stream_shards]
+        if len(own) == 1 and own[0].last is not None:
+            # One shard: its last entry, the position of the newest event seen (note 8).
+            head_key = own[0].last
+        else:
+            low = min(snapshot.frontier for snapshot in own)
+            head_key = (low[0], low[1] - 1)
+        head = format_event_id(head_key)
+        if last_event_id is None:
+            return Replay(head=head)
+        if after is None or after >= max(frontiers):
+            return Replay(head=head, reset=True, reason="unknown_id")
+        if after > head_key:
+            # A cursor some shard issued past this stream's head (note 8).
+            return Replay(head=format_event_id(after))
+        events: list[Event] = []
+        stream_channels = frozenset(channels)
+        for snapshot in snapshots:
+            if exact and snapshot.lost:
+                return Replay(head=head, reset=True, reason="history_expired")
+            for event in snapshot.events:
+                if event.key > head_key:
+                    continue  # it arrives live (note 8)
+                if len(event.channels) > 1:
+                    taker = taking_shard(
+                        event.channels, stream_channels, every_channel, self.shard_count
+                    )
+                    if taker != snapshot.shard:
+                        continue
+                events.append(event)
+        events.sort(key=lambda event: event.key)
+        # An event on several channels of one shard was read from each: keep it once.
+        events = [e for i, e in enumerate(events) if i == 0 or events[i - 1].key != e.key]
+        return Replay(head=head, events=events)
+
+    async def _snapshot(
+        self, shard: _Shard, channels: list[str], after: EventKey | None, every_channel: bool
+    ) -> _Snapshot:
+        """One shard's part of a replay, in one MULTI on its replica (note 8)."""
+        k = shard.index
+        node, readonly = self._read_target(shard)
+        start = self._range_start(k, after) if after is not None else "-"
+        sources = [shard.log_key] if every_channel else [self.key(c) for c in channels]
+        async with self._client(node, readonly).pipeline(transaction=True) as pipe:
+            pipe.time()
+            pipe.xrevrange(shard.log_key, count=1)
+            if after is not None:
+                if every_channel:
+                    pipe.xrange(shard.log_key, count=1)
+                for source in sources:
+                    pipe.exists(source)
+                    pipe.xrange(source, min=start, max="+")
+            results = await pipe.execute()
+        seconds, micros = results[0]
+        now_ms = seconds * 1000 + micros // 1000
+        newest = results[1]
+        frontier = self._frontier(k, newest[0][0]) if newest else (0, self.shard_count + k)
+        last = self.position(k, newest[0][0]) if newest else None
+        snapshot = _Snapshot(k, frontier, last)
+        if after is None:
+            return snapshot
+        index = 2
+        if every_channel:
+            first = results[2]
+            index = 3
+            entries = results[4]
+            if self._log_lost(k, after, first):
+                snapshot.lost = True
+            for entry_id, fields in entries:
+                if TICK_FIELD in fields:
+                    continue
+                names = channels_of(fields[CHANNEL_FIELD])
+                if self.shard_of(names[0]) == k:  # the home copy (note 7)
+                    snapshot.events.append(
+                        entry_event(entry_id, names, fields, self.position(k, entry_id))
+                    )
+            return snapshot
+        for position, channel in enumerate(channels):
+            exists, entries = results[index + 2 * position], results[index + 2 * position + 1]
+            if after != (0, 0) and self._lost(k, after, bool(exists), entries, now_ms):
+                snapshot.lost = True
+            alone = (channel,)
+            for entry_id, fields in entries:
+                names = fields.get(CHANNEL_FIELD)
+                event_channels = channels_of(names) if names else alone
+                snapshot.events.append(
+                    entry_event(entry_id, event_channels, fields, self.position(k, entry_id))
+                )
+        return snapshot
+
+    def _log_lost(self, shard: int, after: EventKey, first: list[Any]) -> bool:
+        """Whether a shard's log (trimmed) may lack an event after ``after``."""
+        if not first:
+            return False
+        entry_id, fields = first[0]
+        number = int(fields.get(NUMBER_FIELD, 1))
+        before = number if TICK_FIELD in fields else number - 1  # events older than it
+        return self.position(shard, entry_id) > after and before > 0
+
+    def _lost(
+        self, shard: int, after: EventKey, exists: bool, entries: list[Any], now_ms: int
+    ) -> bool:
+        """Whether a channel's history may lack an event after ``after`` (as on redis://)."""
+        if not exists:
+            return after[0] < now_ms - self.channel_ttl_ms
+        if not entries:
+            return False
+        first_id, fields = entries[0]
+        previous = fields.get(PREVIOUS_FIELD)
+        if previous is not None:
+            return self.position(shard, previous) > after
+        return after[0] < key_of(first_id)[0] - self.channel_ttl_ms
+
+    async def _resolve(self, supplied_id: str, channels: Sequence[str]) -> EventKey | None:
+        """The position of the copy a stream on ``channels`` takes of the event a publisher
+        gave this id: the lowest of its channels' shards holding the id, else the smallest
+        position any shard holds (an id from other channels: any copy is as good)."""
+        wanted = sorted({self.shard_of(c) for c in channels})
+        others = [k for k in range(self.shard_count) if k not in wanted]
+        for group in (wanted, others):
+            try:
+                found = await asyncio.gather(*(self._get_supplied(k, supplied_id) for k in group))
+            except (RedisError, OSError):
+                self._refresh_soon()
+                raise BrokerUnavailableError(UNAVAILABLE) from None
+            keys = [self.position(k, entry) for k, entry in zip(group, found, strict=True) if entry]
+            if keys:
+                return keys[0] if group is wanted else min(keys)
+        return None
+
+    async def _get_supplied(self, k: int, supplied_id: str) -> bytes | None:
+        node, readonly = self._read_target(self.shards[k])
+        found = await self._client(node, readonly).get(self.supplied_id_key(k, supplied_id))
+        return cast(bytes | None, found)
+
+    # --- housekeeping ----------------------------------------------------
+
+    def sweep(self, now: float) -> int:
+        return 0  # Redis expires idle channel streams itself
+
+    def trim_history(self, keep: int) -> int:
+        return 0  # history lives in Redis
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "url": self.parsed.redacted(),
+            "state": self.state,
+            "shards": self.shard_count,
+            "shards_ok": sum(1 for s in self.shards if s.ok),
+            "held_events": len(self._held),
+            "ticks": self.ticks,
+            "publish_calls": self.publish_calls,
+            "slot_map_refreshes": self.refreshes,
+            "channels_read": len(self._interest),
+            "every_channel_readers": self._every_channel,
+            "reconnects": self.reconnects,
+            "read_errors": self.read_errors,
+            "resyncs": self.resyncs,
+        }
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    shard: int
+    frontier: EventKey
+    last: EventKey | None  # the position of the log's last entry
+    events: list[Event] = field(default_factory=list)
+    lost: bool = False
+
+
+def _host(host: bytes | str, asked: Node) -> str:
+    """A node's address as the cluster reports it (an empty host means the one asked)."""
+    name = host.decode() if isinstance(host, bytes) else host
+    return name or asked[0]
+
+
+def _sha1(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()
