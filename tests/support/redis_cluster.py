@@ -232,37 +232,25 @@ class RedisCluster:
             return False
         return b"cluster_state:ok" in info
 
-    def reshard(self, key: str, slots: int = 1) -> int:
-        """Move the slot of ``key`` (and ``slots - 1`` neighbours of the same master, taken by
-        redis-cli) to another master with ``redis-cli --cluster reshard``; returns the new
-        master's port."""
-        source = self.master_of(key)
-        target = next(port for port in self.masters() if port != source)
+    def slot_offset(self, key: str) -> tuple[int, int]:
+        """``key``'s slot and how many slots of its master's range come before it, plus one:
+        how many slots ``redis-cli --cluster reshard`` must move (it takes a master's
+        slots from the lowest) to move this one."""
         port = self.live_ports()[0]
         with redis.Redis(port=port, socket_timeout=1) as client:
             slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
-        assert REDIS_CLI is not None
-        # Move exactly this slot: `--cluster reshard` picks slots itself, so drive the
-        # migration the way redis-cli does for one slot (SETSLOT IMPORTING/MIGRATING, MIGRATE
-        # every key, SETSLOT NODE on both), which is the same MOVED/ASK sequence clients see.
-        source_id, target_id = self.node_id(source), self.node_id(target)
-        with (
-            redis.Redis(port=source, socket_timeout=5) as src,
-            redis.Redis(port=target, socket_timeout=5) as dst,
-        ):
-            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-            while True:
-                keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10)
-                if not keys:
-                    break
-                for moved in keys:
-                    # One key at a time, with pauses: streams stay open across an ASK window.
-                    src.execute_command("MIGRATE", "127.0.0.1", target, moved, 0, 5000)
-                    time.sleep(0.05)
-            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-        self.wait_ok()
+            for start, end, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return slot, slot - start + 1
+        raise RuntimeError(f"no master serves {key!r}")
+
+    def reshard(self, key: str) -> int:
+        """Move the slot of ``key`` to another master with ``redis-cli --cluster reshard``
+        (with the slots before it in its master's range); returns the new master's port."""
+        source = self.master_of(key)
+        target = next(port for port in self.masters() if port != source)
+        _, count = self.slot_offset(key)
+        self.reshard_with_cli(source, target, count)
         return target
 
     def reshard_with_cli(self, source: int, target: int, slots: int) -> None:
