@@ -283,7 +283,8 @@ class RedisBroker(LocalInterest, Broker):
             (
                 draft,
                 [self.key(channel) for channel in draft.channels],
-                self.supplied_id_key(draft.event_id) if draft.event_id else None,
+                [self.supplied_id_key(draft.event_id)] if draft.event_id else [],
+                "",
             )
             for draft in drafts
         )

@@ -89,8 +89,9 @@ import contextlib
 import heapq
 import logging
 import time
+import uuid
 import zlib
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -132,6 +133,8 @@ from app.broker.redis_entries import (
     PUBLISH_SCRIPT,
     READ_COUNT,
     READER_STOP_SECONDS,
+    REFERENCE_FIELD,
+    TICK_FIELD,
     LocalInterest,
     PendingPublish,
     channels_of,
@@ -144,7 +147,7 @@ from app.broker.redis_entries import (
 from app.sse.event import Event
 from app.sse.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
 
-__all__ = ["TICK_SCRIPT", "RedisClusterBroker", "ShardCopy"]
+__all__ = ["TICK_SCRIPT", "RedisClusterBroker", "shard_of"]
 
 logger = logging.getLogger("herald.broker")
 
@@ -154,12 +157,16 @@ READER_SOCKET_TIMEOUT_SECONDS = READ_BLOCK_MS / 1000 + 10
 TICK_INTERVAL_SECONDS = 0.005
 # Ticks for held events nobody here waits for: they only keep the held events bounded.
 TICK_IDLE_INTERVAL_SECONDS = 0.1
-TICK_FIELD = b"t"
 # A refresh of the slot map at most this often (a failover makes every task ask).
 REFRESH_INTERVAL_SECONDS = 0.1
 REDIRECT_ATTEMPTS = 5
 RETRY_PAUSE_SECONDS = 0.05
 UNAVAILABLE = "the event backplane (Redis Cluster) is unavailable; retry later"
+# A multi-shard event's home entry is written at most this long after its references
+# (else the publish fails), and replays read channel streams this much further back to
+# find references whose event is after the cursor (note 8).
+REFERENCE_WRITE_SECONDS = 10.0
+REFERENCE_WINDOW_MS = 15_000
 
 # KEYS: log, counter. ARGV: log size, shard count S, shard k, and the position
 # (ms, seq) to get past. Appends a tick unless the log's frontier is already past the
@@ -188,28 +195,6 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 't', '1', 'n', nu
 
 def shard_of(channel: str, shards: int) -> int:
     return zlib.crc32(channel.encode()) % shards
-
-
-@dataclass(frozen=True, slots=True)
-class ShardCopy:
-    """The copy of a multi-shard event on ``shard`` (design note 7)."""
-
-    shard: int
-    channels: tuple[str, ...]
-    shards: int
-
-    def taken_by(self, channels: Collection[str], every_channel: bool) -> bool:
-        return self.shard == taking_shard(self.channels, channels, every_channel, self.shards)
-
-
-def taking_shard(
-    event_channels: Sequence[str], stream_channels: Collection[str], every: bool, shards: int
-) -> int | None:
-    """The shard whose copy of an event a stream takes (None: it takes none)."""
-    if every:
-        return shard_of(event_channels[0], shards)
-    taken = [shard_of(c, shards) for c in event_channels if c in stream_channels]
-    return min(taken) if taken else None
 
 
 class _ReadOnly:
@@ -312,6 +297,7 @@ class RedisClusterBroker(LocalInterest, Broker):
         self._held: list[tuple[EventKey, int, int, bytes, dict[bytes, bytes], bool]] = []
         self._held_order = 0
         self._held_wanted = 0
+        self._held_newest: EventKey = (0, 0)  # the largest frontier among them
         self._dropped_upto: EventKey | None = None
         self._closing = False
         self._pending: list[PendingPublish] = []
@@ -330,6 +316,10 @@ class RedisClusterBroker(LocalInterest, Broker):
 
     def supplied_id_key(self, shard: int, supplied_id: str) -> str:
         return f"{self.shards[shard].tag}:id:{supplied_id}"
+
+    def reference_key(self, shard: int, token: str) -> str:
+        """The home entry id of a multi-shard event, found by its references' token."""
+        return f"{self.shards[shard].tag}:ref:{token}"
 
     def position(self, shard: int, entry_id: bytes | str) -> EventKey:
         ms, n = key_of(entry_id)
@@ -558,18 +548,26 @@ class RedisClusterBroker(LocalInterest, Broker):
 
     def shard_parts(
         self, drafts: Sequence[Draft]
-    ) -> dict[int, list[tuple[int, Draft, list[str], str | None]]]:
-        """Each shard's part of a call: (index of the draft, draft, its channel keys on the
-        shard, its supplied-id key on the shard), in request order."""
-        parts: dict[int, list[tuple[int, Draft, list[str], str | None]]] = {}
+    ) -> tuple[dict[int, list[_Part]], dict[int, list[_Part]]]:
+        """Each shard's part of a call, in request order: the events whose home it is
+        (first channel's shard), and the references to events homed elsewhere (note 7)."""
+        homes: dict[int, list[_Part]] = {}
+        references: dict[int, list[_Part]] = {}
         for index, draft in enumerate(drafts):
             by_shard: dict[int, list[str]] = {}
             for channel in draft.channels:
                 by_shard.setdefault(self.shard_of(channel), []).append(self.key(channel))
-            for k, keys in by_shard.items():
-                supplied = self.supplied_id_key(k, draft.event_id) if draft.event_id else None
-                parts.setdefault(k, []).append((index, draft, keys, supplied))
-        return parts
+            home = self.shard_of(draft.channels[0])
+            token = uuid.uuid4().hex if len(by_shard) > 1 else ""
+            aliases = [self.supplied_id_key(home, draft.event_id)] if draft.event_id else []
+            if token:
+                aliases.append(self.reference_key(home, token))
+                for k, keys in by_shard.items():
+                    if k != home:
+                        part = _Part(index, draft, keys, [], f"{home}:{token}")
+                        references.setdefault(k, []).append(part)
+            homes.setdefault(home, []).append(_Part(index, draft, by_shard[home], aliases, ""))
+        return homes, references
 
     async def _send_call(self, call: list[PendingPublish]) -> None:
         drafts = [draft for pending in call for draft in pending.drafts]
@@ -581,7 +579,9 @@ class RedisClusterBroker(LocalInterest, Broker):
                     pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            if not isinstance(exc, RedisError | OSError | BrokerUnavailableError):
+            if isinstance(exc, RedisError | OSError):
+                self._refresh_soon()
+            elif not isinstance(exc, BrokerUnavailableError):
                 logger.exception("cluster publish failed")
             return
         self.publish_calls += 1
@@ -593,34 +593,40 @@ class RedisClusterBroker(LocalInterest, Broker):
             start = end
 
     async def _write(self, drafts: list[Draft]) -> list[bytes]:
-        """Every shard's part at once (one round trip each, concurrently); the entry ids
-        of each draft's home copy."""
-        parts = self.shard_parts(drafts)
+        """References first, then the events on their home shards: each phase one round
+        trip per shard involved, concurrently (note 7). The home entry ids, in order."""
+        homes, references = self.shard_parts(drafts)
+        started = time.monotonic()
+        if references:
+            await self._all_shards(references)
+            if time.monotonic() - started > REFERENCE_WRITE_SECONDS:
+                # Replays look this far back for references (note 8): too late to write.
+                raise BrokerUnavailableError(UNAVAILABLE)
+        written = await self._all_shards(homes)
+        home_ids: list[bytes] = [b""] * len(drafts)
+        for k, entry_ids in written.items():
+            for part, entry_id in zip(homes[k], entry_ids, strict=True):
+                home_ids[part.index] = entry_id
+        return home_ids
+
+    async def _all_shards(self, parts: dict[int, list[_Part]]) -> dict[int, list[bytes]]:
         shards = list(parts)
         results = await asyncio.gather(
             *(self._write_shard(self.shards[k], parts[k]) for k in shards),
             return_exceptions=True,
         )
-        home_ids: list[bytes | None] = [None] * len(drafts)
-        for k, outcome in zip(shards, results, strict=True):
+        for outcome in results:
             if isinstance(outcome, BaseException):
-                if isinstance(outcome, RedisError | OSError):
-                    self._refresh_soon()
                 raise outcome
-            for (index, draft, _, _), entry_id in zip(parts[k], outcome, strict=True):
-                if self.shard_of(draft.channels[0]) == k:
-                    home_ids[index] = entry_id
-        return cast(list[bytes], home_ids)
+        return dict(zip(shards, cast(list[list[bytes]], results), strict=True))
 
-    async def _write_shard(
-        self, shard: _Shard, part: list[tuple[int, Draft, list[str], str | None]]
-    ) -> list[bytes]:
+    async def _write_shard(self, shard: _Shard, part: list[_Part]) -> list[bytes]:
         sizes = (self.log_size, self.history_size, self.channel_ttl_ms)
         keys, args = publish_arguments(
             shard.log_key,
             shard.counter_key,
             sizes,
-            ((draft, keys, supplied) for _, draft, keys, supplied in part),
+            ((p.draft, p.channel_keys, p.aliases, p.reference) for p in part),
         )
         sha = self._publish_script_sha()
         commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
@@ -817,6 +823,7 @@ class RedisClusterBroker(LocalInterest, Broker):
             self._held_wanted += wanted
             self._held_order += 1
             heapq.heappush(held, (shard.frontier, self._held_order, k, entry_id, fields, wanted))
+            self._held_newest = max(self._held_newest, shard.frontier)
         self._release()
 
     def _release(self) -> None:
@@ -842,9 +849,7 @@ class RedisClusterBroker(LocalInterest, Broker):
                 continue
             channels = channels_of(raw)
             if self._every_channel or any(name in interest for name in channels):
-                event = entry_event(entry_id, channels, fields, position)
-                event.copy = ShardCopy(k, channels, shards)
-                listener(event)
+                listener(entry_event(entry_id, channels, fields, position))
         if not held:
             return
         if len(held) > self.held_limit:
@@ -858,11 +863,13 @@ class RedisClusterBroker(LocalInterest, Broker):
             return
         oldest_frontier = held[0][0]
         oldest = (oldest_frontier[0], oldest_frontier[1] - shards)
+        # One tick past the newest held event releases them all (its id is past it).
+        newest = (self._held_newest[0], self._held_newest[1] - shards)
         # Quick ticks for what a local stream waits for; slow ones only bound the heap.
         interval = TICK_INTERVAL_SECONDS if self._held_wanted else TICK_IDLE_INTERVAL_SECONDS
         for shard in self.shards:
             if shard.frontier <= oldest:
-                self._want_tick(shard, oldest, interval)
+                self._want_tick(shard, newest, interval)
 
     def _skipped(self, why: str) -> None:
         self.resyncs += 1
@@ -889,122 +896,144 @@ class RedisClusterBroker(LocalInterest, Broker):
             self._dropped_upto = None
         exact = last_event_id != EARLIEST
         after: EventKey | None = None
-        if last_event_id is not None:
-            after = parse_event_id(last_event_id) if exact else (0, 0)
-            if after is None:
-                after = await self._resolve(last_event_id, channels)
-        by_shard: dict[int, list[str]] = {}
-        if every_channel or not channels:
-            by_shard = {k: [] for k in range(self.shard_count)}
-        for channel in channels:
-            by_shard.setdefault(self.shard_of(channel), []).append(channel)
-        stream_shards = set(by_shard)
-        if after is not None and exact:
-            # The shard that issued the cursor (and the next: a head decodes one below).
-            for k in (after[1] % self.shard_count, (after[1] + 1) % self.shard_count):
-                by_shard.setdefault(k, [])
-        read = last_event_id is not None and after is not None
         try:
-            snapshots = await asyncio.gather(
-                *(
-                    self._snapshot(self.shards[k], names, after if read else None, every_channel)
-                    for k, names in by_shard.items()
+            if last_event_id is not None:
+                after = parse_event_id(last_event_id) if exact else (0, 0)
+                if after is None:
+                    after = await self._resolve(last_event_id, channels)
+            # First every log's head, then the channels (note 8: the order matters).
+            frontiers = await asyncio.gather(*(self._head(shard) for shard in self.shards))
+            low = min(frontiers)
+            head_key = (low[0], low[1] - 1)
+            head = format_event_id(head_key)
+            if last_event_id is None:
+                return Replay(head=head)
+            if after is None or (exact and after >= max(frontiers)):
+                return Replay(head=head, reset=True, reason="unknown_id")
+            if after > head_key:
+                # A cursor some shard issued past this head: kept as the head (note 8).
+                return Replay(head=format_event_id(after))
+            parts: Sequence[Sequence[Event | _Reference] | None]
+            if every_channel:
+                parts = await asyncio.gather(
+                    *(self._log_since(shard, after, exact) for shard in self.shards)
                 )
-            )
+            else:
+                by_shard: dict[int, list[str]] = {}
+                for channel in channels:
+                    by_shard.setdefault(self.shard_of(channel), []).append(channel)
+                parts = await asyncio.gather(
+                    *(
+                        self._channels_since(self.shards[k], names, after, exact)
+                        for k, names in by_shard.items()
+                    )
+                )
+            if any(part is None for part in parts):
+                return Replay(head=head, reset=True, reason="history_expired")
+            events = [e for part in parts for e in part or () if isinstance(e, Event)]
+            events += await self._referenced(parts)
         except (RedisError, OSError) as exc:
             self._refresh_soon()
             logger.debug("cluster replay failed: %s", exc)
             raise BrokerUnavailableError(UNAVAILABLE) from None
-        frontiers = [snapshot.frontier for snapshot in snapshots]
-        own = [snapshot for snapshot in snapshots if snapshot.shard in stream_shards]
-        if len(own) == 1 and own[0].last is not None:
-            # One shard: its last entry, the position of the newest event seen (note 8).
-            head_key = own[0].last
-        else:
-            low = min(snapshot.frontier for snapshot in own)
-            head_key = (low[0], low[1] - 1)
-        head = format_event_id(head_key)
-        if last_event_id is None:
-            return Replay(head=head)
-        if after is None or after >= max(frontiers):
-            return Replay(head=head, reset=True, reason="unknown_id")
-        if after > head_key:
-            # A cursor some shard issued past this stream's head (note 8).
-            return Replay(head=format_event_id(after))
-        events: list[Event] = []
-        stream_channels = frozenset(channels)
-        for snapshot in snapshots:
-            if exact and snapshot.lost:
-                return Replay(head=head, reset=True, reason="history_expired")
-            for event in snapshot.events:
-                if event.key > head_key:
-                    continue  # it arrives live (note 8)
-                if len(event.channels) > 1:
-                    taker = taking_shard(
-                        event.channels, stream_channels, every_channel, self.shard_count
-                    )
-                    if taker != snapshot.shard:
-                        continue
-                events.append(event)
+        # Above the head: it arrives live (note 8); at or below the cursor: had.
+        events = [e for e in events if after < e.key <= head_key]
         events.sort(key=lambda event: event.key)
-        # An event on several channels of one shard was read from each: keep it once.
+        # An event on several of these channels was read from each: keep it once.
         events = [e for i, e in enumerate(events) if i == 0 or events[i - 1].key != e.key]
         return Replay(head=head, events=events)
 
-    async def _snapshot(
-        self, shard: _Shard, channels: list[str], after: EventKey | None, every_channel: bool
-    ) -> _Snapshot:
-        """One shard's part of a replay, in one MULTI on its replica (note 8)."""
+    async def _head(self, shard: _Shard) -> EventKey:
+        """The frontier of a shard's log where its reader reads."""
+        node, readonly = self._read_target(shard)
+        newest = await self._client(node, readonly).xrevrange(shard.log_key, count=1)
+        if not newest:
+            return 0, self.shard_count + shard.index
+        return self._frontier(shard.index, cast(bytes, newest[0][0]))
+
+    async def _log_since(self, shard: _Shard, after: EventKey, exact: bool) -> list[Event] | None:
+        """A pattern stream's replay from one shard's log: its events after ``after`` (None:
+        the log was trimmed past ``after``)."""
         k = shard.index
         node, readonly = self._read_target(shard)
-        start = self._range_start(k, after) if after is not None else "-"
-        sources = [shard.log_key] if every_channel else [self.key(c) for c in channels]
+        async with self._client(node, readonly).pipeline(transaction=True) as pipe:
+            pipe.xrange(shard.log_key, count=1)
+            pipe.xrange(shard.log_key, min=self._range_start(k, after), max="+")
+            first, entries = await pipe.execute()
+        if exact and self._log_lost(k, after, first):
+            return None
+        return [
+            entry_event(entry_id, channels_of(fields[CHANNEL_FIELD]), fields, self.position(k, e))
+            for entry_id, fields in entries
+            if TICK_FIELD not in fields
+            for e in [entry_id]
+        ]
+
+    async def _channels_since(
+        self, shard: _Shard, channels: list[str], after: EventKey, exact: bool
+    ) -> list[Event | _Reference] | None:
+        """One shard's channels after ``after``, in one MULTI: events, and references to
+        events homed elsewhere (read from further back: note 8). None: trimmed past."""
+        k = shard.index
+        node, readonly = self._read_target(shard)
+        start = self._range_start(k, (max(0, after[0] - REFERENCE_WINDOW_MS), 0))
         async with self._client(node, readonly).pipeline(transaction=True) as pipe:
             pipe.time()
-            pipe.xrevrange(shard.log_key, count=1)
-            if after is not None:
-                if every_channel:
-                    pipe.xrange(shard.log_key, count=1)
-                for source in sources:
-                    pipe.exists(source)
-                    pipe.xrange(source, min=start, max="+")
+            for channel in channels:
+                pipe.exists(self.key(channel))
+                pipe.xrange(self.key(channel), min=start, max="+")
             results = await pipe.execute()
         seconds, micros = results[0]
         now_ms = seconds * 1000 + micros // 1000
-        newest = results[1]
-        frontier = self._frontier(k, newest[0][0]) if newest else (0, self.shard_count + k)
-        last = self.position(k, newest[0][0]) if newest else None
-        snapshot = _Snapshot(k, frontier, last)
-        if after is None:
-            return snapshot
-        index = 2
-        if every_channel:
-            first = results[2]
-            index = 3
-            entries = results[4]
-            if self._log_lost(k, after, first):
-                snapshot.lost = True
-            for entry_id, fields in entries:
-                if TICK_FIELD in fields:
-                    continue
-                names = channels_of(fields[CHANNEL_FIELD])
-                if self.shard_of(names[0]) == k:  # the home copy (note 7)
-                    snapshot.events.append(
-                        entry_event(entry_id, names, fields, self.position(k, entry_id))
-                    )
-            return snapshot
-        for position, channel in enumerate(channels):
-            exists, entries = results[index + 2 * position], results[index + 2 * position + 1]
-            if after != (0, 0) and self._lost(k, after, bool(exists), entries, now_ms):
-                snapshot.lost = True
-            alone = (channel,)
+        found: list[Event | _Reference] = []
+        for index, channel in enumerate(channels):
+            exists, entries = results[1 + 2 * index], results[2 + 2 * index]
+            if exact and self._lost(k, after, bool(exists), entries, now_ms):
+                return None
             for entry_id, fields in entries:
                 names = fields.get(CHANNEL_FIELD)
-                event_channels = channels_of(names) if names else alone
-                snapshot.events.append(
-                    entry_event(entry_id, event_channels, fields, self.position(k, entry_id))
-                )
-        return snapshot
+                event_channels = channels_of(names) if names else (channel,)
+                reference = fields.get(REFERENCE_FIELD)
+                if reference is not None:
+                    home, _, token = reference.decode().partition(":")
+                    found.append(_Reference(int(home), token, event_channels, fields))
+                elif self.position(k, entry_id) > after:
+                    position = self.position(k, entry_id)
+                    found.append(entry_event(entry_id, event_channels, fields, position))
+        return found
+
+    async def _referenced(
+        self, parts: Sequence[Sequence[Event | _Reference] | None]
+    ) -> list[Event]:
+        """The events that references point to, at their home positions; a reference whose
+        home entry is not there yet is left out (that event arrives live: note 8)."""
+        wanted: dict[int, dict[str, _Reference]] = {}
+        for part in parts:
+            for item in part or ():
+                if isinstance(item, _Reference):
+                    wanted.setdefault(item.home, {})[item.token] = item
+        if not wanted:
+            return []
+        homes = list(wanted)
+        answers = await asyncio.gather(
+            *(self._get_references(self.shards[h], list(wanted[h])) for h in homes)
+        )
+        events = []
+        for home, entry_ids in zip(homes, answers, strict=True):
+            for reference, entry_id in zip(wanted[home].values(), entry_ids, strict=True):
+                if entry_id:
+                    position = self.position(home, entry_id)
+                    fields = reference.fields
+                    events.append(entry_event(entry_id, reference.channels, fields, position))
+        return events
+
+    async def _get_references(self, shard: _Shard, tokens: list[str]) -> list[bytes | None]:
+        node, readonly = self._read_target(shard)
+        keys = [self.reference_key(shard.index, token) for token in tokens]
+        async with self._client(node, readonly).pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+            return cast(list[bytes | None], await pipe.execute())
 
     def _log_lost(self, shard: int, after: EventKey, first: list[Any]) -> bool:
         """Whether a shard's log (trimmed) may lack an event after ``after``."""
@@ -1077,13 +1106,28 @@ class RedisClusterBroker(LocalInterest, Broker):
         }
 
 
-@dataclass(slots=True)
-class _Snapshot:
-    shard: int
-    frontier: EventKey
-    last: EventKey | None  # the position of the log's last entry
-    events: list[Event] = field(default_factory=list)
-    lost: bool = False
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One draft in one shard's script call."""
+
+    index: int
+    draft: Draft
+    channel_keys: list[str]
+    aliases: list[str]
+    reference: str  # '<home shard>:<token>' for a reference, '' for the event itself
+
+
+_Parts = dict[int, list["_Part"]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    """A channel entry standing for a multi-shard event homed on another shard."""
+
+    home: int
+    token: str
+    channels: tuple[str, ...]
+    fields: dict[bytes, bytes]
 
 
 def _host(host: bytes | str, asked: Node) -> str:

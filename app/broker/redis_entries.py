@@ -38,7 +38,9 @@ __all__ = [
     "READER_STOP_SECONDS",
     "READ_BLOCK_MS",
     "READ_COUNT",
+    "REFERENCE_FIELD",
     "SUPPLIED_ID_FIELD",
+    "TICK_FIELD",
     "UNAVAILABLE",
     "LocalInterest",
     "PendingPublish",
@@ -68,6 +70,8 @@ BODY_FIELD = b"b"
 PRIVATE_FIELD = b"p"  # b"1" on private events
 PREVIOUS_FIELD = b"v"  # channel entries: the id of the channel's previous entry
 SUPPLIED_ID_FIELD = b"i"  # the publisher's own id, shown instead of the entry id
+REFERENCE_FIELD = b"r"  # channel entries referring to an event of another log (its token)
+TICK_FIELD = b"t"  # log entries that are not events
 CHANNEL_FIELD = b"c"  # log entries; channel entries only when the event has several
 CHANNEL_SEPARATOR = "\n"  # no channel or Mercure topic may contain a control character
 PUBLISH_CALL_EVENTS = 1000
@@ -77,34 +81,44 @@ PUBLISH_CALLS_IN_FLIGHT = 2
 NUMBER_FIELD = b"n"  # log entries only
 UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
 
-# KEYS: log, counter, then every channel stream of the call and every supplied id's key
-# (each once). ARGV: log size, history size, channel TTL (ms), event count, then per
-# event: its channel names (the log's channel field), body, private flag, the publisher's
-# own id ('' for none), the index of that id's key in KEYS (0 for none), channel count k
-# and k indexes into KEYS. A supplied id's key maps it to the event's position, set only
-# by the first event that carries it and expiring with the channel TTL.
-# Returns the event ids in order. `previous` remembers each stream's newest entry, so a
+# KEYS: log, counter, then every channel stream of the call and every alias key (each
+# once). ARGV: log size, history size, channel TTL (ms), event count, then per event: its
+# channel names (the log's channel field), body, private flag, the publisher's own id (''
+# for none), a reference token ('' for none), alias count m and m indexes into KEYS,
+# channel count k and k indexes into KEYS. An alias key (a supplied id's, a reference
+# token's) maps to the event's entry id, set only by the first event that carries it and
+# expiring with the channel TTL. An event with a reference token is not an event of this
+# log but a *reference* to one written elsewhere (``redis+cluster://``): its channel
+# entries carry the token (``r``), and the log gets a tick (``t``, numbered like the
+# event before it) whose id they share, so channel ids stay log ids.
+# Returns the entry ids in order. `previous` remembers each stream's newest entry, so a
 # call of many events on one channel reads it once.
 PUBLISH_SCRIPT = """
 local count = tonumber(ARGV[4])
-local n = redis.call('INCRBY', KEYS[2], count) - count
+local n = tonumber(redis.call('GET', KEYS[2]) or '0')
 local previous = {}
 local ids = {}
 local a = 5
 for e = 1, count do
   local names, body, private, supplied = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local supplied_key = tonumber(ARGV[a + 4])
-  local k = tonumber(ARGV[a + 5])
-  n = n + 1
-  local log_fields = {'n', n, 'c', names, 'b', body, 'p', private}
-  if supplied ~= '' then
-    log_fields[9] = 'i'
-    log_fields[10] = supplied
+  local ref = ARGV[a + 4]
+  local m = tonumber(ARGV[a + 5])
+  local k = tonumber(ARGV[a + 6 + m])
+  local id
+  if ref == '' then
+    n = n + 1
+    local log_fields = {'n', n, 'c', names, 'b', body, 'p', private}
+    if supplied ~= '' then
+      log_fields[9] = 'i'
+      log_fields[10] = supplied
+    end
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(log_fields))
+  else
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', '1', 'n', n)
   end
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(log_fields))
   ids[e] = id
   for j = 1, k do
-    local key = KEYS[tonumber(ARGV[a + 5 + j])]
+    local key = KEYS[tonumber(ARGV[a + 6 + m + j])]
     local before = previous[key]
     if before == nil then
       local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
@@ -123,14 +137,19 @@ for e = 1, count do
       fields[#fields + 1] = 'v'
       fields[#fields + 1] = before
     end
+    if ref ~= '' then
+      fields[#fields + 1] = 'r'
+      fields[#fields + 1] = ref
+    end
     redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, unpack(fields))
     previous[key] = id
   end
-  if supplied_key > 0 then
-    redis.call('SET', KEYS[supplied_key], id, 'NX', 'PX', ARGV[3])
+  for j = 1, m do
+    redis.call('SET', KEYS[tonumber(ARGV[a + 5 + j])], id, 'NX', 'PX', ARGV[3])
   end
-  a = a + 6 + k
+  a = a + 7 + m + k
 end
+redis.call('SET', KEYS[2], n)
 for i = 3, #KEYS do
   redis.call('PEXPIRE', KEYS[i], ARGV[3])
 end
@@ -205,22 +224,21 @@ def publish_arguments(
     log_key: str,
     counter_key: str,
     sizes: tuple[int, int, int],
-    parts: Iterable[tuple[Draft, Sequence[str], str | None]],
+    parts: Iterable[tuple[Draft, Sequence[str], Sequence[str], str]],
 ) -> tuple[list[Any], list[Any]]:
     """The keys and arguments of one ``PUBLISH_SCRIPT`` call. ``sizes``: log size, history
-    size, channel TTL (ms). Each part: a draft, the keys of the channel streams it is
-    written to by this call, and the key mapping its supplied id (or None)."""
+    size, channel TTL (ms). Each part: a draft, the keys of the channel streams this call
+    writes it to, its alias keys (a supplied id's, a reference token's) and its reference
+    token ('' for an event of this log)."""
     keys: list[Any] = [log_key, counter_key]
     index: dict[str, int] = {}
     args: list[Any] = [*sizes, 0]
     count = 0
-    for draft, channel_keys, supplied_id_key in parts:
-        supplied = draft.event_id or ""
-        supplied_index = 0
-        if supplied and supplied_id_key is not None:
-            supplied_index = _key_index(supplied_id_key, keys, index)
+    for draft, channel_keys, alias_keys, reference in parts:
         args += [CHANNEL_SEPARATOR.join(draft.channels), draft.body, flag(draft)]
-        args += [supplied, supplied_index, len(channel_keys)]
+        args += [draft.event_id or "", reference, len(alias_keys)]
+        args += [_key_index(key, keys, index) for key in alias_keys]
+        args.append(len(channel_keys))
         args += [_key_index(key, keys, index) for key in channel_keys]
         count += 1
     args[3] = count

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container
-from typing import Protocol
+from collections.abc import Container
 
 from app.sse.event_id import EventKey
 
-__all__ = ["CopyRule", "Event"]
-
-
-class CopyRule(Protocol):
-    """Which streams take this copy of an event written more than once (``redis+cluster://``
-    writes an event on channels of several log shards once per shard, each copy its own
-    position): exactly one copy is taken by each stream, decided from its channels alone."""
-
-    def taken_by(self, channels: Collection[str], every_channel: bool) -> bool: ...
+__all__ = ["Event"]
 
 
 class Event:
@@ -31,12 +22,9 @@ class Event:
     publisher's order, without repeats (usually one). A stream subscribed to
     several of them still gets the event once: its id is one position of the
     broker's single sequence, and each stream's cursor skips what it has had.
-
-    ``copy`` is None except on one copy of an event written several times (see
-    ``CopyRule``): the hub then pushes it only to the streams that take that copy.
     """
 
-    __slots__ = ("channels", "copy", "frame", "id", "key", "private", "refs")
+    __slots__ = ("channels", "frame", "id", "key", "private", "refs")
 
     def __init__(
         self,
@@ -45,7 +33,6 @@ class Event:
         channels: tuple[str, ...],
         frame: bytes,
         private: bool = False,
-        copy: CopyRule | None = None,
     ) -> None:
         self.key = key
         self.id = event_id
@@ -54,7 +41,6 @@ class Event:
         # Private events reach only subscribers granted one of the event's channels.
         self.private = private
         self.refs = 0
-        self.copy = copy
 
     def visible_to(self, private_channels: Container[str]) -> bool:
         """Whether a stream whose grants cover ``private_channels`` (a set, or a Mercure

@@ -316,8 +316,6 @@ class Hub:
         else:
             # Rare path: a stream on several of the event's channels is pushed once.
             subscribers = self._subscribers(channels)
-            if event.copy is not None and subscribers:
-                subscribers = self._taking(event, subscribers)
         if subscribers:
             self._push(event, subscribers)
         if self._patterns:
@@ -325,16 +323,7 @@ class Hub:
                 for matched in self._patterns.subscribers_for(channel):
                     # A stream also subscribed exactly, by two patterns or through two of
                     # the event's channels gets it once: its cursor skips the second push.
-                    if event.copy is not None:
-                        matched = self._taking(event, matched)
                     self._push(event, matched)
-
-    def _taking(self, event: Event, subscribers: set[Connection]) -> set[Connection]:
-        """The streams that take this copy of an event written once per log shard."""
-        rule = event.copy
-        assert rule is not None
-        patterns = self._patterns_of
-        return {c for c in subscribers if rule.taken_by(c.channels, c in patterns)}
 
     def _push(self, event: Event, subscribers: set[Connection]) -> None:
         counters = self.counters

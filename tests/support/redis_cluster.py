@@ -140,16 +140,19 @@ class RedisCluster:
                     return False
                 replication = client.info("replication")
                 # A replica still in its first sync would not hold what its master acked.
-                return replication.get("role") == "master" or (
-                    replication.get("master_link_status") == "up"
-                    and replication.get("master_sync_in_progress") == 0
+                return bool(
+                    replication.get("role") == "master"
+                    or (
+                        replication.get("master_link_status") == "up"
+                        and replication.get("master_sync_in_progress") == 0
+                    )
                 )
         except redis.exceptions.RedisError:
             return False
 
     @staticmethod
     def _nodes(client: redis.Redis) -> list[list[str]]:
-        raw = client.execute_command("CLUSTER", "NODES")
+        raw = client.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         return [line.split() for line in text.splitlines() if line.strip()]
 
