@@ -31,50 +31,62 @@ Design decisions (read before changing):
    alternatives poll or wait out a block on another shard's key. S is bounded by the
    setting (16 by default: 16 connections per worker, whatever the clients), and a
    per-shard task follows its slot by itself through failovers and migrations.
+   A worker places all its readers at one start (see ``_position_all``).
    Gaps are detected per shard as on ``redis://``: events carry their number, ticks
    the number of the last event before them; a jump (trimmed unread) or a number
    that went back (a failover lost entries the reader had, data lost) → resync.
-5. **Held events are bounded** by ``REDIS_CLUSTER_HELD_EVENTS`` per worker (only events
-   with a local subscriber are held). A shard that cannot be read (a master down
-   until its replica is promoted) holds every delivery back: past the bound the
-   reader lets the held events go and resyncs (streams resume from history, exactly).
+5. **Held events are bounded** by ``REDIS_CLUSTER_HELD_EVENTS`` per worker. Every event
+   read is held until the merge passes it, wanted or not (a stream that subscribes
+   later is owed every event above its replay's head, note 8; interest is decided at
+   release), as raw entries (no Event built for a channel nobody here watches). Ticks
+   for events a local stream wants go at most every ``TICK_INTERVAL_SECONDS`` per shard,
+   for the others every ``TICK_IDLE_INTERVAL_SECONDS``; one tick goes past the newest
+   held event. A shard that cannot be read (a master down until its replica is
+   promoted) holds every delivery back: past the bound the reader lets the held events
+   go and resyncs, and replays wait (503 to streams, which wait) until every frontier
+   is past what was let go, so no head is ever handed out below a dropped event.
 6. **Durability.** After each shard's script, ``WAIT <REDIS_CLUSTER_WAIT_REPLICAS>
    <timeout>`` in the same pipeline (one round trip, on the connection that wrote:
    WAIT counts the replication of that connection's writes, which is also why the
    broker routes its own commands instead of using redis-py's ``RedisCluster``, whose
-   keyless WAIT would go to any node). Fewer replicas → not acknowledged (503).
-   Readers and replays read each shard from its replica (``READONLY``), the master
-   only when the shard has no replica: an entry delivered from a master and lost in a
-   failover would let the new master give its number and id to another event, shifting
-   every stream's cursor past events it never got. What a replica has, the promoted
-   replica has (one replica per master; with more, the cluster promotes the most
-   up-to-date one, and a number that went back would resync).
-7. **Multi-shard events.** An event on channels of several shards is written once per
-   shard involved (each shard's script writes its channels' streams), each copy its own
-   entry and position; every copy lists all the channels. A stream takes only the copy
-   on the lowest shard among the shards of (its channels ∩ the event's channels), a
-   pattern stream only the home copy (shard of the first channel): deterministic, the
-   same live (``Event.copy``, applied by the hub) and in replay, so no dedupe state.
-   The lead's first design gave every copy the home copy's position; a copy written
-   after its home copy was read could then land behind positions already delivered or
-   handed out as heads, and be lost — own positions avoid the ordering race. Publisher
-   ids map per shard to that shard's copy, so they resume to the copy the stream takes.
-   A multi-shard publish is acknowledged only when every part succeeded; no
-   all-or-nothing across shards exists, so a failed one (503) may have landed on some.
-   Batches stay in request order within a shard; across shards their events follow
-   the positions (one order for every stream), not necessarily the request.
-8. **Replay** reads, per shard involved, one ``MULTI`` on its replica: the log's last
-   entry and the streams' entries after the cursor (``XRANGE``; per-channel trim
-   detection through ``v`` as on ``redis://``). Per-shard snapshots suffice: positions
-   are per shard (an entry's position depends on its shard's ids only), each shard's
-   snapshot contains every entry of that shard up to its frontier, and the head is
-   just below the smallest frontier (for one shard: its last entry, the same position for
-   that shard's streams), so every retained event at or below the head is
-   in the replay, and any event above it had not been delivered by any worker (it was
-   not below every frontier yet, note 2): it arrives live. Events above the head are
-   left out of the replay for that reason. A cursor above the head that a shard issued
-   (a Mercure hub-wide cursor from channels of a busier shard) is kept as the head;
-   one past every frontier read is ``unknown_id``.
+   keyless WAIT would go to any node; it reads ``CLUSTER SLOTS`` itself). Fewer
+   replicas → not acknowledged (503). Readers and replays read each shard from its
+   replica (``READONLY``; the master only when the shard has no replica in sync): an
+   entry delivered from a master and lost in a failover would let the new master give
+   its number and id to another event, shifting every stream's cursor past events it
+   never got. A reader stays on its node while it answers (an old master back as a
+   replica first serves its own stale data), and replays read where the reader reads.
+7. **Multi-shard events: one event, one id.** An event whose channels span shards is
+   written once, on its home shard (its first channel's): its log entry, its home
+   channels' streams, and a reference key ``…:ref:<token>`` → its entry id. *Before*
+   that, each other shard involved gets a reference: an entry in each of its channels'
+   streams carrying the token (``r``), with a tick in its log so channel ids stay log
+   ids. Live, every worker delivers the home log entry, once. A replay of a channel
+   finds references in its stream and looks the token up on the home shard. So: one
+   id for every subscriber, the publisher's answer included (the lead's first design,
+   one copy per shard all carrying the home key, let a copy written after its home copy
+   land behind heads already handed out; copies with their own positions, tried next,
+   gave one event several ids). Cost: two round trips for a multi-shard publish. A
+   publish is acknowledged only when every part succeeded; no all-or-nothing across
+   shards exists, so a failed one (503) may have landed (references alone are never
+   delivered). Batches keep request order within a shard; across shards their events
+   follow their positions (one order for every stream), not necessarily the request.
+8. **Replay** first reads every shard's log head (on its reader's node), then the
+   stream's channels, one ``MULTI`` per shard (``XRANGE`` from ``REFERENCE_WINDOW_MS``
+   before the cursor, so references to later home entries are found; per-channel trim
+   detection through ``v`` as on ``redis://``), then the references' tokens. The head
+   is just below the smallest frontier, and only events at or below it are replayed.
+   Why that is exact with per-shard snapshots: positions are per shard, so each log
+   head bounds what its shard has issued. An event at or below the head was in its
+   shard's streams when they were read (its shard had issued it before the heads
+   were read, and a reference precedes its home entry). An event above the head had
+   not been delivered by any worker, since no reader's frontiers were all past it,
+   and every worker's readers start at or below any head it will hand out (their start
+   is the smallest frontier at boot): it arrives live after the stream registered. A
+   reference whose home entry is not written yet stands for an event written after the
+   heads were read: above the head, live too. A cursor above the head that some shard
+   issued (a Mercure hub-wide cursor) is kept as the head; one at or past every
+   frontier is ``unknown_id``.
 9. Unreachable nodes are a state (as on ``redis://``): ``connect`` never fails, publishes
    and replays raise ``BrokerUnavailableError``; MOVED refreshes the slot map and
    retries, ASK retries once on the importing node after ``ASKING``, TRYAGAIN and
@@ -228,6 +240,7 @@ class _Shard:
     number: int = 0
     frontier: EventKey = (0, 0)
     verify: bool = False
+    renumber: bool = False
     reader: aioredis.Redis | None = None
     reader_node: Node | None = None
     reader_readonly: bool = False
@@ -289,6 +302,7 @@ class RedisClusterBroker(LocalInterest, Broker):
         # slot → (master, replicas), for the shards' slots only.
         self._routes: dict[int, tuple[Node, list[Node]]] = {}
         self._refreshing: asyncio.Task[None] | None = None
+        self._positioning = asyncio.Lock()
         self._refreshed_at = 0.0
         LocalInterest.__init__(self)
         # Entries held back until every frontier is past them (note 2): (frontier, order,
@@ -343,7 +357,7 @@ class RedisClusterBroker(LocalInterest, Broker):
         try:
             await self._refresh(force=True)
             await asyncio.gather(*(self._tick(shard, (0, 0)) for shard in self.shards))
-            await asyncio.gather(*(self._find_position(shard) for shard in self.shards))
+            await self._position_all()
         except (RedisError, OSError, BrokerUnavailableError) as exc:
             logger.warning(
                 "redis cluster unreachable at %s: %s; serving degraded until it is back",
@@ -732,7 +746,9 @@ class RedisClusterBroker(LocalInterest, Broker):
             try:
                 if not self._routes:
                     await self._refresh()
-                if shard.position is None or shard.verify:
+                if shard.position is None:
+                    await self._position_all()
+                elif shard.verify:
                     await self._find_position(shard)
                 reader = await self._reader_for(shard)
                 response = await reader.xread(
@@ -773,7 +789,7 @@ class RedisClusterBroker(LocalInterest, Broker):
                 self._take(shard, cast(list[Any], response)[0][1])
 
     async def _find_position(self, shard: _Shard) -> None:
-        """Start at the shard's head, or check its log is still the one being read."""
+        """After a read error: check the shard's log is still the one being read."""
         async with (await self._reader_for(shard)).pipeline(transaction=True) as pipe:
             pipe.xrevrange(shard.log_key, count=1)
             pipe.get(shard.counter_key)
@@ -781,13 +797,48 @@ class RedisClusterBroker(LocalInterest, Broker):
         number = int(counter or 0)
         if shard.position is not None and number < shard.number:
             self._skipped(f"shard {shard.index} lost events (event {number} after {shard.number})")
-            shard.position = None
-        if shard.position is None:
             shard.position = cast(bytes, newest[0][0]) if newest else b"0-0"
             shard.number = number
             shard.frontier = self._frontier(shard.index, shard.position)
         shard.verify = False
         shard.ok = True
+
+    async def _position_all(self) -> None:
+        """Place every shard's reader at one start position: just after the smallest frontier
+        less one, the lowest head any replay can return from now on. Starting each shard at
+        its own head instead would skip the events between that head and a lower replay
+        head: a replay leaves those to live delivery (note 8), which never read them."""
+        async with self._positioning:
+            if all(shard.position is not None for shard in self.shards):
+                return
+            for shard in self.shards:
+                await self._reader_for(shard)
+            heads = await asyncio.gather(*(self._start_of(shard) for shard in self.shards))
+            low = min(frontier for frontier, _ in heads)
+            start = (low[0], low[1] - 1)
+            for shard, (_, counter) in zip(self.shards, heads, strict=True):
+                if shard.position is not None:
+                    continue
+                ms, seq = start
+                first = max(0, (seq - shard.index) // self.shard_count + 1)
+                # XREAD reads after its id: the id just before (ms, first).
+                shard.position = (
+                    f"{ms}-{first - 1}" if first else f"{max(0, ms - 1)}-{2**64 - 1}"
+                ).encode()
+                shard.number = counter
+                shard.renumber = True  # the first entry read sets the count (note 4)
+                shard.frontier = (ms, first * self.shard_count + shard.index)
+                shard.verify = False
+                shard.ok = True
+
+    async def _start_of(self, shard: _Shard) -> tuple[EventKey, int]:
+        async with (await self._reader_for(shard)).pipeline(transaction=True) as pipe:
+            pipe.xrevrange(shard.log_key, count=1)
+            pipe.get(shard.counter_key)
+            newest, counter = await pipe.execute()
+        if not newest:
+            return (0, self.shard_count + shard.index), int(counter or 0)
+        return self._frontier(shard.index, cast(bytes, newest[0][0])), int(counter or 0)
 
     def _take(self, shard: _Shard, entries: list[Any]) -> None:
         """Entries of one shard, in its order: check numbers, move its frontier, hold every
@@ -802,6 +853,9 @@ class RedisClusterBroker(LocalInterest, Broker):
         for entry_id, fields in entries:
             number = int(fields[NUMBER_FIELD])
             tick = TICK_FIELD in fields
+            if shard.renumber:
+                shard.renumber = False
+                shard.number = number if tick else number - 1
             expected = shard.number if tick else shard.number + 1
             if number > expected:
                 self._skipped(
