@@ -167,6 +167,9 @@ DEFAULT_SHARDS = 16
 READ_BLOCK_MS = 2000  # short: a reader on a slot that moved away learns it within this
 READER_SOCKET_TIMEOUT_SECONDS = READ_BLOCK_MS / 1000 + 10
 TICK_INTERVAL_SECONDS = 0.005
+# A tick puts its shard this far ahead of the event it passes, so the events of the next
+# few milliseconds need no tick of their own (measured: 15 ticks per event otherwise).
+TICK_AHEAD_MS = 10
 # Ticks for held events nobody here waits for: they only keep the held events bounded.
 TICK_IDLE_INTERVAL_SECONDS = 0.1
 # A refresh of the slot map at most this often (a failover makes every task ask).
@@ -180,13 +183,13 @@ UNAVAILABLE = "the event backplane (Redis Cluster) is unavailable; retry later"
 REFERENCE_WRITE_SECONDS = 10.0
 REFERENCE_WINDOW_MS = 15_000
 
-# KEYS: log, counter. ARGV: log size, shard count S, shard k, and the position
-# (ms, seq) to get past. Appends a tick unless the log's frontier is already past the
-# position; its id is past it too (ms + 1), or `*` on an empty log (a first head).
+# KEYS: log, counter. ARGV: log size, shard count S, shard k, the position (ms, seq) to
+# get past, and how far past (ms). Appends a tick unless the log's frontier is already
+# past the position; its id is `ms + ahead` (or `*` on an empty log: a first head).
 # Returns the log's last entry id.
 TICK_SCRIPT = """
 local S, k = tonumber(ARGV[2]), tonumber(ARGV[3])
-local ms, seq = tonumber(ARGV[4]), tonumber(ARGV[5])
+local ms, seq, ahead = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 if last then
   local dash = string.find(last[1], '-', 1, true)
@@ -199,7 +202,7 @@ end
 local number = redis.call('GET', KEYS[2]) or '0'
 local id = '*'
 if last or ms > 0 then
-  id = tostring(ms + 1) .. '-*'
+  id = tostring(ms + ahead) .. '-*'
 end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 't', '1', 'n', number)
 """
@@ -663,7 +666,8 @@ class RedisClusterBroker(LocalInterest, Broker):
         if self._tick_sha is None:
             self._tick_sha = _sha1(TICK_SCRIPT)
         command = ("EVALSHA", self._tick_sha, 2, shard.log_key, shard.counter_key)
-        args = (self.log_size, self.shard_count, shard.index, past[0], past[1])
+        ahead = TICK_AHEAD_MS if past[0] else 1
+        args = (self.log_size, self.shard_count, shard.index, past[0], past[1], ahead)
         await self._on_master(shard, [(*command, *args)], (self._tick_sha, TICK_SCRIPT))
         self.ticks += 1
 
