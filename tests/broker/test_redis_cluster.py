@@ -1,6 +1,6 @@
 """RedisClusterBroker against a real 3-master, 3-replica Redis Cluster, no Herald process:
 one order across log shards in every worker, exact replay from one id across channels on
-different masters, multi-shard events taken once per stream, publisher ids as cursors,
+different masters, multi-shard events as one event with one id, publisher ids as cursors,
 trimming, gaps, held events, durability (WAIT)."""
 
 from __future__ import annotations
