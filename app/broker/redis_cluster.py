@@ -960,7 +960,7 @@ class RedisClusterBroker(LocalInterest, Broker):
                 if after is None:
                     after = await self._resolve(last_event_id, channels)
             # First every log's head, then the channels (note 8: the order matters).
-            frontiers = await asyncio.gather(*(self._head(shard) for shard in self.shards))
+            frontiers = await self._heads()
             low = min(frontiers)
             head_key = (low[0], low[1] - 1)
             head = format_event_id(head_key)
@@ -1001,13 +1001,29 @@ class RedisClusterBroker(LocalInterest, Broker):
         events = [e for i, e in enumerate(events) if i == 0 or events[i - 1].key != e.key]
         return Replay(head=head, events=events)
 
-    async def _head(self, shard: _Shard) -> EventKey:
-        """The frontier of a shard's log where its reader reads."""
-        node, readonly = self._read_target(shard)
-        newest = await self._client(node, readonly).xrevrange(shard.log_key, count=1)
-        if not newest:
-            return 0, self.shard_count + shard.index
-        return self._frontier(shard.index, cast(bytes, newest[0][0]))
+    async def _heads(self) -> list[EventKey]:
+        """Every shard's frontier where its reader reads: one pipeline per node."""
+        by_node: dict[tuple[Node, bool], list[_Shard]] = {}
+        for shard in self.shards:
+            by_node.setdefault(self._read_target(shard), []).append(shard)
+
+        async def read(target: tuple[Node, bool], shards: list[_Shard]) -> list[Any]:
+            async with self._client(*target).pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    pipe.xrevrange(shard.log_key, count=1)
+                return await pipe.execute()
+
+        targets = list(by_node)
+        answers = await asyncio.gather(*(read(t, by_node[t]) for t in targets))
+        frontiers: dict[int, EventKey] = {}
+        for target, newest_of in zip(targets, answers, strict=True):
+            for shard, newest in zip(by_node[target], newest_of, strict=True):
+                frontiers[shard.index] = (
+                    self._frontier(shard.index, cast(bytes, newest[0][0]))
+                    if newest
+                    else (0, self.shard_count + shard.index)
+                )
+        return [frontiers[shard.index] for shard in self.shards]
 
     async def _log_since(self, shard: _Shard, after: EventKey, exact: bool) -> list[Event] | None:
         """A pattern stream's replay from one shard's log: its events after ``after`` (None:
