@@ -294,3 +294,32 @@ async def test_round_trips_per_publish(redis_cluster: RedisCluster, worker: Work
     print(f"{without * 1000:.2f} ms without")
     for pair in itertools.pairwise(worker.received):
         assert pair[0].key < pair[1].key
+
+
+async def test_an_unreachable_cluster_serves_degraded() -> None:
+    from tests.support.server import free_port
+
+    seeds = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    unreachable = RedisClusterBroker(seeds, history_size=10, channel_ttl_seconds=60)
+    await unreachable.connect(lambda event: None)  # does not raise: degraded
+    try:
+        assert unreachable.state == "down"
+        with pytest.raises(BrokerUnavailableError):
+            await unreachable.replay(["a"], None)
+        with pytest.raises(BrokerUnavailableError):
+            await publish_one(unreachable, "a", b"data: x\n")
+    finally:
+        await unreachable.disconnect()
+
+
+def test_a_cluster_url_is_checked_at_start_and_logged_without_its_password() -> None:
+    from app.broker.cluster_url import parse_cluster_url
+    from app.core.config import SettingsError, load_settings
+
+    parsed = parse_cluster_url("rediss+cluster://user:hunter2@h1:7000,[::1]:7001/0")
+    assert parsed.seeds == (("h1", 7000), ("::1", 7001)) and parsed.tls
+    assert parsed.password == "hunter2" and "hunter2" not in parsed.redacted()
+    for bad in ("redis+cluster://h1", "redis+cluster://h1:7000,h2", "redis+cluster://h1:99999"):
+        with pytest.raises(SettingsError, match="BROKER_URL"):
+            load_settings(broker_url=bad)
+    assert load_settings(broker_url="redis+cluster://h1:7000").redis_cluster_shards == 16
