@@ -49,7 +49,8 @@ Design decisions (read before changing):
    <timeout>`` in the same pipeline (one round trip, on the connection that wrote:
    WAIT counts the replication of that connection's writes, which is also why the
    broker routes its own commands instead of using redis-py's ``RedisCluster``, whose
-   keyless WAIT would go to any node; it reads ``CLUSTER SLOTS`` itself). Fewer
+   keyless WAIT would go to any node; ``app.broker.cluster_nodes`` reads ``CLUSTER SLOTS``
+   itself). Fewer
    replicas → not acknowledged (503). Readers and replays read each shard from its
    replica (``READONLY``; the master only when the shard has no replica in sync): an
    entry delivered from a master and lost in a failover would let the new master give
@@ -108,21 +109,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection, SSLConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
-    ClusterDownError,
-    ConnectionError,
     MovedError,
-    NoScriptError,
     RedisError,
-    ResponseError,
-    TryAgainError,
 )
-from redis.utils import str_if_bytes
 
 from app.broker.base import (
     Broker,
@@ -132,13 +124,12 @@ from app.broker.base import (
     Replay,
     ResyncListener,
 )
+from app.broker.cluster_nodes import ClusterNodes, Node
 from app.broker.cluster_url import ClusterURL, parse_cluster_url
 from app.broker.redis_entries import (
     BACKOFF_INITIAL_SECONDS,
     BACKOFF_MAX_SECONDS,
     CHANNEL_FIELD,
-    COMMAND_TIMEOUT_SECONDS,
-    CONNECT_TIMEOUT_SECONDS,
     NUMBER_FIELD,
     PREVIOUS_FIELD,
     PUBLISH_CALLS_IN_FLIGHT,
@@ -172,10 +163,6 @@ TICK_INTERVAL_SECONDS = 0.005
 TICK_AHEAD_MS = 10
 # Ticks for held events nobody here waits for: they only keep the held events bounded.
 TICK_IDLE_INTERVAL_SECONDS = 0.1
-# A refresh of the slot map at most this often (a failover makes every task ask).
-REFRESH_INTERVAL_SECONDS = 0.1
-REDIRECT_ATTEMPTS = 5
-RETRY_PAUSE_SECONDS = 0.05
 UNAVAILABLE = "the event backplane (Redis Cluster) is unavailable; retry later"
 # A multi-shard event's home entry is written at most this long after its references
 # (else the publish fails), and replays read channel streams this much further back to
@@ -210,27 +197,6 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 't', '1', 'n', nu
 
 def shard_of(channel: str, shards: int) -> int:
     return zlib.crc32(channel.encode()) % shards
-
-
-class _ReadOnly:
-    """A connection that serves reads on a replica (``READONLY`` on every connect)."""
-
-    async def on_connect_check_health(self, check_health: bool = True) -> None:
-        await super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
-        await self.send_command("READONLY", check_health=False)  # type: ignore[attr-defined]
-        if str_if_bytes(await self.read_response()) != "OK":  # type: ignore[attr-defined]
-            raise ConnectionError("READONLY refused")
-
-
-class ReadOnlyConnection(_ReadOnly, Connection):
-    pass
-
-
-class ReadOnlySSLConnection(_ReadOnly, SSLConnection):
-    pass
-
-
-Node = tuple[str, int]
 
 
 @dataclass(slots=True)
@@ -298,15 +264,11 @@ class RedisClusterBroker(LocalInterest, Broker):
         ]
         self.state = "disconnected"
         self.reconnects = self.read_errors = self.resyncs = 0
-        self.publish_calls = self.ticks = self.refreshes = 0
+        self.publish_calls = self.ticks = 0
         self._listener: EventListener | None = None
         self._resync: ResyncListener | None = None
-        self._clients: dict[tuple[Node, bool], aioredis.Redis] = {}
-        # slot → (master, replicas), for the shards' slots only.
-        self._routes: dict[int, tuple[Node, list[Node]]] = {}
-        self._refreshing: asyncio.Task[None] | None = None
+        self.nodes = ClusterNodes(self.parsed, {shard.slot for shard in self.shards})
         self._positioning = asyncio.Lock()
-        self._refreshed_at = 0.0
         LocalInterest.__init__(self)
         # Entries held back until every frontier is past them (note 2): (frontier, order,
         # shard, entry id, fields, wanted when read); how many were wanted; the newest
@@ -319,7 +281,6 @@ class RedisClusterBroker(LocalInterest, Broker):
         self._closing = False
         self._pending: list[PendingPublish] = []
         self._flushers: set[asyncio.Task[None]] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._publish_sha: str | None = None
         self._tick_sha: str | None = None
 
@@ -357,8 +318,10 @@ class RedisClusterBroker(LocalInterest, Broker):
         self._listener = listener
         self._resync = resync
         self._closing = False
+        if self.nodes.closing:  # connected again after a disconnect
+            self.nodes = ClusterNodes(self.parsed, {shard.slot for shard in self.shards})
         try:
-            await self._refresh(force=True)
+            await self.nodes.refresh(force=True)
             await asyncio.gather(*(self._tick(shard, (0, 0)) for shard in self.shards))
             await self._position_all()
         except (RedisError, OSError, BrokerUnavailableError) as exc:
@@ -384,7 +347,7 @@ class RedisClusterBroker(LocalInterest, Broker):
                 pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
         self._pending = []
         tasks = {s.task for s in self.shards if s.task is not None}
-        tasks |= {s.tick_task for s in self.shards if s.tick_task is not None} | self._tasks
+        tasks |= {s.tick_task for s in self.shards if s.tick_task is not None}
         for task in tasks:
             task.cancel()
         if tasks:
@@ -392,149 +355,9 @@ class RedisClusterBroker(LocalInterest, Broker):
         for shard in self.shards:
             await self._drop_reader(shard)
             shard.task = shard.tick_task = None
-        for client in list(self._clients.values()):
-            with contextlib.suppress(Exception):
-                await client.aclose(close_connection_pool=True)
-        self._clients.clear()
+        await self.nodes.close()
         self._listener = self._resync = None
         self.state = "disconnected"
-
-    # --- topology --------------------------------------------------------
-
-    def _client(self, node: Node, readonly: bool = False) -> aioredis.Redis:
-        client = self._clients.get((node, readonly))
-        if client is None:
-            client = self._clients[(node, readonly)] = self._new_client(
-                node, readonly, COMMAND_TIMEOUT_SECONDS
-            )
-        return client
-
-    def _new_client(self, node: Node, readonly: bool, timeout: float) -> aioredis.Redis:
-        tls = self.parsed.tls
-        connection_class: type[Connection] = (
-            (ReadOnlySSLConnection if tls else ReadOnlyConnection)
-            if readonly
-            else (SSLConnection if tls else Connection)
-        )
-        pool = aioredis.ConnectionPool(
-            connection_class=connection_class,
-            host=node[0],
-            port=node[1],
-            username=self.parsed.username,
-            password=self.parsed.password,
-            socket_timeout=timeout,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            health_check_interval=30,
-            # Never resend on its own: a publish resent after a lost answer may run twice.
-            retry=Retry(NoBackoff(), 0),
-        )
-        return aioredis.Redis(connection_pool=pool)
-
-    def _route(self, shard: _Shard) -> tuple[Node, list[Node]]:
-        route = self._routes.get(shard.slot)
-        if route is None:
-            raise BrokerUnavailableError(UNAVAILABLE)
-        return route
-
-    def _read_node(self, shard: _Shard) -> tuple[Node, bool]:
-        """Where a shard is read from: its first replica, else its master (note 6)."""
-        master, replicas = self._route(shard)
-        return (replicas[0], True) if replicas else (master, False)
-
-    async def _refresh(self, *, force: bool = False) -> None:
-        """Read the slot map again (at most every REFRESH_INTERVAL_SECONDS; callers at
-        the same time share one read)."""
-        if self._refreshing is not None:
-            await asyncio.shield(self._refreshing)
-            return
-        if not force and time.monotonic() - self._refreshed_at < REFRESH_INTERVAL_SECONDS:
-            return
-        self._refreshing = asyncio.create_task(self._read_slots())
-        try:
-            await asyncio.shield(self._refreshing)
-        finally:
-            self._refreshing = None
-            self._refreshed_at = time.monotonic()
-
-    async def _read_slots(self) -> None:
-        known = {node for master, replicas in self._routes.values() for node in [master, *replicas]}
-        candidates = list(dict.fromkeys([*self.parsed.seeds, *sorted(known)]))
-        last: BaseException | None = None
-        for node in candidates:
-            try:
-                client = self._client(node)
-                ranges = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-            except (RedisError, OSError) as exc:
-                last = exc
-                continue
-            routes: dict[int, tuple[Node, list[Node]]] = {}
-            wanted = {shard.slot for shard in self.shards}
-            for start, end, master, *replicas in ranges:
-                for slot in wanted:
-                    if start <= slot <= end:
-                        routes[slot] = (
-                            (_host(master[0], node), int(master[1])),
-                            [(_host(r[0], node), int(r[1])) for r in replicas],
-                        )
-            if len(routes) < len(wanted):
-                last = RedisError("some shard slots are not served (cluster down?)")
-                continue
-            self._routes = routes
-            self.refreshes += 1
-            return
-        raise last if last is not None else RedisError("no Redis Cluster node answered")
-
-    def _refresh_soon(self) -> None:
-        if self._closing:
-            return
-        task = asyncio.create_task(self._refresh_quietly())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _refresh_quietly(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._refresh()
-
-    async def _on_master(
-        self, shard: _Shard, commands: list[tuple[Any, ...]], script: tuple[str, str] | None
-    ) -> list[Any]:
-        """Run ``commands`` in one pipeline on ``shard``'s master, following MOVED and ASK
-        and waiting out TRYAGAIN / CLUSTERDOWN (note 9). ``script``: (sha, text) of an
-        EVALSHA among them, loaded on a NOSCRIPT. Raises RedisError / OSError."""
-        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
-        asking: Node | None = None
-        for _attempt in range(REDIRECT_ATTEMPTS * 4):
-            node = asking or self._route(shard)[0]
-            async with self._client(node).pipeline(transaction=False) as pipe:
-                if asking is not None:
-                    pipe.execute_command("ASKING")
-                for command in commands:
-                    pipe.execute_command(*command)
-                results = await pipe.execute(raise_on_error=False)
-            if asking is not None:
-                results = results[1:]
-            error = next((r for r in results if isinstance(r, ResponseError)), None)
-            asking = None
-            if error is None:
-                return results
-            if isinstance(error, NoScriptError) and script is not None:
-                await self._client(node).script_load(script[1])
-                continue
-            if isinstance(error, AskError):
-                asking = (_host(error.host, node), int(error.port))
-                continue
-            if isinstance(error, MovedError):
-                await self._refresh(force=True)
-                continue
-            if isinstance(error, TryAgainError | ClusterDownError):
-                if time.monotonic() > deadline:
-                    raise error
-                await asyncio.sleep(RETRY_PAUSE_SECONDS)
-                if isinstance(error, ClusterDownError):
-                    await self._refresh()
-                continue
-            raise error
-        raise RedisError("too many redirections")
 
     # --- publish ---------------------------------------------------------
 
@@ -597,7 +420,7 @@ class RedisClusterBroker(LocalInterest, Broker):
             if isinstance(exc, asyncio.CancelledError):
                 raise
             if isinstance(exc, RedisError | OSError):
-                self._refresh_soon()
+                self.nodes.refresh_soon()
             elif not isinstance(exc, BrokerUnavailableError):
                 logger.exception("cluster publish failed")
             return
@@ -649,7 +472,7 @@ class RedisClusterBroker(LocalInterest, Broker):
         commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
         if self.wait_replicas:
             commands.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
-        results = await self._on_master(shard, commands, (sha, PUBLISH_SCRIPT))
+        results = await self.nodes.on_master(shard.slot, commands, (sha, PUBLISH_SCRIPT))
         if self.wait_replicas and int(results[1]) < self.wait_replicas:
             # Written on the master only: a failover could lose it, so not acknowledged.
             raise BrokerUnavailableError(UNAVAILABLE)
@@ -668,7 +491,7 @@ class RedisClusterBroker(LocalInterest, Broker):
         command = ("EVALSHA", self._tick_sha, 2, shard.log_key, shard.counter_key)
         ahead = TICK_AHEAD_MS if past[0] else 1
         args = (self.log_size, self.shard_count, shard.index, past[0], past[1], ahead)
-        await self._on_master(shard, [(*command, *args)], (self._tick_sha, TICK_SCRIPT))
+        await self.nodes.on_master(shard.slot, [(*command, *args)], (self._tick_sha, TICK_SCRIPT))
         self.ticks += 1
 
     def _want_tick(self, shard: _Shard, past: EventKey, interval: float) -> None:
@@ -692,7 +515,7 @@ class RedisClusterBroker(LocalInterest, Broker):
                     await self._tick(shard, past)
                 except (RedisError, OSError, BrokerUnavailableError):
                     # The shard is down or moving: its reader will find it; try again later.
-                    self._refresh_soon()
+                    self.nodes.refresh_soon()
                     await asyncio.sleep(BACKOFF_INITIAL_SECONDS)
                 # The reader sees the tick on the replica; wait for it before another.
                 for _ in range(20):
@@ -712,30 +535,19 @@ class RedisClusterBroker(LocalInterest, Broker):
         stale (possibly divergent) data until its sync completes (note 6)."""
         if shard.reader is not None:
             return shard.reader
-        node, readonly = self._read_node(shard)
-        if readonly and not await self._replica_in_sync(node):
-            node, readonly = self._route(shard)[0], False
-        reader = self._new_client(node, readonly, READER_SOCKET_TIMEOUT_SECONDS)
+        node, readonly = self.nodes.read_node(shard.slot)
+        if readonly and not await self.nodes.replica_in_sync(node):
+            node, readonly = self.nodes.route(shard.slot)[0], False
+        reader = self.nodes.new_client(node, readonly, READER_SOCKET_TIMEOUT_SECONDS)
         shard.reader, shard.reader_node, shard.reader_readonly = reader, node, readonly
         return reader
-
-    async def _replica_in_sync(self, node: Node) -> bool:
-        try:
-            info = await self._client(node).info("replication")
-        except (RedisError, OSError):
-            return False
-        return bool(
-            info.get("role") == "slave"
-            and info.get("master_link_status") == "up"
-            and not info.get("master_sync_in_progress")
-        )
 
     def _read_target(self, shard: _Shard) -> tuple[Node, bool]:
         """Where replays and position checks read a shard: where its reader reads, so a
         snapshot holds at least what the reader has delivered (note 8)."""
         if shard.reader_node is not None:
             return shard.reader_node, shard.reader_readonly
-        return self._read_node(shard)
+        return self.nodes.read_node(shard.slot)
 
     async def _drop_reader(self, shard: _Shard) -> None:
         reader, shard.reader, shard.reader_node = shard.reader, None, None
@@ -748,8 +560,8 @@ class RedisClusterBroker(LocalInterest, Broker):
         backoff = BACKOFF_INITIAL_SECONDS
         while not self._closing:
             try:
-                if not self._routes:
-                    await self._refresh()
+                if not self.nodes.routes:
+                    await self.nodes.refresh()
                 if shard.position is None:
                     await self._position_all()
                 elif shard.verify:
@@ -769,7 +581,7 @@ class RedisClusterBroker(LocalInterest, Broker):
                     # The slot moved (a migration, a failover): follow it at once.
                     await self._drop_reader(shard)
                     with contextlib.suppress(RedisError, OSError):
-                        await self._refresh(force=True)
+                        await self.nodes.refresh(force=True)
                     continue
                 if not isinstance(exc, RedisError | OSError | BrokerUnavailableError):
                     logger.warning("cluster reader %d: unexpected %r", shard.index, exc)
@@ -780,7 +592,7 @@ class RedisClusterBroker(LocalInterest, Broker):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
                 with contextlib.suppress(RedisError, OSError):
-                    await self._refresh()
+                    await self.nodes.refresh()
                 continue
             if not shard.ok:
                 shard.ok = True
@@ -991,7 +803,7 @@ class RedisClusterBroker(LocalInterest, Broker):
             events = [e for part in parts for e in part or () if isinstance(e, Event)]
             events += await self._referenced(parts)
         except (RedisError, OSError) as exc:
-            self._refresh_soon()
+            self.nodes.refresh_soon()
             logger.debug("cluster replay failed: %s", exc)
             raise BrokerUnavailableError(UNAVAILABLE) from None
         # Above the head: it arrives live (note 8); at or below the cursor: had.
@@ -1008,7 +820,7 @@ class RedisClusterBroker(LocalInterest, Broker):
             by_node.setdefault(self._read_target(shard), []).append(shard)
 
         async def read(target: tuple[Node, bool], shards: list[_Shard]) -> list[Any]:
-            async with self._client(*target).pipeline(transaction=False) as pipe:
+            async with self.nodes.client(*target).pipeline(transaction=False) as pipe:
                 for shard in shards:
                     pipe.xrevrange(shard.log_key, count=1)
                 return await pipe.execute()
@@ -1030,7 +842,7 @@ class RedisClusterBroker(LocalInterest, Broker):
         the log was trimmed past ``after``)."""
         k = shard.index
         node, readonly = self._read_target(shard)
-        async with self._client(node, readonly).pipeline(transaction=True) as pipe:
+        async with self.nodes.client(node, readonly).pipeline(transaction=True) as pipe:
             pipe.xrange(shard.log_key, count=1)
             pipe.xrange(shard.log_key, min=self._range_start(k, after), max="+")
             first, entries = await pipe.execute()
@@ -1051,7 +863,7 @@ class RedisClusterBroker(LocalInterest, Broker):
         k = shard.index
         node, readonly = self._read_target(shard)
         start = self._range_start(k, (max(0, after[0] - REFERENCE_WINDOW_MS), 0))
-        async with self._client(node, readonly).pipeline(transaction=True) as pipe:
+        async with self.nodes.client(node, readonly).pipeline(transaction=True) as pipe:
             pipe.time()
             for channel in channels:
                 pipe.exists(self.key(channel))
@@ -1104,7 +916,7 @@ class RedisClusterBroker(LocalInterest, Broker):
     async def _get_references(self, shard: _Shard, tokens: list[str]) -> list[bytes | None]:
         node, readonly = self._read_target(shard)
         keys = [self.reference_key(shard.index, token) for token in tokens]
-        async with self._client(node, readonly).pipeline(transaction=False) as pipe:
+        async with self.nodes.client(node, readonly).pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.get(key)
             return cast(list[bytes | None], await pipe.execute())
@@ -1142,7 +954,7 @@ class RedisClusterBroker(LocalInterest, Broker):
             try:
                 found = await asyncio.gather(*(self._get_supplied(k, supplied_id) for k in group))
             except (RedisError, OSError):
-                self._refresh_soon()
+                self.nodes.refresh_soon()
                 raise BrokerUnavailableError(UNAVAILABLE) from None
             keys = [self.position(k, entry) for k, entry in zip(group, found, strict=True) if entry]
             if keys:
@@ -1151,7 +963,7 @@ class RedisClusterBroker(LocalInterest, Broker):
 
     async def _get_supplied(self, k: int, supplied_id: str) -> bytes | None:
         node, readonly = self._read_target(self.shards[k])
-        found = await self._client(node, readonly).get(self.supplied_id_key(k, supplied_id))
+        found = await self.nodes.client(node, readonly).get(self.supplied_id_key(k, supplied_id))
         return cast(bytes | None, found)
 
     # --- housekeeping ----------------------------------------------------
@@ -1171,7 +983,7 @@ class RedisClusterBroker(LocalInterest, Broker):
             "held_events": len(self._held),
             "ticks": self.ticks,
             "publish_calls": self.publish_calls,
-            "slot_map_refreshes": self.refreshes,
+            "slot_map_refreshes": self.nodes.refreshes,
             "channels_read": len(self._interest),
             "every_channel_readers": self._every_channel,
             "reconnects": self.reconnects,
@@ -1202,12 +1014,6 @@ class _Reference:
     token: str
     channels: tuple[str, ...]
     fields: dict[bytes, bytes]
-
-
-def _host(host: bytes | str, asked: Node) -> str:
-    """A node's address as the cluster reports it (an empty host means the one asked)."""
-    name = host.decode() if isinstance(host, bytes) else host
-    return name or asked[0]
 
 
 def _sha1(text: str) -> str:
