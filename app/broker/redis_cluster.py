@@ -70,8 +70,12 @@ Design decisions (read before changing):
    gave one event several ids). Cost: two round trips for a multi-shard publish. A
    publish is acknowledged only when every part succeeded; no all-or-nothing across
    shards exists, so a failed one (503) may have landed (references alone are never
-   delivered). Batches keep request order within a shard; across shards their events
-   follow their positions (one order for every stream), not necessarily the request.
+   delivered). A worker's publishes keep their order across shards: each call's first
+   event is placed above the newest position the worker was answered (the floor of
+   ``PUBLISH_SCRIPT``), so a client that publishes A, then B once A is answered, has
+   every stream see A first. Across workers, and within one call (a batch spanning
+   shards), events follow their positions (one order for every stream: the master
+   clocks, ticks 10 ms ahead, a shard's place in the millisecond), not the request.
 8. **Replay** first reads every shard's log head (on its reader's node), then the
    stream's channels, one ``MULTI`` per shard (``XRANGE`` from ``REFERENCE_WINDOW_MS``
    before the cursor, so references to later home entries are found; per-channel trim
@@ -269,6 +273,8 @@ class RedisClusterBroker(LocalInterest, Broker):
         self._resync: ResyncListener | None = None
         self.nodes = ClusterNodes(self.parsed, {shard.slot for shard in self.shards})
         self._positioning = asyncio.Lock()
+        # The newest position this worker's publishes got: the next ones go above it.
+        self._floor: EventKey = (0, 0)
         LocalInterest.__init__(self)
         # Entries held back until every frontier is past them (note 2): (frontier, order,
         # shard, entry id, fields, wanted when read); how many were wanted; the newest
@@ -447,6 +453,8 @@ class RedisClusterBroker(LocalInterest, Broker):
         for k, entry_ids in written.items():
             for part, entry_id in zip(homes[k], entry_ids, strict=True):
                 home_ids[part.index] = entry_id
+            # What this worker publishes next goes after this, on any shard (note 7).
+            self._floor = max(self._floor, self.position(k, entry_ids[-1]))
         return home_ids
 
     async def _all_shards(self, parts: dict[int, list[_Part]]) -> dict[int, list[bytes]]:
@@ -467,6 +475,7 @@ class RedisClusterBroker(LocalInterest, Broker):
             shard.counter_key,
             sizes,
             ((p.draft, p.channel_keys, p.aliases, p.reference) for p in part),
+            (self.shard_count, shard.index, *self._floor),
         )
         sha = self._publish_script_sha()
         commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]

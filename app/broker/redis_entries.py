@@ -82,7 +82,10 @@ NUMBER_FIELD = b"n"  # log entries only
 UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
 
 # KEYS: log, counter, then every channel stream of the call and every alias key (each
-# once). ARGV: log size, history size, channel TTL (ms), event count, then per event: its
+# once). ARGV: log size, history size, channel TTL (ms), event count, shard count S, this
+# log's shard k, and a floor position (ms, seq; 0 0 for none): the call's first event gets
+# an entry id whose position (ms, n*S + k) is above it (``redis+cluster://`` keeps a
+# worker's publishes in order across shards so), then per event: its
 # channel names (the log's channel field), body, private flag, the publisher's own id (''
 # for none), a reference token ('' for none), alias count m and m indexes into KEYS,
 # channel count k and k indexes into KEYS. An alias key (a supplied id's, a reference
@@ -95,10 +98,28 @@ UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
 # call of many events on one channel reads it once.
 PUBLISH_SCRIPT = """
 local count = tonumber(ARGV[4])
+local S, shard = tonumber(ARGV[5]), tonumber(ARGV[6])
+local floor_ms, floor_seq = tonumber(ARGV[7]), tonumber(ARGV[8])
 local n = tonumber(redis.call('GET', KEYS[2]) or '0')
 local previous = {}
 local ids = {}
-local a = 5
+local a = 9
+local function log_id()
+  if floor_ms == 0 then return '*' end
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > floor_ms then return '*' end
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  local lms, ln = -1, -1
+  if last then
+    local dash = string.find(last[1], '-', 1, true)
+    lms = tonumber(string.sub(last[1], 1, dash - 1))
+    ln = tonumber(string.sub(last[1], dash + 1))
+  end
+  if lms > floor_ms then return '*' end
+  local next_n = math.max(0, math.floor((floor_seq - shard) / S) + 1)
+  if lms == floor_ms and ln + 1 > next_n then next_n = ln + 1 end
+  return string.format('%d-%d', floor_ms, next_n)
+end
 for e = 1, count do
   local names, body, private, supplied = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local ref = ARGV[a + 4]
@@ -112,7 +133,8 @@ for e = 1, count do
       log_fields[9] = 'i'
       log_fields[10] = supplied
     end
-    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(log_fields))
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], log_id(), unpack(log_fields))
+    floor_ms = 0  -- the call's next events follow this one in the log
   else
     id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', '1', 'n', n)
   end
@@ -225,14 +247,16 @@ def publish_arguments(
     counter_key: str,
     sizes: tuple[int, int, int],
     parts: Iterable[tuple[Draft, Sequence[str], Sequence[str], str]],
+    floor: tuple[int, int, int, int] = (1, 0, 0, 0),
 ) -> tuple[list[Any], list[Any]]:
     """The keys and arguments of one ``PUBLISH_SCRIPT`` call. ``sizes``: log size, history
     size, channel TTL (ms). Each part: a draft, the keys of the channel streams this call
     writes it to, its alias keys (a supplied id's, a reference token's) and its reference
-    token ('' for an event of this log)."""
+    token ('' for an event of this log). ``floor``: shard count, shard, and the position
+    the first event must be above ((0, 0): none)."""
     keys: list[Any] = [log_key, counter_key]
     index: dict[str, int] = {}
-    args: list[Any] = [*sizes, 0]
+    args: list[Any] = [*sizes, 0, *floor]
     count = 0
     for draft, channel_keys, alias_keys, reference in parts:
         args += [CHANNEL_SEPARATOR.join(draft.channels), draft.body, flag(draft)]

@@ -323,3 +323,33 @@ def test_a_cluster_url_is_checked_at_start_and_logged_without_its_password() -> 
         with pytest.raises(SettingsError, match="BROKER_URL"):
             load_settings(broker_url=bad)
     assert load_settings(broker_url="redis+cluster://h1:7000").redis_cluster_shards == 16
+
+
+async def test_a_workers_publishes_keep_their_order_across_shards(
+    redis_cluster: RedisCluster,
+) -> None:
+    """Shard j's ids run 5 s ahead (as a tick puts an idle shard ahead, larger): an event
+    published on another shard right after one on j must still come after it (the floor)."""
+    from app.broker.redis_cluster import TICK_SCRIPT
+
+    quiet = await Worker(new_broker(redis_cluster)).start([])
+    broker = quiet.broker
+    try:
+        by_shard = {broker.shard_of(c): c for c in CHANNELS}
+        (j, ahead_channel), (_, behind_channel) = list(by_shard.items())[:2]
+        shard = broker.shards[j]
+        now_ms = int(time.time() * 1000)
+        args = (broker.log_size, broker.shard_count, j, now_ms, 0, 5000)
+        await broker.nodes.on_master(
+            shard.slot,
+            [("EVAL", TICK_SCRIPT, 2, shard.log_key, shard.counter_key, *args)],
+            None,
+        )
+        # No tick moves the other shard past `first` before `second` is written.
+        broker._want_tick = lambda *args: None  # type: ignore[method-assign]
+        first = await publish_one(broker, ahead_channel, b"data: first\n")
+        second = await publish_one(broker, behind_channel, b"data: second\n")
+    finally:
+        await broker.disconnect()
+    assert first.key[0] >= now_ms + 5000
+    assert second.key > first.key
