@@ -416,57 +416,83 @@ class RedisClusterBroker(LocalInterest, Broker):
         return homes, references
 
     async def _send_call(self, call: list[PendingPublish]) -> None:
+        """One call for every queued request; a request is answered with its home entry
+        ids if every shard its events touch took its part, else 503 — a shard that fails
+        fails only the requests that touch it."""
         drafts = [draft for pending in call for draft in pending.drafts]
         try:
-            home_ids = await self._write(drafts)
+            home_ids, failed = await self._write(drafts)
         except BaseException as exc:
             for pending in call:
                 if not pending.future.done():
                     pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            if isinstance(exc, RedisError | OSError):
-                self.nodes.refresh_soon()
-            elif not isinstance(exc, BrokerUnavailableError):
-                logger.exception("cluster publish failed")
+            logger.exception("cluster publish failed")
             return
         self.publish_calls += 1
         start = 0
         for pending in call:
             end = start + len(pending.drafts)
-            if not pending.future.done():
+            if pending.future.done():
+                pass  # its request has gone meanwhile
+            elif failed.isdisjoint(range(start, end)):
                 pending.future.set_result(home_ids[start:end])
+            else:
+                pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
             start = end
 
-    async def _write(self, drafts: list[Draft]) -> list[bytes]:
+    async def _write(self, drafts: list[Draft]) -> tuple[list[bytes], set[int]]:
         """References first, then the events on their home shards: each phase one round
-        trip per shard involved, concurrently (note 7). The home entry ids, in order."""
+        trip per shard involved, concurrently (note 7). The home entry ids in order, and
+        the indexes of the drafts that failed."""
         homes, references = self.shard_parts(drafts)
+        failed: set[int] = set()
         started = time.monotonic()
         if references:
-            await self._all_shards(references)
+            failed |= await self._all_shards(references, {})
             if time.monotonic() - started > REFERENCE_WRITE_SECONDS:
                 # Replays look this far back for references (note 8): too late to write.
-                raise BrokerUnavailableError(UNAVAILABLE)
-        written = await self._all_shards(homes)
+                return [b""] * len(drafts), set(range(len(drafts)))
+            # An event whose references did not all land is not written at home.
+            homes = {
+                k: [p for p in part if p.index not in failed]
+                for k, part in homes.items()
+                if any(p.index not in failed for p in part)
+            }
+        written: dict[int, list[bytes]] = {}
+        failed |= await self._all_shards(homes, written)
         home_ids: list[bytes] = [b""] * len(drafts)
         for k, entry_ids in written.items():
             for part, entry_id in zip(homes[k], entry_ids, strict=True):
                 home_ids[part.index] = entry_id
             # What this worker publishes next goes after this, on any shard (note 7).
             self._floor = max(self._floor, self.position(k, entry_ids[-1]))
-        return home_ids
+        return home_ids, failed
 
-    async def _all_shards(self, parts: dict[int, list[_Part]]) -> dict[int, list[bytes]]:
+    async def _all_shards(
+        self, parts: dict[int, list[_Part]], written: dict[int, list[bytes]]
+    ) -> set[int]:
+        """Every shard's part at once; fills ``written`` with what succeeded and returns the
+        indexes of the drafts of the shards that failed."""
         shards = list(parts)
         results = await asyncio.gather(
             *(self._write_shard(self.shards[k], parts[k]) for k in shards),
             return_exceptions=True,
         )
-        for outcome in results:
+        failed: set[int] = set()
+        for k, outcome in zip(shards, results, strict=True):
             if isinstance(outcome, BaseException):
-                raise outcome
-        return dict(zip(shards, cast(list[list[bytes]], results), strict=True))
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                if isinstance(outcome, RedisError | OSError):
+                    self.nodes.refresh_soon()
+                elif not isinstance(outcome, BrokerUnavailableError):
+                    logger.error("cluster publish on shard %d failed: %r", k, outcome)
+                failed.update(p.index for p in parts[k])
+            else:
+                written[k] = outcome
+        return failed
 
     async def _write_shard(self, shard: _Shard, part: list[_Part]) -> list[bytes]:
         sizes = (self.log_size, self.history_size, self.channel_ttl_ms)

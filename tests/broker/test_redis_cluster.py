@@ -353,3 +353,30 @@ async def test_a_workers_publishes_keep_their_order_across_shards(
         await broker.disconnect()
     assert first.key[0] >= now_ms + 5000
     assert second.key > first.key
+
+
+async def test_a_failing_shard_fails_only_the_publishes_that_touch_it(worker: Worker) -> None:
+    """Concurrent publishes share one script call per shard: a shard that cannot take its
+    part (as a master without a replica in sync answers WAIT) refuses only its own."""
+    broker = worker.broker
+    by_shard = {broker.shard_of(c): c for c in CHANNELS}
+    (bad, bad_channel), (_, good_channel) = list(by_shard.items())[:2]
+    real = broker._write_shard
+
+    async def failing(shard: Any, part: Any) -> list[bytes]:
+        if shard.index == bad:
+            raise redis.exceptions.ConnectionError("as if its master were gone")
+        return await real(shard, part)
+
+    broker._write_shard = failing  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(
+        *(publish_one(broker, c, b"data: x\n") for c in [bad_channel, good_channel] * 3),
+        publish_one(broker, [good_channel, bad_channel], b"data: both\n"),
+        return_exceptions=True,
+    )
+    for outcome, channel in zip(outcomes[:6], [bad_channel, good_channel] * 3, strict=True):
+        if channel == bad_channel:
+            assert isinstance(outcome, BrokerUnavailableError)
+        else:
+            assert isinstance(outcome, Event), outcome
+    assert isinstance(outcomes[6], BrokerUnavailableError)  # it touches the failing shard
