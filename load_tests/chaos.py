@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     python -m load_tests.chaos --seed 1 --duration 40          # the issue's scenario
     python -m load_tests.chaos --broker memory --duration 10   # one worker, no Redis
+    python -m load_tests.chaos --broker cluster --duration 40  # Redis Cluster, a master killed
     python -m load_tests.chaos --seed 2 --json -               # machine-readable summary
 
 The scenario, all on 127.0.0.1 and bounded in count and time:
@@ -26,6 +27,11 @@ The scenario, all on 127.0.0.1 and bounded in count and time:
   By default (``--redis-timing boot``) the kill waits, from a moment chosen by
   the seed, for a worker recycled by max-requests to begin its start-up, where
   it connects to Redis: the case in which the issue saw the master halt.
+* ``--broker cluster``: the same over a real 3-master, 3-replica Redis Cluster
+  (``redis+cluster://``, ``tests/support/redis_cluster.py``); in place of the Redis
+  restart, the master serving ``chaos/a``'s log shard is SIGKILLed, its replica
+  promoted by the cluster ("back" is then), and the old master started again
+  ``--redis-down`` s later (it rejoins as a replica). The counts mean the same.
 * Then a quiet period: publishers stop, subscribers stop cutting and read and
   resume until every one has everything it is owed, or ``--quiet-timeout``.
 
@@ -51,6 +57,7 @@ import shutil
 import signal
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,6 +67,7 @@ from typing import Any
 
 from load_tests.chaos_clients import Control, Publisher, Subscriber, Tally
 from load_tests.chaos_ledger import Ledger
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
 
@@ -86,6 +94,11 @@ HERALD_ENV = {
     "SSE_QUEUE_SIZE": "20",
     "SSE_HISTORY_SIZE": "20000",
 }
+REDIS_SETUPS = {
+    "redis": "appendonly yes, appendfsync always",
+    "cluster": "3 masters + 3 replicas, appendfsync everysec, WAIT 1 replica per publish",
+}
+CLUSTER_SHARDS = 16  # REDIS_CLUSTER_SHARDS's default, which the scenario keeps
 _BOOTING = re.compile(r"Booting worker with pid: (\d+)")
 _WORKER_EXIT = re.compile(r"Worker \(pid:\d+\) exited with code (\d+)")
 _STREAM_CLOSED = re.compile(r"stream closed: reason=(\w+)")
@@ -112,11 +125,11 @@ class Options:
 
     @property
     def workers(self) -> int:
-        return 2 if self.broker == "redis" else 1
+        return 1 if self.broker == "memory" else 2
 
     @property
     def restarts_redis(self) -> bool:
-        return self.broker == "redis" and self.redis_restart
+        return self.broker != "memory" and self.redis_restart
 
 
 @dataclass(slots=True)
@@ -153,7 +166,7 @@ async def _worker_starting(server: ServerProcess, timeline: Timeline) -> None:
 
 
 async def _restart_redis(
-    redis: RedisServer,
+    redis: RedisServer | RedisCluster,
     server: ServerProcess,
     options: Options,
     at: float,
@@ -163,6 +176,9 @@ async def _restart_redis(
     await asyncio.sleep(max(0.0, began + at - time.monotonic()))
     if options.redis_timing == "boot":
         await _worker_starting(server, timeline)
+    if isinstance(redis, RedisCluster):
+        await _fail_over(redis, options, began, timeline)
+        return
     process = redis.process
     assert process is not None
     if options.redis_signal == "term":
@@ -178,6 +194,26 @@ async def _restart_redis(
     timeline.redis_restarts += 1
 
 
+async def _fail_over(
+    cluster: RedisCluster, options: Options, began: float, timeline: Timeline
+) -> None:
+    """SIGKILL the master of ``chaos/a``'s log shard; once its replica is promoted and
+    ``--redis-down`` s have passed, start it again (it rejoins as a replica)."""
+    shard = zlib.crc32(CHANNELS[0].encode()) % CLUSTER_SHARDS
+    victim = cluster.master_of(f"{{herald:s{shard}}}:log")
+    cluster.kill(victim)
+    timeline.redis_down_at = time.monotonic() - began
+    await asyncio.to_thread(cluster.wait_promoted, victim)
+    # The cluster serves every slot again: "back" (what is acknowledged after it counts).
+    timeline.redis_back_clock = time.monotonic()
+    timeline.redis_back_at = timeline.redis_back_clock - began
+    timeline.redis_restarts += 1
+    await asyncio.sleep(options.redis_down)
+    await asyncio.to_thread(cluster.restart, victim)
+    await asyncio.to_thread(cluster.wait_ok)
+    timeline.extra["old_master_rejoined_at_seconds"] = round(time.monotonic() - began, 2)
+
+
 async def _watch_master(server: ServerProcess, began: float, timeline: Timeline) -> None:
     assert server.process is not None
     # Polled: a Popen has no awaitable exit, and a thread blocked in wait() would
@@ -189,7 +225,7 @@ async def _watch_master(server: ServerProcess, began: float, timeline: Timeline)
 
 
 async def _scenario(
-    options: Options, server: ServerProcess, redis: RedisServer | None, token: str
+    options: Options, server: ServerProcess, redis: RedisServer | RedisCluster | None, token: str
 ) -> tuple[Ledger, Tally, Timeline]:
     rng = random.Random(options.seed)
     ledger = Ledger(CHANNELS)
@@ -305,7 +341,7 @@ def _summary(
             "publish_rate_per_publisher": options.publish_rate,
             "broker": options.broker,
             "workers": options.workers,
-            "redis": "appendonly yes, appendfsync always" if options.broker == "redis" else None,
+            "redis": REDIS_SETUPS.get(options.broker),
             "redis_fault": options.redis_signal if options.restarts_redis else None,
             "herald_env": HERALD_ENV,
         },
@@ -327,6 +363,7 @@ def _summary(
         "redis_killed_during_worker_boot": timeline.redis_killed_during_boot,
         "redis_down_at_seconds": _round(timeline.redis_down_at),
         "redis_back_at_seconds": _round(timeline.redis_back_at),
+        **timeline.extra,
         "master_exit_code": timeline.master_exit_code,
         "master_exited_at_seconds": _round(timeline.master_exited_at),
         "caught_up": timeline.caught_up,
@@ -461,8 +498,15 @@ def run(options: Options) -> dict[str, Any]:
     token = secrets.token_urlsafe(24)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        redis: RedisServer | None = None
+        redis: RedisServer | RedisCluster | None = None
         broker_url = "memory://"
+        if options.broker == "cluster":
+            if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+                raise ChaosError("redis-server and redis-cli are not installed")
+            redis = RedisCluster()
+            stack.callback(redis.close)
+            redis.start()
+            broker_url = redis.url
         if options.broker == "redis":
             if shutil.which("redis-server") is None:
                 raise ChaosError("redis-server is not installed (or use --broker memory)")
@@ -515,9 +559,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument(
         "--broker",
-        choices=("redis", "memory"),
+        choices=("redis", "memory", "cluster"),
         default="redis",
-        help="memory: one worker, memory://, no Redis",
+        help="memory: one worker, memory://, no Redis; cluster: a Redis Cluster, a master killed",
     )
     parser.add_argument("--quiet-timeout", type=float, default=20.0)
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON ('-': stdout)")

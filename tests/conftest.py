@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.responses.producers.fake_upstream import FakeUpstream
+from tests.support.redis_cluster import REDIS_CLI, RedisCluster
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 from tests.support.server import ServerProcess
 
@@ -64,11 +65,28 @@ def redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
-@pytest.fixture(scope="module", params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """One real 3-master, 3-replica Redis Cluster for the session (tests that kill or move
+    nodes start their own); each broker or Herald process gets its own key prefix."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server / redis-cli are not installed (.ci/run installs them)")
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="module", params=["memory", "redis", "cluster"])
 def broker_env(request: pytest.FixtureRequest) -> Callable[[], dict[str, str]]:
-    """Environment selecting each broker in turn, for the suites that must hold on both."""
+    """Environment selecting each broker in turn, for the suites that must hold on all."""
     if request.param == "memory":
         return lambda: {"BROKER_URL": "memory://"}
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return lambda: {
+            "BROKER_URL": cluster.url,
+            "REDIS_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}",
+        }
     redis: RedisServer = request.getfixturevalue("redis_server")
     # A fresh key prefix per server process: tests share one Redis, not each other's history.
     return lambda: {"BROKER_URL": redis.url, "REDIS_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}

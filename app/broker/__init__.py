@@ -32,4 +32,18 @@ def create_broker(settings: Settings) -> Broker:
             key_prefix=settings.redis_key_prefix,
             log_size=settings.redis_log_size,
         )
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from app.broker.redis_cluster import RedisClusterBroker
+
+        return RedisClusterBroker(
+            settings.broker_url,
+            history_size=settings.sse_history_size,
+            channel_ttl_seconds=settings.sse_channel_ttl_seconds,
+            key_prefix=settings.redis_key_prefix,
+            log_size=settings.redis_log_size,
+            shards=settings.redis_cluster_shards,
+            wait_replicas=settings.redis_cluster_wait_replicas,
+            wait_timeout_ms=settings.redis_cluster_wait_timeout_ms,
+            held_events=settings.redis_cluster_held_events,
+        )
     raise ValueError(f"BROKER_URL: unsupported scheme {scheme!r}")

@@ -82,7 +82,6 @@ import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -96,170 +95,43 @@ from app.broker.base import (
     ResyncListener,
 )
 from app.broker.packed_script import call_script
+from app.broker.redis_entries import (
+    BACKOFF_INITIAL_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    CHANNEL_FIELD,
+    COMMAND_TIMEOUT_SECONDS,
+    CONNECT_TIMEOUT_SECONDS,
+    NUMBER_FIELD,
+    PREVIOUS_FIELD,
+    PUBLISH_CALLS_IN_FLIGHT,
+    PUBLISH_SCRIPT,
+    READ_BLOCK_MS,
+    READ_COUNT,
+    READER_SOCKET_TIMEOUT_SECONDS,
+    READER_STOP_SECONDS,
+    UNAVAILABLE,
+    LocalInterest,
+    PendingPublish,
+    channels_of,
+    entry_event,
+    key_of,
+    next_call,
+    publish_arguments,
+    redact_url,
+)
 from app.sse.encoding import encode_frame
 from app.sse.event import Event
 from app.sse.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
 
-__all__ = ["RedisBroker", "redact_url"]
+__all__ = ["PUBLISH_SCRIPT", "RedisBroker", "redact_url"]
 
 logger = logging.getLogger("herald.broker")
 
 DEFAULT_KEY_PREFIX = "herald"
 DEFAULT_LOG_SIZE = 10_000
-READ_BLOCK_MS = 5000
-READ_COUNT = 1000
-CONNECT_TIMEOUT_SECONDS = 5.0
-# Longer than the block: a quiet XREAD BLOCK must not look like a dead socket.
-READER_SOCKET_TIMEOUT_SECONDS = READ_BLOCK_MS / 1000 + 10
-COMMAND_TIMEOUT_SECONDS = 5.0
-BACKOFF_INITIAL_SECONDS = 0.1
-BACKOFF_MAX_SECONDS = 2.0
-# Python 3.11's asyncio.wait_for (used by redis-py around socket I/O) can swallow a
-# cancellation that lands as the I/O completes (CPython gh-86296): so stopping the
-# reader is a flag it checks plus a bounded wait, never an unbounded await.
-READER_STOP_SECONDS = 2.0
-BODY_FIELD = b"b"
-PRIVATE_FIELD = b"p"  # b"1" on private events, absent on the others
-PREVIOUS_FIELD = b"v"  # channel entries: the id of the channel's previous entry
-SUPPLIED_ID_FIELD = b"i"  # the publisher's own id, shown instead of the entry id
-CHANNEL_FIELD = b"c"  # log entries; channel entries only when the event has several
-CHANNEL_SEPARATOR = "\n"  # no channel or Mercure topic may contain a control character
-PUBLISH_CALL_EVENTS = 1000
-# Two calls in flight: while one waits for Redis, the next gathers what arrived meanwhile
-# (measured: 1 leaves requests waiting behind the call in flight; 4 makes calls smaller).
-PUBLISH_CALLS_IN_FLIGHT = 2
-NUMBER_FIELD = b"n"  # log entries only
-UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
-
-# KEYS: log, counter, then every channel stream of the call and every supplied id's key
-# (each once). ARGV: log size, history size, channel TTL (ms), event count, then per
-# event: its channel names (the log's channel field), body, private flag, the publisher's
-# own id ('' for none), the index of that id's key in KEYS (0 for none), channel count k
-# and k indexes into KEYS. A supplied id's key maps it to the event's position, set only
-# by the first event that carries it and expiring with the channel TTL.
-# Returns the event ids in order. `previous` remembers each stream's newest entry, so a
-# call of many events on one channel reads it once.
-PUBLISH_SCRIPT = """
-local count = tonumber(ARGV[4])
-local n = redis.call('INCRBY', KEYS[2], count) - count
-local log, log_size, history_size = KEYS[1], ARGV[1], ARGV[2]
-local previous = {}
-local ids = {}
-local a = 5
-for e = 1, count do
-  local names, body, private, supplied = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local supplied_key = tonumber(ARGV[a + 4])
-  local k = tonumber(ARGV[a + 5])
-  n = n + 1
-  local id
-  if supplied == '' and private == '' then
-    -- The usual event: its fields spelled out, no table to build and unpack.
-    id = redis.call('XADD', log, 'MAXLEN', '~', log_size, '*', 'n', n, 'c', names, 'b', body)
-  else
-    local log_fields = {'n', n, 'c', names, 'b', body}
-    if private ~= '' then
-      log_fields[#log_fields + 1] = 'p'
-      log_fields[#log_fields + 1] = private
-    end
-    if supplied ~= '' then
-      log_fields[#log_fields + 1] = 'i'
-      log_fields[#log_fields + 1] = supplied
-    end
-    id = redis.call('XADD', log, 'MAXLEN', '~', log_size, '*', unpack(log_fields))
-  end
-  ids[e] = id
-  for j = 1, k do
-    local key = KEYS[tonumber(ARGV[a + 5 + j])]
-    local before = previous[key]
-    if before == nil then
-      local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
-      before = last and last[1] or false
-    end
-    if k == 1 and supplied == '' and private == '' and before then
-      redis.call('XADD', key, 'MAXLEN', '~', history_size, id, 'b', body, 'v', before)
-    else
-      local fields = {'b', body}
-      if private ~= '' then
-        fields[#fields + 1] = 'p'
-        fields[#fields + 1] = private
-      end
-      if supplied ~= '' then
-        fields[#fields + 1] = 'i'
-        fields[#fields + 1] = supplied
-      end
-      if k > 1 then
-        fields[#fields + 1] = 'c'
-        fields[#fields + 1] = names
-      end
-      if before then
-        fields[#fields + 1] = 'v'
-        fields[#fields + 1] = before
-      end
-      redis.call('XADD', key, 'MAXLEN', '~', history_size, id, unpack(fields))
-    end
-    previous[key] = id
-  end
-  if supplied_key > 0 then
-    redis.call('SET', KEYS[supplied_key], id, 'NX', 'PX', ARGV[3])
-  end
-  a = a + 6 + k
-end
-for i = 3, #KEYS do
-  redis.call('PEXPIRE', KEYS[i], ARGV[3])
-end
-return ids
-"""
 
 
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _event(entry_id: bytes, channels: tuple[str, ...], fields: dict[bytes, bytes]) -> Event:
-    """A stream entry as an Event: the entry id is its position and, unless the publisher
-    supplied one, its id."""
-    supplied = fields.get(SUPPLIED_ID_FIELD)
-    event_id = supplied.decode() if supplied else entry_id.decode()
-    body = fields.get(BODY_FIELD, b"")
-    private = fields.get(PRIVATE_FIELD) == b"1"
-    return Event(_key_of(entry_id), event_id, channels, encode_frame(event_id, body), private)
-
-
-def _channels_of(raw: bytes) -> tuple[str, ...]:
-    return tuple(raw.decode().split(CHANNEL_SEPARATOR))
-
-
-class _PendingPublish:
-    """One ``publish`` call waiting for the flusher: its drafts and who awaits their ids."""
-
-    __slots__ = ("drafts", "future")
-
-    def __init__(self, drafts: Sequence[Draft], future: asyncio.Future[list[bytes]]) -> None:
-        self.drafts = drafts
-        self.future = future
-
-
-def _flag(draft: Draft) -> bytes:
-    return b"1" if draft.private else b""
-
-
-def _key_of(event_id: bytes | str) -> EventKey:
-    # Redis entry ids are always <ms>-<seq>, two decimal integers: no validation needed, and
-    # this runs for every event read or published (parse_event_id cost 7 % of a batch).
-    if isinstance(event_id, bytes):
-        ms, _, seq = event_id.partition(b"-")
-        return int(ms), int(seq)
-    text_ms, _, text_seq = event_id.partition("-")
-    return int(text_ms), int(text_seq)
-
-
-class RedisBroker(Broker):
+class RedisBroker(LocalInterest, Broker):
     def __init__(
         self,
         url: str,
@@ -292,13 +164,11 @@ class RedisBroker(Broker):
         self._position: bytes | None = None
         self._number = 0
         self._verify_after_error = False
-        self._interest: dict[str, int] = {}
-        # Local subscribers that may want any channel (patterns): the reader keeps all.
-        self._every_channel = 0
+        LocalInterest.__init__(self)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         # Publishes waiting for the next script call, and the task sending them (note 9).
-        self._pending: list[_PendingPublish] = []
+        self._pending: list[PendingPublish] = []
         self._flushers: set[asyncio.Task[None]] = set()
         self.publish_calls = 0
 
@@ -389,62 +259,43 @@ class RedisBroker(Broker):
         if not drafts:
             return []
         future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingPublish(drafts, future))
+        self._pending.append(PendingPublish(drafts, future))
         if len(self._flushers) < PUBLISH_CALLS_IN_FLIGHT:
             flusher = asyncio.create_task(self._flush_publishes(), name="herald publish")
             self._flushers.add(flusher)
             flusher.add_done_callback(self._flushers.discard)
         entry_ids = await future
-        # What _event would make of the entries just written, built from the drafts without
-        # the entries' field maps (this runs once per published event).
+        # What entry_event would make of the entries just written, built from the drafts
+        # without the entries' field maps (this runs once per published event).
         events = []
         for entry_id, draft in zip(entry_ids, drafts, strict=True):
             event_id = draft.event_id if draft.event_id is not None else entry_id.decode()
             frame = encode_frame(event_id, draft.body)
-            events.append(Event(_key_of(entry_id), event_id, draft.channels, frame, draft.private))
+            events.append(Event(key_of(entry_id), event_id, draft.channels, frame, draft.private))
         return events
 
     async def _flush_publishes(self) -> None:
         """Send what is queued as one script call, again and again until nothing is."""
         while self._pending:
-            taken, events = 0, 0
-            for pending in self._pending:
-                if taken and events + len(pending.drafts) > PUBLISH_CALL_EVENTS:
-                    break
-                taken += 1
-                events += len(pending.drafts)
+            taken = next_call(self._pending)
             call, self._pending = self._pending[:taken], self._pending[taken:]
             await self._send_call(call)
 
     def script_arguments(self, drafts: Iterable[Draft]) -> tuple[list[Any], list[Any]]:
         """The keys and arguments of one ``PUBLISH_SCRIPT`` call publishing ``drafts``."""
-        keys: list[Any] = [self.log_key, self.counter_key]
-        index: dict[str, int] = {}
-        args: list[Any] = [self.log_size, self.history_size, self.channel_ttl_ms, 0]
-        count = 0
-        for draft in drafts:
-            channels = draft.channels
-            supplied = draft.event_id or ""
-            supplied_key = 0
-            if supplied:
-                supplied_key = self._key_index(self.supplied_id_key(supplied), keys, index)
-            args += [CHANNEL_SEPARATOR.join(channels), draft.body, _flag(draft)]
-            args += [supplied, supplied_key, len(channels)]
-            args += [self._key_index(self.key(channel), keys, index) for channel in channels]
-            count += 1
-        args[3] = count
-        return keys, args
+        sizes = (self.log_size, self.history_size, self.channel_ttl_ms)
+        parts = (
+            (
+                draft,
+                [self.key(channel) for channel in draft.channels],
+                [self.supplied_id_key(draft.event_id)] if draft.event_id else [],
+                "",
+            )
+            for draft in drafts
+        )
+        return publish_arguments(self.log_key, self.counter_key, sizes, parts)
 
-    @staticmethod
-    def _key_index(key: str, keys: list[Any], index: dict[str, int]) -> int:
-        """``key``'s place in the script's KEYS (Lua counts from 1), added once."""
-        position = index.get(key)
-        if position is None:
-            keys.append(key)
-            position = index[key] = len(keys)
-        return position
-
-    async def _send_call(self, call: list[_PendingPublish]) -> None:
+    async def _send_call(self, call: list[PendingPublish]) -> None:
         keys, args = self.script_arguments(draft for pending in call for draft in pending.drafts)
         try:
             assert self._publish is not None and self._commands is not None
@@ -471,25 +322,6 @@ class RedisBroker(Broker):
             if not pending.future.done():  # its request may have gone meanwhile
                 pending.future.set_result(entry_ids[start:end])
             start = end
-
-    # --- subscriptions ---------------------------------------------------
-
-    async def subscribe(self, channel: str) -> None:
-        # Local only: the reader reads the whole log and keeps what has interest.
-        self._interest[channel] = self._interest.get(channel, 0) + 1
-
-    async def unsubscribe(self, channel: str) -> None:
-        count = self._interest.get(channel, 0) - 1
-        if count > 0:
-            self._interest[channel] = count
-        else:
-            self._interest.pop(channel, None)
-
-    async def watch_every_channel(self) -> None:
-        self._every_channel += 1
-
-    async def unwatch_every_channel(self) -> None:
-        self._every_channel = max(0, self._every_channel - 1)
 
     # --- the reader ------------------------------------------------------
 
@@ -560,11 +392,11 @@ class RedisBroker(Broker):
             if b"\n" not in raw:
                 channel = raw.decode()
                 if channel in interest or self._every_channel:
-                    listener(_event(entry_id, (channel,), fields))
+                    listener(entry_event(entry_id, (channel,), fields))
                 continue
-            channels = _channels_of(raw)
+            channels = channels_of(raw)
             if self._every_channel or any(name in interest for name in channels):
-                listener(_event(entry_id, channels, fields))
+                listener(entry_event(entry_id, channels, fields))
 
     def _skipped(self, why: str) -> None:
         self.resyncs += 1
@@ -612,7 +444,7 @@ class RedisBroker(Broker):
         now_ms = seconds * 1000 + micros // 1000
         log_info = results[1]
         if isinstance(log_info, dict):
-            head_key = _key_of(log_info["last-generated-id"])
+            head_key = key_of(log_info["last-generated-id"])
         else:
             # No log yet: a position every future event (Redis time, later) is after.
             head_key = (now_ms - 1, 0)
@@ -630,7 +462,7 @@ class RedisBroker(Broker):
                 if exact and self._log_lost(after, entries, log_info):
                     return Replay(head=head, reset=True, reason="history_expired")
                 events.extend(
-                    _event(entry_id, _channels_of(fields[CHANNEL_FIELD]), fields)
+                    entry_event(entry_id, channels_of(fields[CHANNEL_FIELD]), fields)
                     for entry_id, fields in entries
                 )
                 continue
@@ -639,7 +471,7 @@ class RedisBroker(Broker):
             alone = (channels[index],)
             for entry_id, fields in entries:
                 names = fields.get(CHANNEL_FIELD)
-                events.append(_event(entry_id, _channels_of(names) if names else alone, fields))
+                events.append(entry_event(entry_id, channels_of(names) if names else alone, fields))
         if len(sources) > 1:
             events.sort(key=lambda event: event.key)
             # An event on several of these channels was read from each: keep it once.
@@ -654,7 +486,7 @@ class RedisBroker(Broker):
         except (RedisError, OSError) as exc:
             self._mark_down(exc)
             raise BrokerUnavailableError(UNAVAILABLE) from None
-        return _key_of(found) if found else None
+        return key_of(found) if found else None
 
     @staticmethod
     def _log_lost(after: EventKey, entries: list[Any], log_info: object) -> bool:
@@ -663,7 +495,7 @@ class RedisBroker(Broker):
         if not isinstance(log_info, dict) or not log_info.get("first-entry"):
             return False
         first_id, fields = log_info["first-entry"]
-        return _key_of(first_id) > after and int(fields.get(NUMBER_FIELD, 1)) > 1
+        return key_of(first_id) > after and int(fields.get(NUMBER_FIELD, 1)) > 1
 
     def _lost(self, after: EventKey, exists: bool, entries: list[Any], now_ms: int) -> bool:
         """Whether a channel's history may lack an event after ``after`` (design note 8)."""
@@ -674,8 +506,8 @@ class RedisBroker(Broker):
         first_id, fields = entries[0]
         previous = fields.get(PREVIOUS_FIELD)
         if previous is not None:
-            return _key_of(previous) > after
-        return after[0] < _key_of(first_id)[0] - self.channel_ttl_ms
+            return key_of(previous) > after
+        return after[0] < key_of(first_id)[0] - self.channel_ttl_ms
 
     # --- housekeeping ----------------------------------------------------
 

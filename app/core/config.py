@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 MB = 1024 * 1024
-BROKER_SCHEMES = ("memory", "redis", "rediss")
+BROKER_SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "rediss+cluster")
 MIN_JWT_SECRET_BYTES = 32
 
 
@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     # Events kept in the Redis event log every worker reads (app/broker/redis.py): it
     # only has to cover how far a reader can lag; per-channel history is SSE_HISTORY_SIZE.
     redis_log_size: int = Field(default=10_000, ge=100, le=10_000_000)
+    # redis+cluster:// (app/broker/redis_cluster.py): log shards the events are spread
+    # over (each a hash tag, so a slot, so a master); every worker reads every shard.
+    redis_cluster_shards: int = Field(default=16, ge=1, le=1024)
+    # A publish is acknowledged once this many replicas of each shard's master have it
+    # (WAIT), within the timeout; 0 acknowledges on the master's write alone.
+    redis_cluster_wait_replicas: int = Field(default=1, ge=0, le=16)
+    redis_cluster_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
+    # Events a worker's reader holds back until every shard has passed them (the merge
+    # into one order); past it the reader gives them up and streams resume from history.
+    redis_cluster_held_events: int = Field(default=10_000, ge=100, le=10_000_000)
     # Off by default: access logs carry query strings, and EventSource clients
     # can only pass credentials there.
     access_log: bool = False
@@ -201,6 +211,10 @@ class Settings(BaseSettings):
         scheme = value.partition("://")[0]
         if scheme not in BROKER_SCHEMES:
             raise ValueError(f"unsupported broker scheme {scheme!r}; use one of {BROKER_SCHEMES}")
+        if scheme.endswith("+cluster"):
+            from app.broker.cluster_url import parse_cluster_url
+
+            parse_cluster_url(value)  # ValueError names the bad seed
         return value
 
     @field_validator("jwt_secret")

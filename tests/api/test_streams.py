@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from app.sse.event_id import parse_event_id
 from tests.conftest import FAST_TIMERS
 from tests.support.server import ServerProcess
 from tests.support.sse_client import open_stream
@@ -178,7 +179,9 @@ async def test_unknown_or_garbage_last_event_id_gets_reset_then_live(
             assert (live.data, live.id) == ("after", live_id)
 
 
-async def test_too_old_id_gets_reset(server_factory: Callable[..., ServerProcess]) -> None:
+async def test_too_old_id_gets_reset(
+    server_factory: Callable[..., ServerProcess], broker_env: Callable[[], dict[str, str]]
+) -> None:
     server = server_factory(SSE_HISTORY_SIZE="3")
     # Enough to be trimmed on every broker (Redis trims MAXLEN ~ by whole stream nodes).
     ids = [await publish(server.base_url, "short", i) for i in range(250)]
@@ -186,7 +189,12 @@ async def test_too_old_id_gets_reset(server_factory: Callable[..., ServerProcess
         reset = await s.next_event()
     assert reset.event == "reset"
     assert json.loads(reset.data) == {"reason": "history_expired", "last_event_id": ids[0]}
-    assert reset.id == ids[-1]  # the next resume starts from the newest id
+    if broker_env()["BROKER_URL"].startswith("redis+cluster"):
+        # The head is a position just below every log shard's frontier, not always an
+        # event's id (app/broker/redis_cluster.py note 8); what is above it arrives live.
+        assert parse_event_id(reset.id) is not None
+    else:
+        assert reset.id == ids[-1]  # the next resume starts from the newest id
     # An id still inside the history replays exactly.
     async with open_stream(server.base_url, "/events/short", {"Last-Event-ID": ids[-3]}) as s:
         assert [m.data for m in await s.events(2)] == ["248", "249"]

@@ -1,0 +1,1057 @@
+"""``redis+cluster://`` / ``rediss+cluster://``: Herald's event log spread over a Redis Cluster.
+
+Design decisions (read before changing):
+
+1. **Log shards.** ``REDIS_CLUSTER_SHARDS`` (S) logs, shard k under the hash tag
+   ``{<prefix>:s<k>}``: its log ``…:log``, its counter ``…:log:n``, the streams of
+   its channels ``…:c:<channel>`` and its publisher-id keys ``…:id:<id>``. Channel c
+   belongs to shard ``crc32(c) mod S``, so a channel's slot (and master) is its
+   shard's, and one Lua script (``PUBLISH_SCRIPT``, the one ``redis://`` runs) writes
+   a shard's part of a call atomically: Redis Cluster refuses cross-slot scripts.
+2. **One order across shards.** Shard k's log entry ``<ms>-<n>`` (id assigned by its
+   master) is the event at position ``(ms, n*S + k)``, wire id ``<ms>-<n*S+k>``: the
+   two-part id format and ``EventKey`` stay, and an id decodes back to its shard and
+   entry. Each worker merges the S logs by position: an event is delivered only once
+   every shard's *frontier* (the smallest position its next entry can have, from the
+   last entry read: ``(ms, (n+1)*S + k)``, monotonic since stream ids are) is past it.
+   Every worker reads every shard, so all deliver one order.
+3. **Ticks.** An idle shard would hold the merge back for ever, so a reader that holds
+   an event back because shard j's frontier is behind it runs ``TICK_SCRIPT`` on j:
+   it appends a ``t`` entry (an entry of the log, trimmed like it, never an event)
+   with an id past the held event, unless j's log already is past it (so N workers
+   waiting on one shard write one tick). At most one tick per shard in flight per
+   worker, and none within ``TICK_INTERVAL_SECONDS`` of the last. Cost: an event on a
+   quiet deployment waits one round trip to each idle shard's master (plus the
+   replication to its replica, note 6) and costs up to S - 1 tick writes; under steady
+   traffic on every shard, no ticks. Every empty shard gets one tick at start-up, so
+   every log has a head.
+4. **Readers.** One reader task and connection per shard (not per master, not per
+   client): ``XREAD`` cannot span slots in a cluster (CROSSSLOT, even on one node), so
+   waking at once for every shard needs one blocking read per shard key; the
+   alternatives poll or wait out a block on another shard's key. S is bounded by the
+   setting (16 by default: 16 connections per worker, whatever the clients), and a
+   per-shard task follows its slot by itself through failovers and migrations.
+   A worker places all its readers at one start (see ``_position_all``).
+   Gaps are detected per shard as on ``redis://``: events carry their number, ticks
+   the number of the last event before them; a jump (trimmed unread) or a number
+   that went back (a failover lost entries the reader had, data lost) → resync.
+5. **Held events are bounded** by ``REDIS_CLUSTER_HELD_EVENTS`` per worker. Every event
+   read is held until the merge passes it, wanted or not (a stream that subscribes
+   later is owed every event above its replay's head, note 8; interest is decided at
+   release), as raw entries (no Event built for a channel nobody here watches). Ticks
+   for events a local stream wants go at most every ``TICK_INTERVAL_SECONDS`` per shard,
+   for the others every ``TICK_IDLE_INTERVAL_SECONDS``; one tick goes past the newest
+   held event. A shard that cannot be read (a master down until its replica is
+   promoted) holds every delivery back: past the bound the reader lets the held events
+   go and resyncs, and replays wait (503 to streams, which wait) until every frontier
+   is past what was let go, so no head is ever handed out below a dropped event.
+6. **Durability.** After each shard's script, ``WAIT <REDIS_CLUSTER_WAIT_REPLICAS>
+   <timeout>`` in the same pipeline (one round trip, on the connection that wrote:
+   WAIT counts the replication of that connection's writes, which is also why the
+   broker routes its own commands instead of using redis-py's ``RedisCluster``, whose
+   keyless WAIT would go to any node; ``app.broker.cluster_nodes`` reads ``CLUSTER SLOTS``
+   itself). Fewer
+   replicas → not acknowledged (503). Readers and replays read each shard from its
+   replica (``READONLY``; the master only when the shard has no replica in sync): an
+   entry delivered from a master and lost in a failover would let the new master give
+   its number and id to another event, shifting every stream's cursor past events it
+   never got. A reader stays on its node while it answers (an old master back as a
+   replica first serves its own stale data), and replays read where the reader reads.
+7. **Multi-shard events: one event, one id.** An event whose channels span shards is
+   written once, on its home shard (its first channel's): its log entry, its home
+   channels' streams, and a reference key ``…:ref:<token>`` → its entry id. *Before*
+   that, each other shard involved gets a reference: an entry in each of its channels'
+   streams carrying the token (``r``), with a tick in its log so channel ids stay log
+   ids. Live, every worker delivers the home log entry, once. A replay of a channel
+   finds references in its stream and looks the token up on the home shard. So: one
+   id for every subscriber, the publisher's answer included (the lead's first design,
+   one copy per shard all carrying the home key, let a copy written after its home copy
+   land behind heads already handed out; copies with their own positions, tried next,
+   gave one event several ids). Cost: two round trips for a multi-shard publish. A
+   publish is acknowledged only when every part succeeded; no all-or-nothing across
+   shards exists, so a failed one (503) may have landed (references alone are never
+   delivered). A worker's publishes keep their order across shards: each call's first
+   event is placed above the newest position the worker was answered (the floor of
+   ``PUBLISH_SCRIPT``), so a client that publishes A, then B once A is answered, has
+   every stream see A first. Across workers, and within one call (a batch spanning
+   shards), events follow their positions (one order for every stream: the master
+   clocks, ticks 10 ms ahead, a shard's place in the millisecond), not the request.
+8. **Replay** first reads every shard's log head (on its reader's node), then the
+   stream's channels, one ``MULTI`` per shard (``XRANGE`` from ``REFERENCE_WINDOW_MS``
+   before the cursor, so references to later home entries are found; per-channel trim
+   detection through ``v`` as on ``redis://``), then the references' tokens. The head
+   is just below the smallest frontier, and only events at or below it are replayed.
+   Why that is exact with per-shard snapshots: positions are per shard, so each log
+   head bounds what its shard has issued. An event at or below the head was in its
+   shard's streams when they were read (its shard had issued it before the heads
+   were read, and a reference precedes its home entry). An event above the head had
+   not been delivered by any worker, since no reader's frontiers were all past it,
+   and every worker's readers start at or below any head it will hand out (their start
+   is the smallest frontier at boot): it arrives live after the stream registered. A
+   reference whose home entry is not written yet stands for an event written after the
+   heads were read: above the head, live too. A cursor above the head that some shard
+   issued (a Mercure hub-wide cursor) is kept as the head; one at or past every
+   frontier is ``unknown_id``.
+9. Unreachable nodes are a state (as on ``redis://``): ``connect`` never fails, publishes
+   and replays raise ``BrokerUnavailableError``; MOVED refreshes the slot map and
+   retries, ASK retries once on the importing node after ``ASKING``, TRYAGAIN and
+   CLUSTERDOWN retry shortly within the command timeout. A publish whose connection
+   failed is not retried (it may have run): 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    RedisError,
+)
+
+from app.broker.base import (
+    Broker,
+    BrokerUnavailableError,
+    Draft,
+    EventListener,
+    Replay,
+    ResyncListener,
+)
+from app.broker.cluster_nodes import ClusterNodes, Node
+from app.broker.cluster_url import ClusterURL, parse_cluster_url
+from app.broker.redis_entries import (
+    BACKOFF_INITIAL_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    CHANNEL_FIELD,
+    NUMBER_FIELD,
+    PREVIOUS_FIELD,
+    PUBLISH_CALLS_IN_FLIGHT,
+    PUBLISH_SCRIPT,
+    READ_COUNT,
+    READER_STOP_SECONDS,
+    REFERENCE_FIELD,
+    TICK_FIELD,
+    LocalInterest,
+    PendingPublish,
+    channels_of,
+    draft_fields,
+    entry_event,
+    key_of,
+    next_call,
+    publish_arguments,
+)
+from app.sse.event import Event
+from app.sse.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
+
+__all__ = ["TICK_SCRIPT", "RedisClusterBroker", "shard_of"]
+
+logger = logging.getLogger("herald.broker")
+
+DEFAULT_SHARDS = 16
+READ_BLOCK_MS = 2000  # short: a reader on a slot that moved away learns it within this
+READER_SOCKET_TIMEOUT_SECONDS = READ_BLOCK_MS / 1000 + 10
+TICK_INTERVAL_SECONDS = 0.005
+# A tick puts its shard this far ahead of the event it passes, so the events of the next
+# few milliseconds need no tick of their own (measured: 15 ticks per event otherwise).
+TICK_AHEAD_MS = 10
+# Ticks for held events nobody here waits for: they only keep the held events bounded.
+TICK_IDLE_INTERVAL_SECONDS = 0.1
+UNAVAILABLE = "the event backplane (Redis Cluster) is unavailable; retry later"
+# A multi-shard event's home entry is written at most this long after its references
+# (else the publish fails), and replays read channel streams this much further back to
+# find references whose event is after the cursor (note 8).
+REFERENCE_WRITE_SECONDS = 10.0
+REFERENCE_WINDOW_MS = 15_000
+
+# KEYS: log, counter. ARGV: log size, shard count S, shard k, the position (ms, seq) to
+# get past, and how far past (ms). Appends a tick unless the log's frontier is already
+# past the position; its id is `ms + ahead` (or `*` on an empty log: a first head).
+# Returns the log's last entry id.
+TICK_SCRIPT = """
+local S, k = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ms, seq, ahead = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if last then
+  local dash = string.find(last[1], '-', 1, true)
+  local lms = tonumber(string.sub(last[1], 1, dash - 1))
+  local ln = tonumber(string.sub(last[1], dash + 1))
+  if lms > ms or (lms == ms and (ln + 1) * S + k > seq) then
+    return last[1]
+  end
+end
+local number = redis.call('GET', KEYS[2]) or '0'
+local id = '*'
+if last or ms > 0 then
+  id = tostring(ms + ahead) .. '-*'
+end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 't', '1', 'n', number)
+"""
+
+
+def shard_of(channel: str, shards: int) -> int:
+    return zlib.crc32(channel.encode()) % shards
+
+
+@dataclass(slots=True)
+class _Shard:
+    index: int
+    tag: str
+    slot: int
+    # The reader's place: the last entry read, the number of the last event, the frontier.
+    position: bytes | None = None
+    number: int = 0
+    frontier: EventKey = (0, 0)
+    verify: bool = False
+    renumber: bool = False
+    reader: aioredis.Redis | None = None
+    reader_node: Node | None = None
+    reader_readonly: bool = False
+    task: asyncio.Task[None] | None = None
+    ok: bool = False
+    # Ticks: the position to get past, the task writing it, when the last was written.
+    tick_wanted: EventKey | None = None
+    tick_task: asyncio.Task[None] | None = None
+    tick_at: float = 0.0
+    tick_interval: float = TICK_INTERVAL_SECONDS
+    scripts_loaded: set[Node] = field(default_factory=set)
+
+    @property
+    def log_key(self) -> str:
+        return f"{self.tag}:log"
+
+    @property
+    def counter_key(self) -> str:
+        return f"{self.tag}:log:n"
+
+
+class RedisClusterBroker(LocalInterest, Broker):
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int,
+        channel_ttl_seconds: float,
+        key_prefix: str = "herald",
+        log_size: int = 10_000,
+        shards: int = DEFAULT_SHARDS,
+        wait_replicas: int = 1,
+        wait_timeout_ms: int = 1000,
+        held_events: int = 10_000,
+        block_ms: int = READ_BLOCK_MS,
+    ) -> None:
+        self.url = url
+        self.parsed: ClusterURL = parse_cluster_url(url)
+        self.history_size = max(1, history_size)
+        self.log_size = max(1, log_size)
+        self.channel_ttl_ms = int(channel_ttl_seconds * 1000)
+        self.key_prefix = key_prefix
+        self.shard_count = max(1, shards)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.held_limit = held_events
+        self.block_ms = block_ms
+        self.shards = [
+            _Shard(k, tag, key_slot(tag.encode()))
+            for k in range(self.shard_count)
+            for tag in [f"{{{key_prefix}:s{k}}}"]
+        ]
+        self.state = "disconnected"
+        self.reconnects = self.read_errors = self.resyncs = 0
+        self.publish_calls = self.ticks = 0
+        self._listener: EventListener | None = None
+        self._resync: ResyncListener | None = None
+        self.nodes = ClusterNodes(self.parsed, {shard.slot for shard in self.shards})
+        self._positioning = asyncio.Lock()
+        # The newest position this worker's publishes got: the next ones go above it.
+        self._floor: EventKey = (0, 0)
+        LocalInterest.__init__(self)
+        # Entries held back until every frontier is past them (note 2): (frontier, order,
+        # shard, entry id, fields, wanted when read); how many were wanted; the newest
+        # position given up past the bound (note 5).
+        self._held: list[tuple[EventKey, int, int, bytes, dict[bytes, bytes], bool]] = []
+        self._held_order = 0
+        self._held_wanted = 0
+        self._held_newest: EventKey = (0, 0)  # the largest frontier among them
+        self._dropped_upto: EventKey | None = None
+        self._closing = False
+        self._pending: list[PendingPublish] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._publish_sha: str | None = None
+        self._tick_sha: str | None = None
+
+    # --- keys and positions ----------------------------------------------
+
+    def shard_of(self, channel: str) -> int:
+        return shard_of(channel, self.shard_count)
+
+    def key(self, channel: str) -> str:
+        return f"{self.shards[self.shard_of(channel)].tag}:c:{channel}"
+
+    def supplied_id_key(self, shard: int, supplied_id: str) -> str:
+        return f"{self.shards[shard].tag}:id:{supplied_id}"
+
+    def reference_key(self, shard: int, token: str) -> str:
+        """The home entry id of a multi-shard event, found by its references' token."""
+        return f"{self.shards[shard].tag}:ref:{token}"
+
+    def position(self, shard: int, entry_id: bytes | str) -> EventKey:
+        ms, n = key_of(entry_id)
+        return ms, n * self.shard_count + shard
+
+    def _frontier(self, shard: int, entry_id: bytes | str) -> EventKey:
+        ms, n = key_of(entry_id)
+        return ms, (n + 1) * self.shard_count + shard
+
+    def _range_start(self, shard: int, after: EventKey) -> str:
+        """The first entry id of ``shard`` whose position is above ``after`` (inclusive)."""
+        ms, seq = after
+        return f"{ms}-{max(0, (seq - shard) // self.shard_count + 1)}"
+
+    # --- lifecycle -------------------------------------------------------
+
+    async def connect(self, listener: EventListener, resync: ResyncListener | None = None) -> None:
+        self._listener = listener
+        self._resync = resync
+        self._closing = False
+        if self.nodes.closing:  # connected again after a disconnect
+            self.nodes = ClusterNodes(self.parsed, {shard.slot for shard in self.shards})
+        try:
+            await self.nodes.refresh(force=True)
+            await asyncio.gather(*(self._tick(shard, (0, 0)) for shard in self.shards))
+            await self._position_all()
+        except (RedisError, OSError, BrokerUnavailableError) as exc:
+            logger.warning(
+                "redis cluster unreachable at %s: %s; serving degraded until it is back",
+                self.parsed.redacted(),
+                exc,
+            )
+            self.state = "down"
+        else:
+            self.state = "ok"
+        for shard in self.shards:
+            shard.task = asyncio.create_task(
+                self._read_loop(shard), name=f"herald cluster reader {shard.index}"
+            )
+
+    async def disconnect(self) -> None:
+        self._closing = True
+        if self._flushers:
+            await asyncio.wait(set(self._flushers), timeout=READER_STOP_SECONDS)
+        for pending in self._pending:
+            if not pending.future.done():
+                pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
+        self._pending = []
+        tasks = {s.task for s in self.shards if s.task is not None}
+        tasks |= {s.tick_task for s in self.shards if s.tick_task is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=READER_STOP_SECONDS)
+        for shard in self.shards:
+            await self._drop_reader(shard)
+            shard.task = shard.tick_task = None
+        await self.nodes.close()
+        self._listener = self._resync = None
+        self.state = "disconnected"
+
+    # --- publish ---------------------------------------------------------
+
+    async def publish(self, drafts: Sequence[Draft]) -> list[Event]:
+        if not drafts:
+            return []
+        if self._closing or self._listener is None:
+            raise BrokerUnavailableError(UNAVAILABLE)
+        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        self._pending.append(PendingPublish(drafts, future))
+        if len(self._flushers) < PUBLISH_CALLS_IN_FLIGHT:
+            flusher = asyncio.create_task(self._flush_publishes(), name="herald cluster publish")
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
+        entry_ids = await future
+        events = []
+        for entry_id, draft in zip(entry_ids, drafts, strict=True):
+            home = self.shard_of(draft.channels[0])
+            key = self.position(home, entry_id)
+            events.append(entry_event(entry_id, draft.channels, draft_fields(draft), key))
+        return events
+
+    async def _flush_publishes(self) -> None:
+        while self._pending:
+            taken = next_call(self._pending)
+            call, self._pending = self._pending[:taken], self._pending[taken:]
+            await self._send_call(call)
+
+    def shard_parts(
+        self, drafts: Sequence[Draft]
+    ) -> tuple[dict[int, list[_Part]], dict[int, list[_Part]]]:
+        """Each shard's part of a call, in request order: the events whose home it is
+        (first channel's shard), and the references to events homed elsewhere (note 7)."""
+        homes: dict[int, list[_Part]] = {}
+        references: dict[int, list[_Part]] = {}
+        for index, draft in enumerate(drafts):
+            by_shard: dict[int, list[str]] = {}
+            for channel in draft.channels:
+                by_shard.setdefault(self.shard_of(channel), []).append(self.key(channel))
+            home = self.shard_of(draft.channels[0])
+            token = uuid.uuid4().hex if len(by_shard) > 1 else ""
+            aliases = [self.supplied_id_key(home, draft.event_id)] if draft.event_id else []
+            if token:
+                aliases.append(self.reference_key(home, token))
+                for k, keys in by_shard.items():
+                    if k != home:
+                        part = _Part(index, draft, keys, [], f"{home}:{token}")
+                        references.setdefault(k, []).append(part)
+            homes.setdefault(home, []).append(_Part(index, draft, by_shard[home], aliases, ""))
+        return homes, references
+
+    async def _send_call(self, call: list[PendingPublish]) -> None:
+        """One call for every queued request; a request is answered with its home entry
+        ids if every shard its events touch took its part, else 503 — a shard that fails
+        fails only the requests that touch it."""
+        drafts = [draft for pending in call for draft in pending.drafts]
+        try:
+            home_ids, failed = await self._write(drafts)
+        except BaseException as exc:
+            for pending in call:
+                if not pending.future.done():
+                    pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            logger.exception("cluster publish failed")
+            return
+        self.publish_calls += 1
+        start = 0
+        for pending in call:
+            end = start + len(pending.drafts)
+            if pending.future.done():
+                pass  # its request has gone meanwhile
+            elif failed.isdisjoint(range(start, end)):
+                pending.future.set_result(home_ids[start:end])
+            else:
+                pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
+            start = end
+
+    async def _write(self, drafts: list[Draft]) -> tuple[list[bytes], set[int]]:
+        """References first, then the events on their home shards: each phase one round
+        trip per shard involved, concurrently (note 7). The home entry ids in order, and
+        the indexes of the drafts that failed."""
+        homes, references = self.shard_parts(drafts)
+        failed: set[int] = set()
+        started = time.monotonic()
+        if references:
+            failed |= await self._all_shards(references, {})
+            if time.monotonic() - started > REFERENCE_WRITE_SECONDS:
+                # Replays look this far back for references (note 8): too late to write.
+                return [b""] * len(drafts), set(range(len(drafts)))
+            # An event whose references did not all land is not written at home.
+            homes = {
+                k: [p for p in part if p.index not in failed]
+                for k, part in homes.items()
+                if any(p.index not in failed for p in part)
+            }
+        written: dict[int, list[bytes]] = {}
+        failed |= await self._all_shards(homes, written)
+        home_ids: list[bytes] = [b""] * len(drafts)
+        for k, entry_ids in written.items():
+            for part, entry_id in zip(homes[k], entry_ids, strict=True):
+                home_ids[part.index] = entry_id
+            # What this worker publishes next goes after this, on any shard (note 7).
+            self._floor = max(self._floor, self.position(k, entry_ids[-1]))
+        return home_ids, failed
+
+    async def _all_shards(
+        self, parts: dict[int, list[_Part]], written: dict[int, list[bytes]]
+    ) -> set[int]:
+        """Every shard's part at once; fills ``written`` with what succeeded and returns the
+        indexes of the drafts of the shards that failed."""
+        shards = list(parts)
+        results = await asyncio.gather(
+            *(self._write_shard(self.shards[k], parts[k]) for k in shards),
+            return_exceptions=True,
+        )
+        failed: set[int] = set()
+        for k, outcome in zip(shards, results, strict=True):
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                if isinstance(outcome, RedisError | OSError):
+                    self.nodes.refresh_soon()
+                elif not isinstance(outcome, BrokerUnavailableError):
+                    logger.error("cluster publish on shard %d failed: %r", k, outcome)
+                failed.update(p.index for p in parts[k])
+            else:
+                written[k] = outcome
+        return failed
+
+    async def _write_shard(self, shard: _Shard, part: list[_Part]) -> list[bytes]:
+        sizes = (self.log_size, self.history_size, self.channel_ttl_ms)
+        keys, args = publish_arguments(
+            shard.log_key,
+            shard.counter_key,
+            sizes,
+            ((p.draft, p.channel_keys, p.aliases, p.reference) for p in part),
+            (self.shard_count, shard.index, *self._floor),
+        )
+        sha = self._publish_script_sha()
+        commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
+        if self.wait_replicas:
+            commands.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
+        results = await self.nodes.on_master(shard.slot, commands, (sha, PUBLISH_SCRIPT))
+        if self.wait_replicas and int(results[1]) < self.wait_replicas:
+            # Written on the master only: a failover could lose it, so not acknowledged.
+            raise BrokerUnavailableError(UNAVAILABLE)
+        return cast(list[bytes], results[0])
+
+    def _publish_script_sha(self) -> str:
+        if self._publish_sha is None:
+            self._publish_sha = _sha1(PUBLISH_SCRIPT)
+        return self._publish_sha
+
+    # --- ticks -----------------------------------------------------------
+
+    async def _tick(self, shard: _Shard, past: EventKey) -> None:
+        if self._tick_sha is None:
+            self._tick_sha = _sha1(TICK_SCRIPT)
+        command = ("EVALSHA", self._tick_sha, 2, shard.log_key, shard.counter_key)
+        ahead = TICK_AHEAD_MS if past[0] else 1
+        args = (self.log_size, self.shard_count, shard.index, past[0], past[1], ahead)
+        await self.nodes.on_master(shard.slot, [(*command, *args)], (self._tick_sha, TICK_SCRIPT))
+        self.ticks += 1
+
+    def _want_tick(self, shard: _Shard, past: EventKey, interval: float) -> None:
+        if shard.tick_wanted is None or shard.tick_wanted < past:
+            shard.tick_wanted = past
+        shard.tick_interval = interval
+        if shard.tick_task is None and not self._closing:
+            shard.tick_task = asyncio.create_task(self._ticker(shard))
+
+    async def _ticker(self, shard: _Shard) -> None:
+        try:
+            while shard.tick_wanted is not None and shard.frontier <= shard.tick_wanted:
+                pause = shard.tick_at + shard.tick_interval - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                past = shard.tick_wanted
+                if shard.frontier > past:
+                    break
+                shard.tick_at = time.monotonic()
+                try:
+                    await self._tick(shard, past)
+                except (RedisError, OSError, BrokerUnavailableError):
+                    # The shard is down or moving: its reader will find it; try again later.
+                    self.nodes.refresh_soon()
+                    await asyncio.sleep(BACKOFF_INITIAL_SECONDS)
+                # The reader sees the tick on the replica; wait for it before another.
+                for _ in range(20):
+                    if shard.frontier > past:
+                        break
+                    await asyncio.sleep(TICK_INTERVAL_SECONDS)
+        finally:
+            shard.tick_task = None
+            if shard.tick_wanted is not None and shard.frontier > shard.tick_wanted:
+                shard.tick_wanted = None
+
+    # --- the readers -----------------------------------------------------
+
+    async def _reader_for(self, shard: _Shard) -> aioredis.Redis:
+        """The shard's reader connection. It stays on its node while the node answers, even
+        if the slot map changes: an old master returning as a replica first serves its own
+        stale (possibly divergent) data until its sync completes (note 6)."""
+        if shard.reader is not None:
+            return shard.reader
+        node, readonly = self.nodes.read_node(shard.slot)
+        if readonly and not await self.nodes.replica_in_sync(node):
+            node, readonly = self.nodes.route(shard.slot)[0], False
+        reader = self.nodes.new_client(node, readonly, READER_SOCKET_TIMEOUT_SECONDS)
+        shard.reader, shard.reader_node, shard.reader_readonly = reader, node, readonly
+        return reader
+
+    def _read_target(self, shard: _Shard) -> tuple[Node, bool]:
+        """Where replays and position checks read a shard: where its reader reads, so a
+        snapshot holds at least what the reader has delivered (note 8)."""
+        if shard.reader_node is not None:
+            return shard.reader_node, shard.reader_readonly
+        return self.nodes.read_node(shard.slot)
+
+    async def _drop_reader(self, shard: _Shard) -> None:
+        reader, shard.reader, shard.reader_node = shard.reader, None, None
+        shard.reader_readonly = False
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                await reader.aclose(close_connection_pool=True)
+
+    async def _read_loop(self, shard: _Shard) -> None:
+        backoff = BACKOFF_INITIAL_SECONDS
+        while not self._closing:
+            try:
+                if not self.nodes.routes:
+                    await self.nodes.refresh()
+                if shard.position is None:
+                    await self._position_all()
+                elif shard.verify:
+                    await self._find_position(shard)
+                reader = await self._reader_for(shard)
+                response = await reader.xread(
+                    {shard.log_key: shard.position},  # type: ignore[dict-item]
+                    count=READ_COUNT,
+                    block=self.block_ms,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closing:
+                    return
+                if isinstance(exc, MovedError | AskError):
+                    # The slot moved (a migration, a failover): follow it at once.
+                    await self._drop_reader(shard)
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.nodes.refresh(force=True)
+                    continue
+                if not isinstance(exc, RedisError | OSError | BrokerUnavailableError):
+                    logger.warning("cluster reader %d: unexpected %r", shard.index, exc)
+                self.read_errors += 1
+                shard.verify = shard.position is not None
+                self._mark_down(shard, exc)
+                await self._drop_reader(shard)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.nodes.refresh()
+                continue
+            if not shard.ok:
+                shard.ok = True
+                if all(s.ok for s in self.shards) and self.state != "ok":
+                    logger.info("redis cluster reader reconnected to %s", self.parsed.redacted())
+                    self.reconnects += 1
+                    self.state = "ok"
+            backoff = BACKOFF_INITIAL_SECONDS
+            if response:
+                self._take(shard, cast(list[Any], response)[0][1])
+
+    async def _find_position(self, shard: _Shard) -> None:
+        """After a read error: check the shard's log is still the one being read."""
+        async with (await self._reader_for(shard)).pipeline(transaction=True) as pipe:
+            pipe.xrevrange(shard.log_key, count=1)
+            pipe.get(shard.counter_key)
+            newest, counter = await pipe.execute()
+        number = int(counter or 0)
+        if shard.position is not None and number < shard.number:
+            self._skipped(f"shard {shard.index} lost events (event {number} after {shard.number})")
+            shard.position = cast(bytes, newest[0][0]) if newest else b"0-0"
+            shard.number = number
+            shard.frontier = self._frontier(shard.index, shard.position)
+        shard.verify = False
+        shard.ok = True
+
+    async def _position_all(self) -> None:
+        """Place every shard's reader at one start position: just after the smallest frontier
+        less one, the lowest head any replay can return from now on. Starting each shard at
+        its own head instead would skip the events between that head and a lower replay
+        head: a replay leaves those to live delivery (note 8), which never read them."""
+        async with self._positioning:
+            if all(shard.position is not None for shard in self.shards):
+                return
+            for shard in self.shards:
+                await self._reader_for(shard)
+            heads = await asyncio.gather(*(self._start_of(shard) for shard in self.shards))
+            low = min(frontier for frontier, _ in heads)
+            start = (low[0], low[1] - 1)
+            for shard, (_, counter) in zip(self.shards, heads, strict=True):
+                if shard.position is not None:
+                    continue
+                ms, seq = start
+                first = max(0, (seq - shard.index) // self.shard_count + 1)
+                # XREAD reads after its id: the id just before (ms, first).
+                shard.position = (
+                    f"{ms}-{first - 1}" if first else f"{max(0, ms - 1)}-{2**64 - 1}"
+                ).encode()
+                shard.number = counter
+                shard.renumber = True  # the first entry read sets the count (note 4)
+                shard.frontier = (ms, first * self.shard_count + shard.index)
+                shard.verify = False
+                shard.ok = True
+
+    async def _start_of(self, shard: _Shard) -> tuple[EventKey, int]:
+        async with (await self._reader_for(shard)).pipeline(transaction=True) as pipe:
+            pipe.xrevrange(shard.log_key, count=1)
+            pipe.get(shard.counter_key)
+            newest, counter = await pipe.execute()
+        if not newest:
+            return (0, self.shard_count + shard.index), int(counter or 0)
+        return self._frontier(shard.index, cast(bytes, newest[0][0])), int(counter or 0)
+
+    def _take(self, shard: _Shard, entries: list[Any]) -> None:
+        """Entries of one shard, in its order: check numbers, move its frontier, hold every
+        event, then deliver what every frontier has passed.
+
+        Every event is held, not only those a local stream wants now: a stream that
+        subscribes later counts on every event above its replay's head reaching the
+        listener after its subscription, and interest is decided at release (note 8)."""
+        k = shard.index
+        interest = self._interest
+        held = self._held
+        for entry_id, fields in entries:
+            number = int(fields[NUMBER_FIELD])
+            tick = TICK_FIELD in fields
+            if shard.renumber:
+                shard.renumber = False
+                shard.number = number if tick else number - 1
+            expected = shard.number if tick else shard.number + 1
+            if number > expected:
+                self._skipped(
+                    f"shard {k}: events {shard.number + 1} to {number - 1} left the log unread"
+                )
+            elif number < expected:
+                self._skipped(f"shard {k}: event {number} after {shard.number} (entries lost)")
+            shard.number = number
+            shard.position = entry_id
+            shard.frontier = self._frontier(k, entry_id)
+            if tick:
+                continue
+            raw = fields[CHANNEL_FIELD]
+            wanted = bool(self._every_channel) or (
+                raw.decode() in interest
+                if b"\n" not in raw
+                else any(name in interest for name in channels_of(raw))
+            )
+            self._held_wanted += wanted
+            self._held_order += 1
+            heapq.heappush(held, (shard.frontier, self._held_order, k, entry_id, fields, wanted))
+            self._held_newest = max(self._held_newest, shard.frontier)
+        self._release()
+
+    def _release(self) -> None:
+        held = self._held
+        if not held:
+            return
+        passed = min(shard.frontier for shard in self.shards)
+        listener = self._listener
+        interest = self._interest
+        shards = self.shard_count
+        # Entries are keyed by their frontier, (ms, (n+1)*S + k): the position plus S.
+        while held and (held[0][0][0], held[0][0][1] - shards) < passed:
+            _, _, k, entry_id, fields, wanted = heapq.heappop(held)
+            self._held_wanted -= wanted
+            if listener is None:
+                continue
+            position = self.position(k, entry_id)
+            raw = fields[CHANNEL_FIELD]
+            if b"\n" not in raw:
+                channel = raw.decode()
+                if channel in interest or self._every_channel:
+                    listener(entry_event(entry_id, (channel,), fields, position))
+                continue
+            channels = channels_of(raw)
+            if self._every_channel or any(name in interest for name in channels):
+                listener(entry_event(entry_id, channels, fields, position))
+        if not held:
+            return
+        if len(held) > self.held_limit:
+            # Let them go; replays wait until every frontier is past them (note 5).
+            newest = max(entry[0] for entry in held)
+            self._dropped_upto = max(self._dropped_upto or newest, newest)
+            count = len(held)
+            self._held = []
+            self._held_wanted = 0
+            self._skipped(f"{count} events held back past REDIS_CLUSTER_HELD_EVENTS")
+            return
+        oldest_frontier = held[0][0]
+        oldest = (oldest_frontier[0], oldest_frontier[1] - shards)
+        # One tick past the newest held event releases them all (its id is past it).
+        newest = (self._held_newest[0], self._held_newest[1] - shards)
+        # Quick ticks for what a local stream waits for; slow ones only bound the heap.
+        interval = TICK_INTERVAL_SECONDS if self._held_wanted else TICK_IDLE_INTERVAL_SECONDS
+        for shard in self.shards:
+            if shard.frontier <= oldest:
+                self._want_tick(shard, newest, interval)
+
+    def _skipped(self, why: str) -> None:
+        self.resyncs += 1
+        logger.warning("cluster live feed skipped events (%s): streams resume from history", why)
+        if self._resync is not None:
+            self._resync(why)
+
+    def _mark_down(self, shard: _Shard, exc: BaseException) -> None:
+        shard.ok = False
+        if self.state == "ok":
+            logger.warning("redis cluster shard %d unavailable: %s", shard.index, exc)
+        self.state = "down"
+
+    # --- replay ----------------------------------------------------------
+
+    async def replay(
+        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+    ) -> Replay:
+        if self._listener is None or any(s.position is None for s in self.shards):
+            raise BrokerUnavailableError(UNAVAILABLE)
+        if self._dropped_upto is not None:
+            if min(s.frontier for s in self.shards) <= self._dropped_upto:
+                raise BrokerUnavailableError(UNAVAILABLE)  # until the merge is past (note 5)
+            self._dropped_upto = None
+        exact = last_event_id != EARLIEST
+        after: EventKey | None = None
+        try:
+            if last_event_id is not None:
+                after = parse_event_id(last_event_id) if exact else (0, 0)
+                if after is None:
+                    after = await self._resolve(last_event_id, channels)
+            # First every log's head, then the channels (note 8: the order matters).
+            frontiers = await self._heads()
+            low = min(frontiers)
+            head_key = (low[0], low[1] - 1)
+            head = format_event_id(head_key)
+            if last_event_id is None:
+                return Replay(head=head)
+            if after is None or (exact and after >= max(frontiers)):
+                return Replay(head=head, reset=True, reason="unknown_id")
+            if after > head_key:
+                # A cursor some shard issued past this head: kept as the head (note 8).
+                return Replay(head=format_event_id(after))
+            parts: Sequence[Sequence[Event | _Reference] | None]
+            if every_channel:
+                parts = await asyncio.gather(
+                    *(self._log_since(shard, after, exact) for shard in self.shards)
+                )
+            else:
+                by_shard: dict[int, list[str]] = {}
+                for channel in channels:
+                    by_shard.setdefault(self.shard_of(channel), []).append(channel)
+                parts = await asyncio.gather(
+                    *(
+                        self._channels_since(self.shards[k], names, after, exact)
+                        for k, names in by_shard.items()
+                    )
+                )
+            if any(part is None for part in parts):
+                return Replay(head=head, reset=True, reason="history_expired")
+            events = [e for part in parts for e in part or () if isinstance(e, Event)]
+            events += await self._referenced(parts)
+        except (RedisError, OSError) as exc:
+            self.nodes.refresh_soon()
+            logger.debug("cluster replay failed: %s", exc)
+            raise BrokerUnavailableError(UNAVAILABLE) from None
+        # Above the head: it arrives live (note 8); at or below the cursor: had.
+        events = [e for e in events if after < e.key <= head_key]
+        events.sort(key=lambda event: event.key)
+        # An event on several of these channels was read from each: keep it once.
+        events = [e for i, e in enumerate(events) if i == 0 or events[i - 1].key != e.key]
+        return Replay(head=head, events=events)
+
+    async def _heads(self) -> list[EventKey]:
+        """Every shard's frontier where its reader reads: one pipeline per node."""
+        by_node: dict[tuple[Node, bool], list[_Shard]] = {}
+        for shard in self.shards:
+            by_node.setdefault(self._read_target(shard), []).append(shard)
+
+        async def read(target: tuple[Node, bool], shards: list[_Shard]) -> list[Any]:
+            async with self.nodes.client(*target).pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    pipe.xrevrange(shard.log_key, count=1)
+                return await pipe.execute()
+
+        targets = list(by_node)
+        answers = await asyncio.gather(*(read(t, by_node[t]) for t in targets))
+        frontiers: dict[int, EventKey] = {}
+        for target, newest_of in zip(targets, answers, strict=True):
+            for shard, newest in zip(by_node[target], newest_of, strict=True):
+                frontiers[shard.index] = (
+                    self._frontier(shard.index, cast(bytes, newest[0][0]))
+                    if newest
+                    else (0, self.shard_count + shard.index)
+                )
+        return [frontiers[shard.index] for shard in self.shards]
+
+    async def _log_since(self, shard: _Shard, after: EventKey, exact: bool) -> list[Event] | None:
+        """A pattern stream's replay from one shard's log: its events after ``after`` (None:
+        the log was trimmed past ``after``)."""
+        k = shard.index
+        node, readonly = self._read_target(shard)
+        async with self.nodes.client(node, readonly).pipeline(transaction=True) as pipe:
+            pipe.xrange(shard.log_key, count=1)
+            pipe.xrange(shard.log_key, min=self._range_start(k, after), max="+")
+            first, entries = await pipe.execute()
+        if exact and self._log_lost(k, after, first):
+            return None
+        return [
+            entry_event(entry_id, channels_of(fields[CHANNEL_FIELD]), fields, self.position(k, e))
+            for entry_id, fields in entries
+            if TICK_FIELD not in fields
+            for e in [entry_id]
+        ]
+
+    async def _channels_since(
+        self, shard: _Shard, channels: list[str], after: EventKey, exact: bool
+    ) -> list[Event | _Reference] | None:
+        """One shard's channels after ``after``, in one MULTI: events, and references to
+        events homed elsewhere (read from further back: note 8). None: trimmed past."""
+        k = shard.index
+        node, readonly = self._read_target(shard)
+        start = self._range_start(k, (max(0, after[0] - REFERENCE_WINDOW_MS), 0))
+        async with self.nodes.client(node, readonly).pipeline(transaction=True) as pipe:
+            pipe.time()
+            for channel in channels:
+                pipe.exists(self.key(channel))
+                pipe.xrange(self.key(channel), min=start, max="+")
+            results = await pipe.execute()
+        seconds, micros = results[0]
+        now_ms = seconds * 1000 + micros // 1000
+        found: list[Event | _Reference] = []
+        for index, channel in enumerate(channels):
+            exists, entries = results[1 + 2 * index], results[2 + 2 * index]
+            if exact and self._lost(k, after, bool(exists), entries, now_ms):
+                return None
+            for entry_id, fields in entries:
+                names = fields.get(CHANNEL_FIELD)
+                event_channels = channels_of(names) if names else (channel,)
+                reference = fields.get(REFERENCE_FIELD)
+                if reference is not None:
+                    home, _, token = reference.decode().partition(":")
+                    found.append(_Reference(int(home), token, event_channels, fields))
+                elif self.position(k, entry_id) > after:
+                    position = self.position(k, entry_id)
+                    found.append(entry_event(entry_id, event_channels, fields, position))
+        return found
+
+    async def _referenced(
+        self, parts: Sequence[Sequence[Event | _Reference] | None]
+    ) -> list[Event]:
+        """The events that references point to, at their home positions; a reference whose
+        home entry is not there yet is left out (that event arrives live: note 8)."""
+        wanted: dict[int, dict[str, _Reference]] = {}
+        for part in parts:
+            for item in part or ():
+                if isinstance(item, _Reference):
+                    wanted.setdefault(item.home, {})[item.token] = item
+        if not wanted:
+            return []
+        homes = list(wanted)
+        answers = await asyncio.gather(
+            *(self._get_references(self.shards[h], list(wanted[h])) for h in homes)
+        )
+        events = []
+        for home, entry_ids in zip(homes, answers, strict=True):
+            for reference, entry_id in zip(wanted[home].values(), entry_ids, strict=True):
+                if entry_id:
+                    position = self.position(home, entry_id)
+                    fields = reference.fields
+                    events.append(entry_event(entry_id, reference.channels, fields, position))
+        return events
+
+    async def _get_references(self, shard: _Shard, tokens: list[str]) -> list[bytes | None]:
+        node, readonly = self._read_target(shard)
+        keys = [self.reference_key(shard.index, token) for token in tokens]
+        async with self.nodes.client(node, readonly).pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+            return cast(list[bytes | None], await pipe.execute())
+
+    def _log_lost(self, shard: int, after: EventKey, first: list[Any]) -> bool:
+        """Whether a shard's log (trimmed) may lack an event after ``after``."""
+        if not first:
+            return False
+        entry_id, fields = first[0]
+        number = int(fields.get(NUMBER_FIELD, 1))
+        before = number if TICK_FIELD in fields else number - 1  # events older than it
+        return self.position(shard, entry_id) > after and before > 0
+
+    def _lost(
+        self, shard: int, after: EventKey, exists: bool, entries: list[Any], now_ms: int
+    ) -> bool:
+        """Whether a channel's history may lack an event after ``after`` (as on redis://)."""
+        if not exists:
+            return after[0] < now_ms - self.channel_ttl_ms
+        if not entries:
+            return False
+        first_id, fields = entries[0]
+        previous = fields.get(PREVIOUS_FIELD)
+        if previous is not None:
+            return self.position(shard, previous) > after
+        return after[0] < key_of(first_id)[0] - self.channel_ttl_ms
+
+    async def _resolve(self, supplied_id: str, channels: Sequence[str]) -> EventKey | None:
+        """The position of the copy a stream on ``channels`` takes of the event a publisher
+        gave this id: the lowest of its channels' shards holding the id, else the smallest
+        position any shard holds (an id from other channels: any copy is as good)."""
+        wanted = sorted({self.shard_of(c) for c in channels})
+        others = [k for k in range(self.shard_count) if k not in wanted]
+        for group in (wanted, others):
+            try:
+                found = await asyncio.gather(*(self._get_supplied(k, supplied_id) for k in group))
+            except (RedisError, OSError):
+                self.nodes.refresh_soon()
+                raise BrokerUnavailableError(UNAVAILABLE) from None
+            keys = [self.position(k, entry) for k, entry in zip(group, found, strict=True) if entry]
+            if keys:
+                return keys[0] if group is wanted else min(keys)
+        return None
+
+    async def _get_supplied(self, k: int, supplied_id: str) -> bytes | None:
+        node, readonly = self._read_target(self.shards[k])
+        found = await self.nodes.client(node, readonly).get(self.supplied_id_key(k, supplied_id))
+        return cast(bytes | None, found)
+
+    # --- housekeeping ----------------------------------------------------
+
+    def sweep(self, now: float) -> int:
+        return 0  # Redis expires idle channel streams itself
+
+    def trim_history(self, keep: int) -> int:
+        return 0  # history lives in Redis
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "url": self.parsed.redacted(),
+            "state": self.state,
+            "shards": self.shard_count,
+            "shards_ok": sum(1 for s in self.shards if s.ok),
+            "held_events": len(self._held),
+            "ticks": self.ticks,
+            "publish_calls": self.publish_calls,
+            "slot_map_refreshes": self.nodes.refreshes,
+            "channels_read": len(self._interest),
+            "every_channel_readers": self._every_channel,
+            "reconnects": self.reconnects,
+            "read_errors": self.read_errors,
+            "resyncs": self.resyncs,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One draft in one shard's script call."""
+
+    index: int
+    draft: Draft
+    channel_keys: list[str]
+    aliases: list[str]
+    reference: str  # '<home shard>:<token>' for a reference, '' for the event itself
+
+
+_Parts = dict[int, list["_Part"]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    """A channel entry standing for a multi-shard event homed on another shard."""
+
+    home: int
+    token: str
+    channels: tuple[str, ...]
+    fields: dict[bytes, bytes]
+
+
+def _sha1(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()

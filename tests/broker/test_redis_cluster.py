@@ -1,0 +1,382 @@
+"""RedisClusterBroker against a real 3-master, 3-replica Redis Cluster, no Herald process:
+one order across log shards in every worker, exact replay from one id across channels on
+different masters, multi-shard events as one event with one id, publisher ids as cursors,
+trimming, gaps, held events, durability (WAIT)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import pytest
+import redis
+
+from app.broker.base import BrokerUnavailableError, Draft
+from app.broker.redis_cluster import RedisClusterBroker
+from app.broker.redis_entries import PUBLISH_SCRIPT, publish_arguments
+from app.sse.event import Event
+from app.sse.event_id import parse_event_id
+from tests.support.publishing import publish_one
+from tests.support.redis_cluster import RedisCluster
+
+pytestmark = pytest.mark.integration
+
+CHANNELS = [f"ch{i}" for i in range(12)]
+
+
+def new_broker(cluster: RedisCluster, **options: Any) -> RedisClusterBroker:
+    options.setdefault("history_size", 100)
+    options.setdefault("channel_ttl_seconds", 60)
+    options.setdefault("key_prefix", f"u{uuid.uuid4().hex[:10]}")
+    options.setdefault("block_ms", 300)
+    return RedisClusterBroker(cluster.url, **options)
+
+
+class Worker:
+    """A broker and what its listener got: one Herald worker, without the hub."""
+
+    def __init__(self, broker: RedisClusterBroker) -> None:
+        self.broker = broker
+        self.received: list[Event] = []
+        self.resyncs: list[str] = []
+
+    async def start(self, channels: Iterable[str] = CHANNELS) -> Worker:
+        await self.broker.connect(self.received.append, self.resyncs.append)
+        for channel in channels:
+            await self.broker.subscribe(channel)
+        return self
+
+
+@pytest.fixture
+async def worker(redis_cluster: RedisCluster) -> AsyncIterator[Worker]:
+    started = await Worker(new_broker(redis_cluster)).start()
+    yield started
+    await started.broker.disconnect()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def ids(events: Iterable[Event]) -> list[str]:
+    return [event.id for event in events]
+
+
+async def test_channels_spread_over_every_master(
+    redis_cluster: RedisCluster, worker: Worker
+) -> None:
+    broker = worker.broker
+    masters = {redis_cluster.master_of(broker.key(channel)) for channel in CHANNELS}
+    assert masters == set(redis_cluster.masters())
+    # A channel's keys share its shard's slot: one script writes them all.
+    shard = broker.shards[broker.shard_of("ch1")]
+    assert broker.key("ch1") == f"{shard.tag}:c:ch1"
+
+
+async def test_every_worker_delivers_one_order_across_shards(
+    redis_cluster: RedisCluster, worker: Worker
+) -> None:
+    other = await Worker(new_broker(redis_cluster, key_prefix=worker.broker.key_prefix)).start()
+    try:
+        published = [
+            await publish_one(worker.broker, CHANNELS[i % len(CHANNELS)], f"data: {i}\n".encode())
+            for i in range(60)
+        ]
+        for seen in (worker, other):
+            await wait_for(lambda seen=seen: len(seen.received) == len(published))  # type: ignore[misc]
+    finally:
+        await other.broker.disconnect()
+    keys = [event.key for event in worker.received]
+    assert keys == sorted(set(keys)), "not one increasing order"
+    assert ids(worker.received) == ids(other.received), "two workers, two orders"
+    assert sorted(ids(published)) == sorted(ids(worker.received))
+    # Sequential publishes from one worker: each id is above the one before (one clock here).
+    assert [e.key for e in published] == sorted(e.key for e in published)
+    print(f"\n60 events over {len(CHANNELS)} channels: {worker.broker.stats()['ticks']} ticks")
+
+
+async def test_replay_from_any_id_is_exact_across_masters(worker: Worker) -> None:
+    broker = worker.broker
+    start = (await broker.replay(CHANNELS, None)).head
+    for i in range(36):
+        await publish_one(broker, CHANNELS[(i * 5) % len(CHANNELS)], f"data: {i}\n".encode())
+    await wait_for(lambda: len(worker.received) == 36)
+    order = worker.received
+    subsets = [CHANNELS[:3], CHANNELS[3:9], CHANNELS[::2], CHANNELS]
+    for cursor in [start, *ids(order)]:
+        after = parse_event_id(cursor)
+        assert after is not None
+        for channels in subsets:
+            replay = await broker.replay(channels, cursor)
+            expected = [e.id for e in order if e.key > after and e.channels[0] in channels]
+            assert not replay.reset, (cursor, replay.reason)
+            assert ids(replay.events) == expected, (cursor, channels)
+            head = parse_event_id(replay.head)
+            assert head is not None and all(e.key <= head for e in replay.events)
+
+
+async def test_an_event_on_channels_of_several_shards_is_one_event_with_one_id(
+    worker: Worker,
+) -> None:
+    broker = worker.broker
+    by_shard = {broker.shard_of(c): c for c in CHANNELS}
+    x, y, z = list(by_shard.values())[:3]  # three channels on three shards
+    start = (await broker.replay([x, y, z], None)).head
+    before = await publish_one(broker, z, b"data: before\n")
+    (multi,) = await broker.publish([Draft((x, y), b"data: multi\n")])
+    after = await publish_one(broker, z, b"data: after\n")
+    await wait_for(lambda: any(e.id == after.id for e in worker.received))
+    # Delivered once, under the id the publisher got, in the one order.
+    assert [e.id for e in worker.received if e.channels == (x, y)] == [multi.id]
+    assert ids(worker.received) == ids(sorted(worker.received, key=lambda e: e.key))
+    for stream in ([x], [y], [x, y], [x, y, z], [y, z]):
+        replayed = await broker.replay(stream, start)
+        assert ids(e for e in replayed.events if e.channels == (x, y)) == [multi.id], stream
+        resumed = await broker.replay(stream, multi.id)
+        assert all(e.channels != (x, y) for e in resumed.events), stream
+        if z in stream:
+            assert after.id in ids(resumed.events)
+    # From just before it, on its non-home channel only (found through its reference).
+    just_before = await broker.replay([y], before.id)
+    assert ids(just_before.events)[:1] == [multi.id]
+    assert before.key < multi.key < after.key
+
+
+async def test_a_publisher_id_is_a_cursor_across_shards(worker: Worker) -> None:
+    broker = worker.broker
+    by_shard = {broker.shard_of(c): c for c in CHANNELS}
+    x, y = list(by_shard.values())[:2]
+    supplied = f"urn:event:{uuid.uuid4().hex}"
+    await broker.publish([Draft((x, y), b"data: tagged\n", event_id=supplied)])
+    later = [await publish_one(broker, channel, b"data: later\n") for channel in (y, x, y)]
+    for stream in ([x], [y], [x, y]):
+        replay = await broker.replay(stream, supplied)
+        assert not replay.reset, stream
+        expected = [e.id for e in later if e.channels[0] in stream]
+        assert ids(replay.events) == expected, stream
+    unknown = await broker.replay([x], "urn:event:never-published")
+    assert unknown.reset and unknown.reason == "unknown_id"
+
+
+async def test_a_batch_keeps_request_order_within_a_shard_and_one_order_for_all(
+    worker: Worker,
+) -> None:
+    broker = worker.broker
+    one_shard = [c for c in CHANNELS if broker.shard_of(c) == broker.shard_of(CHANNELS[0])]
+    drafts = [Draft((one_shard[0],), f"data: {i}\n".encode()) for i in range(10)]
+    published = await broker.publish(drafts)
+    assert [e.key for e in published] == sorted(e.key for e in published)
+    spread = [Draft((CHANNELS[i % 6],), f"data: s{i}\n".encode()) for i in range(12)]
+    published += await broker.publish(spread)
+    await wait_for(lambda: len(worker.received) == 22)
+    assert sorted(ids(published)) == sorted(ids(worker.received))
+    for channel in CHANNELS[:6]:  # per channel, request order
+        mine = [e.id for e in worker.received if e.channels == (channel,)]
+        assert mine == [e.id for e in published if e.channels == (channel,)]
+
+
+async def test_an_id_no_shard_issued_resets_with_unknown_id(worker: Worker) -> None:
+    last = await publish_one(worker.broker, "ch1", b"data: x\n")
+    ms, _ = last.key
+    for unknown in [f"{ms + 60_000}-0", "garbage", "9" * 70]:
+        replay = await worker.broker.replay(["ch1"], unknown)
+        assert replay.reset and replay.reason == "unknown_id", unknown
+    await wait_for(lambda: bool(worker.received))
+    head = parse_event_id((await worker.broker.replay(["ch1"], None)).head)
+    assert head is not None and head >= last.key  # delivered, so below every frontier
+
+
+async def test_trimmed_history_resets_exactly_when_an_unseen_event_was_trimmed(
+    redis_cluster: RedisCluster,
+) -> None:
+    small = await Worker(new_broker(redis_cluster, history_size=1)).start(["a"])
+    try:
+        events = [await publish_one(small.broker, "a", f"data: {i}\n".encode()) for i in range(5)]
+        master = redis_cluster.master_of(small.broker.key("a"))
+        with redis.Redis(port=master) as client:
+            client.xtrim(small.broker.key("a"), maxlen=2, approximate=False)
+            client.execute_command("WAIT", 1, 1000)
+        missed_one = await small.broker.replay(["a"], events[1].id)
+        saw_the_last_trimmed = await small.broker.replay(["a"], events[2].id)
+    finally:
+        await small.broker.disconnect()
+    assert missed_one.reset and missed_one.reason == "history_expired"
+    assert not saw_the_last_trimmed.reset
+    assert ids(saw_the_last_trimmed.events) == ids(events[3:])
+
+
+async def test_events_trimmed_from_a_shard_log_before_the_reader_got_them_cause_a_resync(
+    redis_cluster: RedisCluster, worker: Worker
+) -> None:
+    broker = worker.broker
+    await publish_one(broker, "ch1", b"data: seen\n")
+    await wait_for(lambda: len(worker.received) == 1)
+    shard = broker.shards[broker.shard_of("ch1")]
+    master = redis_cluster.master_of(shard.log_key)
+    sizes = (broker.log_size, broker.history_size, broker.channel_ttl_ms)
+    # Three events and a trim in one transaction: the reader wakes to find only the last.
+    with redis.Redis(port=master) as client, client.pipeline(transaction=True) as pipe:
+        for i in range(3):
+            homes, _ = broker.shard_parts([Draft(("ch1",), f"data: {i}\n".encode())])
+            drafts = ((p.draft, p.channel_keys, p.aliases, p.reference) for p in homes[shard.index])
+            keys, args = publish_arguments(shard.log_key, shard.counter_key, sizes, drafts)
+            pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
+        pipe.xtrim(shard.log_key, maxlen=1, approximate=False)
+        pipe.execute()
+    await wait_for(lambda: bool(worker.resyncs))
+    assert "left the log unread" in worker.resyncs[0]
+
+
+async def test_held_events_are_bounded(redis_cluster: RedisCluster) -> None:
+    """A shard whose frontier cannot move holds every delivery back; past the bound the
+    reader lets the held events go, resyncs, and replays wait until the merge is past."""
+    bounded = await Worker(new_broker(redis_cluster, held_events=100)).start()
+    try:
+        stuck = bounded.broker.shards[0]
+        # As if shard 0 could not be read: no tick, no entry moves its frontier.
+        stuck.frontier = (0, 0)
+        bounded.broker._want_tick = lambda *args: None  # type: ignore[method-assign]
+        assert stuck.task is not None
+        stuck.task.cancel()
+        others = [c for c in CHANNELS if bounded.broker.shard_of(c) != 0]
+        for i in range(110):
+            await publish_one(bounded.broker, others[i % len(others)], b"data: x\n")
+        await wait_for(lambda: bool(bounded.resyncs))
+        assert bounded.received == []
+        assert bounded.broker.stats()["held_events"] <= 100
+        assert "REDIS_CLUSTER_HELD_EVENTS" in bounded.resyncs[0]
+        with pytest.raises(BrokerUnavailableError):
+            await bounded.broker.replay(others[:1], None)
+    finally:
+        await bounded.broker.disconnect()
+
+
+async def test_a_publish_is_refused_when_no_replica_acknowledges_it(
+    redis_cluster: RedisCluster,
+) -> None:
+    """WAIT asks for more replicas than a master has: written on the master only, so not
+    acknowledged."""
+    strict = await Worker(new_broker(redis_cluster, wait_replicas=2, wait_timeout_ms=50)).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailableError):
+            await publish_one(strict.broker, "ch1", b"data: x\n")
+        assert time.monotonic() - started < 5
+    finally:
+        await strict.broker.disconnect()
+
+
+async def test_round_trips_per_publish(redis_cluster: RedisCluster, worker: Worker) -> None:
+    """One pipeline (script + WAIT) per shard a publish touches; printed for the docs."""
+    broker = worker.broker
+    count = 40
+    started = time.monotonic()
+    for i in range(count):
+        await publish_one(broker, CHANNELS[i % len(CHANNELS)], b"data: x\n")
+    with_wait = (time.monotonic() - started) / count
+    fast = await Worker(new_broker(redis_cluster, wait_replicas=0)).start([])
+    try:
+        started = time.monotonic()
+        for i in range(count):
+            await publish_one(fast.broker, CHANNELS[i % len(CHANNELS)], b"data: x\n")
+        without = (time.monotonic() - started) / count
+    finally:
+        await fast.broker.disconnect()
+    assert broker.publish_calls >= count
+    print(f"\nsequential publish: {with_wait * 1000:.2f} ms with WAIT 1,", end=" ")
+    print(f"{without * 1000:.2f} ms without")
+    for pair in itertools.pairwise(worker.received):
+        assert pair[0].key < pair[1].key
+
+
+async def test_an_unreachable_cluster_serves_degraded() -> None:
+    from tests.support.server import free_port
+
+    seeds = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    unreachable = RedisClusterBroker(seeds, history_size=10, channel_ttl_seconds=60)
+    await unreachable.connect(lambda event: None)  # does not raise: degraded
+    try:
+        assert unreachable.state == "down"
+        with pytest.raises(BrokerUnavailableError):
+            await unreachable.replay(["a"], None)
+        with pytest.raises(BrokerUnavailableError):
+            await publish_one(unreachable, "a", b"data: x\n")
+    finally:
+        await unreachable.disconnect()
+
+
+def test_a_cluster_url_is_checked_at_start_and_logged_without_its_password() -> None:
+    from app.broker.cluster_url import parse_cluster_url
+    from app.core.config import SettingsError, load_settings
+
+    parsed = parse_cluster_url("rediss+cluster://user:hunter2@h1:7000,[::1]:7001/0")
+    assert parsed.seeds == (("h1", 7000), ("::1", 7001)) and parsed.tls
+    assert parsed.password == "hunter2" and "hunter2" not in parsed.redacted()
+    for bad in ("redis+cluster://h1", "redis+cluster://h1:7000,h2", "redis+cluster://h1:99999"):
+        with pytest.raises(SettingsError, match="BROKER_URL"):
+            load_settings(broker_url=bad)
+    assert load_settings(broker_url="redis+cluster://h1:7000").redis_cluster_shards == 16
+
+
+async def test_a_workers_publishes_keep_their_order_across_shards(
+    redis_cluster: RedisCluster,
+) -> None:
+    """Shard j's ids run 5 s ahead (as a tick puts an idle shard ahead, larger): an event
+    published on another shard right after one on j must still come after it (the floor)."""
+    from app.broker.redis_cluster import TICK_SCRIPT
+
+    quiet = await Worker(new_broker(redis_cluster)).start([])
+    broker = quiet.broker
+    try:
+        by_shard = {broker.shard_of(c): c for c in CHANNELS}
+        (j, ahead_channel), (_, behind_channel) = list(by_shard.items())[:2]
+        shard = broker.shards[j]
+        now_ms = int(time.time() * 1000)
+        args = (broker.log_size, broker.shard_count, j, now_ms, 0, 5000)
+        await broker.nodes.on_master(
+            shard.slot,
+            [("EVAL", TICK_SCRIPT, 2, shard.log_key, shard.counter_key, *args)],
+            None,
+        )
+        # No tick moves the other shard past `first` before `second` is written.
+        broker._want_tick = lambda *args: None  # type: ignore[method-assign]
+        first = await publish_one(broker, ahead_channel, b"data: first\n")
+        second = await publish_one(broker, behind_channel, b"data: second\n")
+    finally:
+        await broker.disconnect()
+    assert first.key[0] >= now_ms + 5000
+    assert second.key > first.key
+
+
+async def test_a_failing_shard_fails_only_the_publishes_that_touch_it(worker: Worker) -> None:
+    """Concurrent publishes share one script call per shard: a shard that cannot take its
+    part (as a master without a replica in sync answers WAIT) refuses only its own."""
+    broker = worker.broker
+    by_shard = {broker.shard_of(c): c for c in CHANNELS}
+    (bad, bad_channel), (_, good_channel) = list(by_shard.items())[:2]
+    real = broker._write_shard
+
+    async def failing(shard: Any, part: Any) -> list[bytes]:
+        if shard.index == bad:
+            raise redis.exceptions.ConnectionError("as if its master were gone")
+        return await real(shard, part)
+
+    broker._write_shard = failing  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(
+        *(publish_one(broker, c, b"data: x\n") for c in [bad_channel, good_channel] * 3),
+        publish_one(broker, [good_channel, bad_channel], b"data: both\n"),
+        return_exceptions=True,
+    )
+    for outcome, channel in zip(outcomes[:6], [bad_channel, good_channel] * 3, strict=True):
+        if channel == bad_channel:
+            assert isinstance(outcome, BrokerUnavailableError)
+        else:
+            assert isinstance(outcome, Event), outcome
+    assert isinstance(outcomes[6], BrokerUnavailableError)  # it touches the failing shard
