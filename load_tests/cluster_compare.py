@@ -4,19 +4,29 @@
 Usage (from the repository root)::
 
     python -m load_tests.cluster_compare --seconds 3 --rounds 2
+    python -m load_tests.cluster_compare --fanout-subscribers 1000 --rounds 2
 
-Each round, per broker: ``--publishers`` tasks publish one 64-byte event at a time, each
-awaiting its answer, over ``--channels`` channels for ``--seconds``; one worker's
+Publish step: each round, per broker: ``--publishers`` tasks publish one 64-byte event at
+a time, each awaiting its answer, over ``--channels`` channels for ``--seconds``; one worker's
 broker (the same process) has a subscriber on every channel and counts what its reader
 delivers. No HTTP, no hub: the figures are the broker's (Herald's reader and Redis).
-``--wait-replicas 0`` shows the cluster without the durability ``WAIT``. Everything
-runs on 127.0.0.1 and stops at the end.
+``--wait-replicas 0`` shows the cluster without the durability ``WAIT``.
+
+Fan-out step (``--fanout-subscribers N``, 0 skips it): one Herald worker per broker
+(``python -m app``, ``BROKER_URL`` the redis-server or the cluster), both started at once
+and holding N streams of the load generator (``load_tests/generator.py``), then the
+benchmark's closed-loop fan-out (4 publishers, a window of 50 events) against each in
+alternating rounds: deliveries per second and per second of the worker's CPU, as in
+``python -m load_tests.latency``'s fan-out step. Everything runs on 127.0.0.1 and
+stops at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import statistics
 import time
 import uuid
@@ -100,6 +110,56 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         single.close()
 
 
+def fanout(args: argparse.Namespace, single: RedisServer, cluster: RedisCluster) -> None:
+    """The fan-out step: deliveries/s through a Herald worker on each broker."""
+    from load_tests.benchmark import (
+        CpuSampler,
+        _connect,
+        herald_spec,
+        plan_placement,
+        server_processes,
+    )
+    from load_tests.generator import raise_open_file_limit
+    from load_tests.latency import serving
+
+    raise_open_file_limit()
+    placement = plan_placement(True)
+    base = herald_spec(args.fanout_subscribers)
+    urls = {"redis://": single.url, "redis+cluster://": cluster.url}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(
+                serving(dataclasses.replace(base, env={**base.env, "BROKER_URL": url}), placement)
+            )
+            for name, url in urls.items()
+        }
+        for _, gen in servers.values():
+            _connect(gen, args.fanout_subscribers)
+        for number in range(args.rounds):
+            names = list(servers) if number % 2 == 0 else list(reversed(servers))
+            for name in names:
+                server, gen = servers[name]
+                with CpuSampler(server_processes(server)[0]) as cpu:
+                    reply = gen.call(
+                        timeout=args.fanout_seconds + 180,
+                        cmd="fanout",
+                        warmup=2.0,
+                        duration=args.fanout_seconds,
+                        window=50,
+                        publishers=4,
+                        payload_bytes=100,
+                    )
+                share = cpu.share(*reply["window"]) or 0.0
+                per_cpu = reply["deliveries_per_second"] / share if share else 0.0
+                rate = reply["deliveries_per_second"]
+                cpu_note = f"worker CPU {share:.0%}, generator {reply['generator_cpu']:.0%}"
+                print(
+                    f"  round {number + 1} {name:18} fan-out {rate:10,.0f} deliveries/s,"
+                    f" {per_cpu:10,.0f} per worker CPU-second ({cpu_note})",
+                    flush=True,
+                )
+
+
 def _prefix() -> str:
     return f"b{uuid.uuid4().hex[:8]}"
 
@@ -111,7 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publishers", type=int, default=16)
     parser.add_argument("--channels", type=int, default=12)
     parser.add_argument("--wait-replicas", type=int, default=1)
+    parser.add_argument("--fanout-subscribers", type=int, default=0, help="0 skips fan-out")
+    parser.add_argument("--fanout-seconds", type=float, default=8.0)
+    parser.add_argument("--no-publish", action="store_true", help="the fan-out step only")
     args = parser.parse_args(argv)
+    if args.fanout_subscribers:
+        single, cluster = RedisServer().start(), RedisCluster().start()
+        try:
+            print(f"fan-out to {args.fanout_subscribers:,} streams, {args.rounds} rounds")
+            fanout(args, single, cluster)
+        finally:
+            cluster.close()
+            single.close()
+    if args.no_publish:
+        return 0
     results = asyncio.run(_run(args))
     print(
         f"{args.publishers} publishers awaiting each answer, {args.channels} channels, "
