@@ -113,14 +113,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 def fanout(args: argparse.Namespace, single: RedisServer, cluster: RedisCluster) -> None:
     """The fan-out step: deliveries/s through a Herald worker on each broker."""
     from load_tests.benchmark import (
-        CpuSampler,
         _connect,
         herald_spec,
         plan_placement,
-        server_processes,
     )
     from load_tests.generator import raise_open_file_limit
-    from load_tests.latency import serving
+    from load_tests.latency import measure_fanout, serving
 
     raise_open_file_limit()
     placement = plan_placement(True)
@@ -138,24 +136,13 @@ def fanout(args: argparse.Namespace, single: RedisServer, cluster: RedisCluster)
         for number in range(args.rounds):
             names = list(servers) if number % 2 == 0 else list(reversed(servers))
             for name in names:
-                server, gen = servers[name]
-                with CpuSampler(server_processes(server)[0]) as cpu:
-                    reply = gen.call(
-                        timeout=args.fanout_seconds + 180,
-                        cmd="fanout",
-                        warmup=2.0,
-                        duration=args.fanout_seconds,
-                        window=50,
-                        publishers=4,
-                        payload_bytes=100,
-                    )
-                share = cpu.share(*reply["window"]) or 0.0
-                per_cpu = reply["deliveries_per_second"] / share if share else 0.0
-                rate = reply["deliveries_per_second"]
-                cpu_note = f"worker CPU {share:.0%}, generator {reply['generator_cpu']:.0%}"
+                measured = measure_fanout(*servers[name], args.fanout_seconds)
+                rate, share = measured["deliveries_per_second"], measured["server_cpu"] or 0.0
+                cpu_note = f"worker CPU {share:.0%}, generator {measured['generator_cpu']:.0%}"
                 print(
                     f"  round {number + 1} {name:18} fan-out {rate:10,.0f} deliveries/s,"
-                    f" {per_cpu:10,.0f} per worker CPU-second ({cpu_note})",
+                    f" {measured['deliveries_per_cpu_second'] or 0:10,.0f} per worker CPU-second"
+                    f" ({cpu_note})",
                     flush=True,
                 )
 

@@ -68,7 +68,7 @@ from load_tests.generator import raise_open_file_limit
 from tests.support.redis_server import RedisServer
 from tests.support.server import REPO_ROOT, ServerProcess
 
-__all__ = ["TARGET_RATIO", "main", "run"]
+__all__ = ["TARGET_RATIO", "main", "measure_fanout", "run"]
 
 TARGET_RATIO = 1.25
 """Issue 16: Herald's p50 and p99 within this factor of the floor's, same run."""
@@ -231,29 +231,35 @@ def fanout_before_after(options: argparse.Namespace, placement: Placement) -> di
             for variant in order:
                 print(f"[fan-out] round {number + 1}: {variant}", file=sys.stderr)
                 server, gen = servers[variant]
-                with CpuSampler(server_processes(server)[0]) as cpu:
-                    reply = gen.call(
-                        timeout=options.duration + 180,
-                        cmd="fanout",
-                        warmup=2.0,
-                        duration=options.fanout_duration,
-                        window=50,
-                        publishers=4,
-                        payload_bytes=PAYLOAD_BYTES,
-                    )
-                share = cpu.share(*reply["window"])
-                measured[variant] = {
-                    "deliveries_per_second": reply["deliveries_per_second"],
-                    "server_cpu": share,
-                    "deliveries_per_cpu_second": (
-                        round(reply["deliveries_per_second"] / share, 1) if share else None
-                    ),
-                    "generator_cpu": reply["generator_cpu"],
-                    "disconnects": reply["disconnects"],
-                    "drained": reply["drained"],
-                }
+                measured[variant] = measure_fanout(server, gen, options.fanout_duration)
             rounds.append(measured)
     return {"subscribers": subscribers, "before": options.before, "rounds": rounds}
+
+
+def measure_fanout(server: ServerProcess, gen: GeneratorProcess, seconds: float) -> dict[str, Any]:
+    """The benchmark's closed-loop fan-out (4 publishers, 50 events in flight) for
+    ``seconds`` against a server whose streams ``gen`` holds, with the server's CPU share."""
+    with CpuSampler(server_processes(server)[0]) as cpu:
+        reply = gen.call(
+            timeout=seconds + 180,
+            cmd="fanout",
+            warmup=2.0,
+            duration=seconds,
+            window=50,
+            publishers=4,
+            payload_bytes=PAYLOAD_BYTES,
+        )
+    share = cpu.share(*reply["window"])
+    return {
+        "deliveries_per_second": reply["deliveries_per_second"],
+        "server_cpu": share,
+        "deliveries_per_cpu_second": (
+            round(reply["deliveries_per_second"] / share, 1) if share else None
+        ),
+        "generator_cpu": reply["generator_cpu"],
+        "disconnects": reply["disconnects"],
+        "drained": reply["drained"],
+    }
 
 
 def run(options: argparse.Namespace) -> dict[str, Any]:
