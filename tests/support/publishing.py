@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.broker.base import Broker, Draft
+import pytest
+
+from app.broker.base import Broker, BrokerUnavailableError, Draft
 from app.sse.event import Event
 
-__all__ = ["publish_one"]
+__all__ = ["assert_serves_degraded", "publish_one"]
 
 
 async def publish_one(
@@ -16,3 +18,17 @@ async def publish_one(
     names = (channels,) if isinstance(channels, str) else tuple(channels)
     (event,) = await broker.publish([Draft(names, body, private)])
     return event
+
+
+async def assert_serves_degraded(broker: Broker) -> None:
+    """``broker`` points at nothing: it connects without raising, reports itself down, and
+    refuses replays and publishes with ``BrokerUnavailableError``; then it is disconnected."""
+    await broker.connect(lambda event: None)  # does not raise: degraded
+    try:
+        assert broker.stats()["state"] == "down"
+        with pytest.raises(BrokerUnavailableError):
+            await broker.replay(["a"], None)
+        with pytest.raises(BrokerUnavailableError):
+            await publish_one(broker, "a", b"data: x\n")
+    finally:
+        await broker.disconnect()
