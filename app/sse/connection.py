@@ -58,6 +58,7 @@ __all__ = [
     "DROPPED_OLDEST",
     "MAX_BATCH_BYTES",
     "OVERFLOWED",
+    "PING_CHUNK",
     "QUEUED",
     "WRITTEN",
     "CloseReason",
@@ -91,6 +92,9 @@ class CloseReason(StrEnum):
 
 ABORTED_CLOSES = frozenset({CloseReason.OVERFLOW, CloseReason.IDLE})
 """Closes that reset the connection instead of ending the body (the client is not reading)."""
+
+PING_CHUNK = frame_chunk(PING_FRAME)
+"""A heartbeat as the body chunk a direct write sends (app.sse.chunked_write)."""
 
 
 class QueueBudget:
@@ -143,6 +147,7 @@ class Connection:
         "on_ready",
         "opened_at",
         "ping_due",
+        "pinged_at",
         "private_channels",
         "send",
         "sending",
@@ -172,6 +177,9 @@ class Connection:
         # The newest position queued or sent; None while catching up (design note 5).
         self.cursor: EventKey | None = None
         self.ping_due = False
+        # When the last heartbeat was asked for: with last_delivery, how long the stream
+        # has been quiet (the hub pings only quiet streams, design note 4 of app.sse.hub).
+        self.pinged_at = now
         self.close_reason: CloseReason | None = None
         # The ``retry:`` of the stream's last frame when an operator closed it
         # (app.admin): None writes no farewell retry unless the reason is SHUTDOWN.
@@ -240,23 +248,11 @@ class Connection:
         writer parked, a direct transport that is not paused or closing. ``chunk`` is
         ``event.frame`` framed as an HTTP chunk, shared by every stream. Returns WRITTEN,
         or what ``push`` returns when the event had to be queued instead."""
-        cursor = self.cursor
-        waiter = self._waiter
-        flow = self.flow
-        transport = self.transport
-        if (
-            cursor is None  # catching up: the event waits for go_live
-            or self._queue  # earlier events first
-            or self._gap
-            or flow is None
-            or transport is None
-            or flow.write_paused
-            or waiter is None
-            or waiter.done()  # the writer is awake and owns the stream
-            or self.close_reason is not None
-            or transport.is_closing()
-        ):
+        transport = self._writable_transport()
+        if transport is None:
             return self.push(event)
+        cursor = self.cursor
+        assert cursor is not None  # _writable_transport: live
         if event.key <= cursor:
             return ALREADY_HAD
         self.cursor = event.key
@@ -310,10 +306,43 @@ class Connection:
         finally:
             self._waiter = None
 
-    def request_ping(self) -> None:
-        if not self._queue:
+    def _writable_transport(self) -> asyncio.Transport | None:
+        """The transport when the hub may write to it at once, else None: live, nothing
+        queued, the writer parked, a direct transport that is not paused or closing."""
+        waiter = self._waiter
+        flow = self.flow
+        transport = self.transport
+        if (
+            self.cursor is None  # catching up: events wait for go_live
+            or self._queue  # earlier events first
+            or self._gap
+            or flow is None
+            or transport is None
+            or flow.write_paused
+            or waiter is None
+            or waiter.done()  # the writer is awake and owns the stream
+            or self.close_reason is not None
+            or transport.is_closing()
+        ):
+            return None
+        return transport
+
+    def request_ping(self, now: float) -> None:
+        """A heartbeat: written at once where an event could be (so a hub pinging
+        thousands of streams wakes no writer task), else left to the writer. Nothing
+        while events are queued: they are on their way."""
+        if self._queue:
+            return
+        self.pinged_at = now
+        transport = self._writable_transport()
+        if transport is None:
             self.ping_due = True
             self._wake()
+            return
+        try:
+            transport.write(PING_CHUNK)
+        except Exception:  # the transport refused the write: treat the client as gone
+            self.close(CloseReason.CLIENT_GONE)
 
     def close(self, reason: CloseReason) -> None:
         if self.close_reason is not None:

@@ -22,12 +22,21 @@ Design decisions (read before changing):
    channels, one cursor serves a stream of many channels, and an event that
    reaches a stream twice (through two of its channels, or a re-read) is
    skipped by the same comparison.
-4. Three tasks per worker, none per connection: a heartbeat that flags every
-   connection each ``SSE_PING_SECONDS``, a reaper that closes connections with
+4. Three tasks per worker, none per connection: a heartbeat, a reaper that closes connections with
    no event delivered for ``SSE_IDLE_TIMEOUT_SECONDS`` (heartbeats do not
    count: they reach the kernel even for a vanished client), and a shutdown
    watcher that closes every stream as soon as the server is asked to exit
    (uvicorn waits for open responses and never interrupts a stream itself).
+   The heartbeat pings only quiet streams: it ticks every ``PING_TICK_SECONDS``
+   (or a quarter of ``SSE_PING_SECONDS`` if that is shorter) and pings the
+   streams that got neither an event nor a ping for ``SSE_PING_SECONDS`` minus
+   one tick, so no stream is silent longer than ``SSE_PING_SECONDS``. A stream
+   that gets events gets no pings (an event keeps a proxy's idle timer alive as
+   well as a comment does), and the pings of streams opened at different times
+   go out at different ticks instead of all at once: pinging 2,000 streams in
+   one pass every 15 s held every event behind it by that pass and moved the
+   latency p99 (issue 16). A ping is written directly where an event would be
+   (``Connection.request_ping``), so it wakes no writer task.
 5. ``open`` is an async context manager whose ``finally`` unregisters,
    releases queued events, tells the broker and logs the end exactly once,
    whatever ended the stream.
@@ -124,6 +133,8 @@ logger = logging.getLogger("herald.sse")
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 SHUTDOWN_POLL_SECONDS = 0.1
 DEFAULT_RETRY_AFTER_SECONDS = 5
+PING_TICK_SECONDS = 1.0
+"""How often the heartbeat looks for quiet streams (design note 4)."""
 COALESCE_COST_FACTOR = 2.0
 """A hub that is behind starts its next pass this many times the last pass's duration
 after that pass ended (capped by SSE_WRITE_COALESCE_MS): passes then take at most about
@@ -225,7 +236,7 @@ class Hub:
         await self.broker.connect(self._fan_out, self._resync)
         await self.limits.start()
         self._tasks = [
-            asyncio.create_task(self._every(self.settings.sse_ping_seconds, self.heartbeat)),
+            asyncio.create_task(self._every(self.ping_tick_seconds, self.heartbeat)),
             asyncio.create_task(
                 self._every(self.settings.sse_cleanup_interval_seconds, self.cleanup)
             ),
@@ -555,9 +566,17 @@ class Hub:
 
     # --- housekeeping ----------------------------------------------------
 
+    @property
+    def ping_tick_seconds(self) -> float:
+        return min(PING_TICK_SECONDS, self.settings.sse_ping_seconds / 4)
+
     def heartbeat(self) -> None:
+        """Ping the streams quiet for a ping interval (less one tick: design note 4)."""
+        now = self.clock()
+        quiet_since = now - self.settings.sse_ping_seconds + self.ping_tick_seconds
         for connection in self._connections:
-            connection.request_ping()
+            if connection.last_delivery <= quiet_since and connection.pinged_at <= quiet_since:
+                connection.request_ping(now)
 
     def reap_idle(self) -> int:
         deadline = self.clock() - self.settings.sse_idle_timeout_seconds

@@ -245,7 +245,7 @@ def test_live_push_at_or_below_the_cursor_is_skipped() -> None:
 
 def test_ping_on_an_idle_connection_yields_ping_frame_with_count_zero() -> None:
     connection = make_connection()
-    connection.request_ping()
+    connection.request_ping(0.0)
     assert connection.ping_due
     assert connection.take() == (PING_FRAME, 0)
     assert connection.take() is None
@@ -255,7 +255,7 @@ def test_ping_is_not_requested_when_events_are_queued() -> None:
     connection = make_connection()
     event = make_event(1)
     connection.push(event)
-    connection.request_ping()
+    connection.request_ping(0.0)
     assert not connection.ping_due
     assert connection.take() == (event.frame, 1)
     assert connection.take() is None
@@ -263,7 +263,7 @@ def test_ping_is_not_requested_when_events_are_queued() -> None:
 
 def test_events_queued_after_a_ping_request_replace_the_ping() -> None:
     connection = make_connection()
-    connection.request_ping()
+    connection.request_ping(0.0)
     event = make_event(1)
     connection.push(event)
     assert connection.take() == (event.frame, 1)
@@ -297,7 +297,7 @@ async def test_wait_returns_on_close() -> None:
 async def test_wait_returns_on_ping() -> None:
     connection = make_connection()
     waiter = await start_waiting(connection)
-    connection.request_ping()
+    connection.request_ping(0.0)
     await asyncio.wait_for(waiter, WAKE_TIMEOUT)
 
 
@@ -307,7 +307,7 @@ async def test_wait_returns_at_once_when_something_is_ready(ready: str) -> None:
     if ready == "event":
         connection.push(make_event(1))
     elif ready == "ping":
-        connection.request_ping()
+        connection.request_ping(0.0)
     else:
         connection.close(CloseReason.IDLE)
     await asyncio.wait_for(connection.wait(), WAKE_TIMEOUT)

@@ -12,6 +12,7 @@ import pytest
 
 from app.sse.connection import (
     ALREADY_HAD,
+    PING_CHUNK,
     QUEUED,
     WRITTEN,
     CloseReason,
@@ -19,6 +20,7 @@ from app.sse.connection import (
     QueueBudget,
 )
 from app.sse.direct_write import resume, step
+from app.sse.encoding import PING_FRAME
 from tests.sse.test_connection import make_event
 
 Message = MutableMapping[str, Any]
@@ -312,17 +314,51 @@ async def test_push_now_queues_when_the_stream_cannot_take_a_write_now(
     loopback: tuple[asyncio.Transport, socket.socket], state: str
 ) -> None:
     transport, _ = loopback
-    connection, writer, _ = await live_on(transport, paused=state == "paused")
+    connection, writer, send = await live_on(transport, paused=state == "paused")
     if state == "catching up":
         connection.cursor = None
     elif state == "closing":
         transport.close()
     elif state == "writer awake":
-        connection.request_ping()  # wakes the parked writer
+        # A ping while paused goes to the writer, which wakes and stays in its send.
+        assert connection.flow is not None
+        send.blocked = asyncio.get_running_loop().create_future()
+        connection.flow.write_paused = True
+        connection.request_ping(0.0)
         await asyncio.sleep(0)
+        connection.flow.write_paused = False
     event = make_event(1)
     outcome = connection.push_now(event, chunk_of(event.frame), 1.0)
     assert outcome == QUEUED and connection.delivered == 0
     assert connection.queued == 1 or state == "writer awake"
     connection.close(CloseReason.SHUTDOWN)
     await writer
+
+
+async def test_a_ping_is_written_to_a_live_parked_stream_at_once(
+    loopback: tuple[asyncio.Transport, socket.socket],
+) -> None:
+    transport, client = loopback
+    connection, writer, send = await live_on(transport)
+    connection.request_ping(3.0)
+    assert await read_exactly(client, len(PING_CHUNK)) == PING_CHUNK
+    assert chunk_of(PING_FRAME) == PING_CHUNK
+    assert not writer.done() and send.bodies == []  # the writer slept through it
+    assert not connection.ping_due and connection.pinged_at == 3.0
+    assert connection.delivered == 0 and connection.last_delivery == 0.0  # not an event
+    connection.close(CloseReason.SHUTDOWN)
+    await writer
+
+
+async def test_a_ping_goes_through_the_writer_when_the_socket_is_paused(
+    loopback: tuple[asyncio.Transport, socket.socket],
+) -> None:
+    transport, _ = loopback
+    connection, writer, send = await live_on(transport, paused=True)
+    connection.request_ping(3.0)
+    # Nothing written past the flow control: the writer is woken to send it through
+    # uvicorn's send, which waits for the drain.
+    assert transport.get_write_buffer_size() == 0
+    await asyncio.wait_for(writer, 1)
+    assert connection.ping_due and connection.take() == (PING_FRAME, 0)
+    assert connection.pinged_at == 3.0 and send.bodies == []

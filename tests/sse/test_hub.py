@@ -23,6 +23,7 @@ from tests.sse.test_direct_write import FakeSend, Flow, chunk_of, read_exactly
 from tests.support.clock import FakeClock
 
 CHANNEL_TTL = 30.0
+PING_SECONDS = 3.0
 
 
 class RacingBroker(MemoryBroker):
@@ -257,7 +258,7 @@ async def test_admission_check_refusal_is_raised(make_hub: MakeHub) -> None:
 
 
 async def test_reap_idle_closes_only_idle_connections(make_hub: MakeHub, clock: FakeClock) -> None:
-    hub = await make_hub(sse_idle_timeout_seconds=10)
+    hub = await make_hub(sse_idle_timeout_seconds=10, sse_ping_seconds=PING_SECONDS)
     async with hub.subscribe(["a"]) as (idle, _), hub.subscribe(["a"]) as (active, _):
         clock.now += 5
         await hub.publish("a", 1)
@@ -266,11 +267,12 @@ async def test_reap_idle_closes_only_idle_connections(make_hub: MakeHub, clock: 
             assert connection.take() is not None
         active.last_delivery = clock()
         # A ping reaches the kernel even for a vanished client: no activity.
+        clock.now += PING_SECONDS
         hub.heartbeat()
         assert idle.take() == (PING_FRAME, 0)
         assert active.take() == (PING_FRAME, 0)
 
-        clock.now += 5  # exactly at the deadline: not yet idle
+        clock.now += 5 - PING_SECONDS  # exactly at the deadline: not yet idle
         assert hub.reap_idle() == 0
         clock.now += 1
         assert hub.reap_idle() == 1
@@ -295,9 +297,12 @@ async def test_cleanup_reaps_and_sweeps_idle_channels(make_hub: MakeHub, clock: 
         assert memory_broker(hub).history.channel_count == 1  # "watched" is kept
 
 
-async def test_heartbeat_sets_ping_only_on_idle_connections(make_hub: MakeHub) -> None:
-    hub = await make_hub()
+async def test_heartbeat_sets_ping_only_on_idle_connections(
+    make_hub: MakeHub, clock: FakeClock
+) -> None:
+    hub = await make_hub(sse_ping_seconds=PING_SECONDS)
     async with hub.subscribe(["quiet"]) as (quiet, _), hub.subscribe(["busy"]) as (busy, _):
+        clock.now += PING_SECONDS
         await hub.publish("busy", 1)
         hub.heartbeat()
         assert quiet.ping_due
@@ -615,3 +620,29 @@ async def test_a_hub_that_keeps_up_writes_inside_the_fan_out_and_queues_when_beh
         assert not writer.done()
         connection.close(CloseReason.SHUTDOWN)
         await writer
+
+
+async def test_heartbeat_pings_a_stream_only_after_a_ping_interval_of_quiet(
+    make_hub: MakeHub, clock: FakeClock
+) -> None:
+    hub = await make_hub(sse_ping_seconds=PING_SECONDS)
+    tick = hub.ping_tick_seconds
+    assert tick == min(1.0, PING_SECONDS / 4)
+    async with hub.subscribe(["a"]) as (fed, _), hub.subscribe(["b"]) as (quiet, _):
+        # Just short of the interval less one tick: nobody is pinged yet.
+        clock.now += PING_SECONDS - tick - 0.01
+        hub.heartbeat()
+        assert not fed.ping_due and not quiet.ping_due
+        await hub.publish("a", 1)  # an event resets the fed stream's quiet time
+        fed.last_delivery = clock()
+        assert fed.take() is not None
+        clock.now += 0.02
+        hub.heartbeat()  # the quiet one is due: silent for the interval by the next tick
+        assert quiet.ping_due and not fed.ping_due
+        assert quiet.take() == (PING_FRAME, 0)
+        clock.now += tick
+        hub.heartbeat()  # just pinged: not again on the next tick
+        assert not quiet.ping_due and not fed.ping_due
+        clock.now += PING_SECONDS - 2 * tick
+        hub.heartbeat()  # a ping interval after the ping, and after the fed stream's event
+        assert quiet.ping_due and fed.ping_due
