@@ -120,6 +120,18 @@ local function log_id()
   if lms == floor_ms and ln + 1 > next_n then next_n = ln + 1 end
   return string.format('%d-%d', floor_ms, next_n)
 end
+-- Appends an event's optional fields (the private flag, a supplied id) to an entry's.
+local function optional(fields, private, supplied)
+  if private ~= '' then
+    fields[#fields + 1] = 'p'
+    fields[#fields + 1] = private
+  end
+  if supplied ~= '' then
+    fields[#fields + 1] = 'i'
+    fields[#fields + 1] = supplied
+  end
+  return fields
+end
 for e = 1, count do
   local names, body, private, supplied = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local ref = ARGV[a + 4]
@@ -137,15 +149,7 @@ for e = 1, count do
     floor_ms = 0  -- the call's next events follow this one in the log
   elseif ref == '' then
     n = n + 1
-    local log_fields = {'n', n, 'c', names, 'b', body}
-    if private ~= '' then
-      log_fields[#log_fields + 1] = 'p'
-      log_fields[#log_fields + 1] = private
-    end
-    if supplied ~= '' then
-      log_fields[#log_fields + 1] = 'i'
-      log_fields[#log_fields + 1] = supplied
-    end
+    local log_fields = optional({'n', n, 'c', names, 'b', body}, private, supplied)
     id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], log_id(), unpack(log_fields))
     floor_ms = 0  -- the call's next events follow this one in the log
   else
@@ -162,15 +166,7 @@ for e = 1, count do
     if plain and before and not several then
       redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, 'b', body, 'v', before)
     else
-      local fields = {'b', body}
-      if private ~= '' then
-        fields[#fields + 1] = 'p'
-        fields[#fields + 1] = private
-      end
-      if supplied ~= '' then
-        fields[#fields + 1] = 'i'
-        fields[#fields + 1] = supplied
-      end
+      local fields = optional({'b', body}, private, supplied)
       if several then
         fields[#fields + 1] = 'c'
         fields[#fields + 1] = names
