@@ -19,6 +19,7 @@ from app.admin.actions import WorkerActions
 from app.admin.audit import AuditTrail
 from app.admin.dispatch import ActionCoordinator
 from app.admin.drain import DrainState
+from app.api.publish_handler import PublishContext
 from app.api.routes import (
     admin,
     admin_actions,
@@ -113,6 +114,8 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         bus_handler = HandlerRouter(actions.answer)
         bus_handler.add(SUBSCRIPTIONS_KIND, gather.answer)
         app.state.hub = hub
+        assert isinstance(app, HeraldApp)  # built below; Starlette types the argument wider
+        app.publishing = PublishContext(settings, hub, app.state.proxies, tokens)
         app.state.responses = service
         app.state.memory = guard
         app.state.cluster = cluster

@@ -23,6 +23,9 @@ Design decisions (read before changing):
    is itself bounded by ``PUBLISH_BATCH_MAX`` and ``MAX_BATCH_BYTES``.
 4. Answers are built as bytes without a JSON encoder: ids and channel names
    are validated ASCII without quotes or backslashes (``CHANNEL_PATTERN``).
+5. What a publish reads is gathered once per lifespan in a :class:`PublishContext`
+   (``HeraldApp.publishing``): Starlette's ``State`` resolves each attribute in
+   Python, and the four a publish needs cost 1.5 µs, a sixth of the handler.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastapi import HTTPException
-from starlette.datastructures import State
 from starlette.types import Receive, Scope
 
 from app.api.publishing import (
@@ -42,17 +44,30 @@ from app.api.publishing import (
     parse_single,
     read_body,
 )
+from app.auth.client_address import TrustedProxies
 from app.auth.requests import bearer_from_header, check_publish, publisher_grants
+from app.auth.tokens import TokenVerifier
 from app.broker.base import BrokerUnavailableError, Draft
+from app.core.config import Settings
 from app.limits import LimitExceededError, publisher_key
 from app.sse.encoding import EncodingError, encode_parsed_body
 from app.sse.event import Event
 from app.sse.hub import Hub, InvalidChannelError, event_channels, validate_channel
 
-__all__ = ["PublishAnswer", "handle_publish"]
+__all__ = ["PublishAnswer", "PublishContext", "handle_publish"]
 
 UNAVAILABLE_RETRY_AFTER = "5"
 _JSON = b"application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishContext:
+    """What every publish reads, built once per lifespan (design note 5)."""
+
+    settings: Settings
+    hub: Hub
+    proxies: TrustedProxies
+    tokens: TokenVerifier
 
 
 @dataclass(slots=True)
@@ -62,15 +77,17 @@ class PublishAnswer:
     headers: list[tuple[bytes, bytes]]
 
 
-def _answer(status: int, body: bytes, extra: Iterable[tuple[str, str]] = ()) -> PublishAnswer:
+def _answer(status: int, body: bytes) -> PublishAnswer:
     headers = [(b"content-type", _JSON), (b"content-length", b"%d" % len(body))]
-    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra]
     return PublishAnswer(status, body, headers)
 
 
 def _refusal(exc: HTTPException) -> PublishAnswer:
     body = json.dumps({"detail": exc.detail}, ensure_ascii=False, separators=(",", ":")).encode()
-    return _answer(exc.status_code, body, (exc.headers or {}).items())
+    answer = _answer(exc.status_code, body)
+    for name, value in (exc.headers or {}).items():
+        answer.headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    return answer
 
 
 class _Headers:
@@ -99,13 +116,13 @@ class _Headers:
 
 
 async def handle_publish(
-    state: State, scope: Scope, receive: Receive, channel: str | None
+    context: PublishContext, scope: Scope, receive: Receive, channel: str | None
 ) -> PublishAnswer | None:
     """Publish what the request asks: ``channel`` is the path's (``POST /events/<channel>``)
     or None (``POST /events``: a batch, or one event naming its channels). Returns the
     answer to send, or None when the client went away before its body arrived."""
     try:
-        return await _publish(state, scope, receive, channel)
+        return await _publish(context, scope, receive, channel)
     except HTTPException as exc:
         return _refusal(exc)
     except ClientGoneError:
@@ -113,15 +130,14 @@ async def handle_publish(
 
 
 async def _publish(
-    state: State, scope: Scope, receive: Receive, channel: str | None
+    context: PublishContext, scope: Scope, receive: Receive, channel: str | None
 ) -> PublishAnswer:
-    settings = state.settings
-    hub: Hub = state.hub
+    settings, hub = context.settings, context.hub
     headers = _Headers(scope["headers"])
     peer = scope.get("client")
-    client = state.proxies.client(peer[0] if peer else "", headers.forwarded_for)
+    client = context.proxies.client(peer[0] if peer else "", headers.forwarded_for)
     token = bearer_from_header(headers.authorization) if headers.authorization else None
-    grants = publisher_grants(token, settings, state.tokens, client)
+    grants = publisher_grants(token, settings, context.tokens, client)
     if channel is not None:
         check_publish(grants, (channel,))
     if hub.limits.publishes_limited:  # the key hashes the token: only worth it when limited

@@ -118,7 +118,7 @@ class HistoryStore:
             log = self._log(channel, now)
             log.events.append(event)
             if len(log.events) > self.max_events:
-                self._evict(log, log.events.popleft())
+                self._drop_oldest(log)
         if self.bytes > self.max_bytes:
             self._keep_within_bytes()
 
@@ -147,18 +147,21 @@ class HistoryStore:
                 retained = log.events
                 retained.append(event)
                 if len(retained) > max_events:
-                    oldest = retained.popleft()
-                    if len(oldest.channels) == 1 and not self._supplied_ids:
-                        # _evict and _release inlined for the usual event: a full log
-                        # evicts one event per event appended.
-                        log.floor = max(log.floor, oldest.key)
-                        self.evicted += 1
-                        del everything[oldest.key]
-                        self.bytes -= event_cost(oldest)
-                    else:
-                        self._evict(log, oldest)
+                    self._drop_oldest(log)
             if self.bytes > self.max_bytes:
                 self._keep_within_bytes()
+
+    def _drop_oldest(self, log: _ChannelLog) -> None:
+        """A full log lets go of its oldest event. That happens once per event appended,
+        so the usual event (one channel, no supplied ids) skips ``_evict`` and ``_release``."""
+        oldest = log.events.popleft()
+        if len(oldest.channels) == 1 and not self._supplied_ids:
+            log.floor = max(log.floor, oldest.key)
+            self.evicted += 1
+            del self._all[oldest.key]
+            self.bytes -= event_cost(oldest)
+        else:
+            self._evict(log, oldest)
 
     def _keep_within_bytes(self) -> None:
         everything = self._all

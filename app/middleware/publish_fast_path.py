@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.publish_handler import handle_publish
+from app.api.publish_handler import PublishContext, handle_publish
 from app.api.streams import EVENTS_PATH
 
 __all__ = ["HeraldApp", "PublishFastPath", "publish_target", "wrap_user_middleware"]
@@ -59,7 +59,7 @@ class PublishFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         channel = publish_target(scope)
         assert channel != NOT_A_PUBLISH, scope["path"]
-        answer = await handle_publish(scope["app"].state, scope, receive, channel)
+        answer = await handle_publish(scope["app"].publishing, scope, receive, channel)
         if answer is None:  # the client went away before its body arrived
             return
         await send(
@@ -80,6 +80,9 @@ class HeraldApp(FastAPI):
     """FastAPI, with publishes answered by ``publish_front`` ahead of the middleware stack."""
 
     publish_front: ASGIApp | None = None
+    # Set by the lifespan. An attribute of the app, not of ``app.state``: Starlette's State
+    # resolves its attributes in Python, a cost each publish would pay again.
+    publishing: PublishContext | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         front = self.publish_front

@@ -122,7 +122,7 @@ async def publish(channel: str, request: Request) -> Response:
     Answered by ``PublishFastPath`` before it reaches this route (same function, same
     rules); this route documents it."""
     return _as_response(
-        await handle_publish(request.app.state, request.scope, request.receive, channel)
+        await handle_publish(request.app.publishing, request.scope, request.receive, channel)
     )
 
 
@@ -139,5 +139,5 @@ async def publish_batch(request: Request) -> Response:
     index; ids come back in request order. A single JSON object publishes one event.
     (Answered by ``PublishFastPath``, as for single publishes.)"""
     return _as_response(
-        await handle_publish(request.app.state, request.scope, request.receive, None)
+        await handle_publish(request.app.publishing, request.scope, request.receive, None)
     )
