@@ -12,10 +12,10 @@ busier during the run weighs on every target alike):
 
 * ``bare`` — ``load_tests/bare_asgi_app.py``: what uvicorn answers with no
   framework at all (the ceiling);
+* ``herald-memory`` — ``POST /events/<channel>``, one event per request, on ``memory://``;
 * ``baseline`` — the naive FastAPI ``POST /publish`` of ``load_tests/baseline_app.py``
   (reads the body, answers JSON);
-* ``herald-memory`` / ``herald-redis`` — ``POST /events/<channel>``, one event per
-  request, on ``memory://`` or a ``redis-server`` this tool starts;
+* ``herald-redis`` — as ``herald-memory``, on a ``redis-server`` this tool starts;
 * ``batch-memory`` / ``batch-redis`` — ``POST /events`` with ``--batch`` events per
   request (figures are events/s).
 
@@ -23,7 +23,9 @@ Each server is pinned to CPU 0 and this client to CPU 1 (unless ``--no-pin``);
 the client keeps ``--window`` requests in flight (HTTP/1.1 pipelining) on each
 of ``--connections`` keep-alive connections, every event 64 bytes of JSON, no
 subscribers. Prints, per target, the median over rounds of accepted events/s
-and the client's CPU use (near 100 %: the figure may be the client's limit).
+and the client's CPU use (near 100 %: the figure may be the client's limit);
+each ratio is the median of its rounds' ratios, the two servers of a ratio
+measured one after the other in every round (``round_ratios``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ __all__ = ["TARGETS", "PublishRate", "Target", "compare", "main"]
 EVENT = {"text": "x" * 40, "n": 1}
 BODY = json.dumps({"data": EVENT}).encode()
 DEFAULT_BATCH = 1000
-TARGETS = ("bare", "baseline", "herald-memory", "herald-redis", "batch-memory", "batch-redis")
+# In the order each round drives them: each ratio's two servers are measured back to back.
+TARGETS = ("bare", "herald-memory", "baseline", "herald-redis", "batch-memory", "batch-redis")
 HERALD_ENV = {
     "LOG_LEVEL": "warning",
     # Loopback publishes need no token; the caller's auth settings must not leak in.
@@ -265,17 +268,29 @@ def _cpu_seconds(server: ServerProcess) -> float:
     return float(times.user + times.system)
 
 
+RATIOS = {
+    "herald-memory / bare": ("herald-memory", "bare"),
+    "herald-memory / baseline": ("herald-memory", "baseline"),
+    "herald-redis / herald-memory": ("herald-redis", "herald-memory"),
+}
+
+
+def round_ratios(top: PublishRate, bottom: PublishRate) -> list[float]:
+    """``top`` over ``bottom`` in each round: two servers measured seconds apart. A
+    machine that slows down for a round slows both, so the pair keeps its ratio where
+    the medians of the two columns, taken from different rounds, would not."""
+    return [t / b for t, b in zip(top.rounds, bottom.rounds, strict=True) if b > 0]
+
+
 def ratios(results: dict[str, PublishRate]) -> dict[str, float]:
-    """The ratios the publish targets are stated in (only those whose parts were measured)."""
-    wanted = {
-        "herald-memory / bare": ("herald-memory", "bare"),
-        "herald-memory / baseline": ("herald-memory", "baseline"),
-        "herald-redis / herald-memory": ("herald-redis", "herald-memory"),
-    }
+    """The ratios the publish targets are stated in, each the median of its same-round
+    ratios (only those whose parts were measured)."""
     found = {}
-    for label, (top, bottom) in wanted.items():
-        if top in results and bottom in results and results[bottom].per_second:
-            found[label] = round(results[top].per_second / results[bottom].per_second, 3)
+    for label, (top, bottom) in RATIOS.items():
+        if top in results and bottom in results:
+            pairs = round_ratios(results[top], results[bottom])
+            if pairs:
+                found[label] = round(statistics.median(pairs), 3)
     return found
 
 
@@ -290,7 +305,10 @@ def render(results: dict[str, PublishRate]) -> str:
             f" {rate.per_cpu_second:,.0f} per server CPU-second;"
             f" {rate.refused} refused; client CPU up to {cpu:.0f} %)"
         )
-    lines += [f"{label}: {value:.2f}" for label, value in ratios(results).items()]
+    for label, value in ratios(results).items():
+        top, bottom = RATIOS[label]
+        pairs = ", ".join(f"{r:.2f}" for r in round_ratios(results[top], results[bottom]))
+        lines.append(f"{label}: {value:.2f} (median of the rounds' {pairs})")
     return "\n".join(lines)
 
 
