@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args)
         return 0
+    from load_tests.checkout import checkout
     from load_tests.generator import raise_open_file_limit
-    from load_tests.latency import checkout
     from tests.support.server import REPO_ROOT
 
     raise_open_file_limit()

@@ -42,7 +42,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,7 @@ from load_tests.benchmark import (
     server_processes,
     wait_for_workers,
 )
+from load_tests.checkout import checkout
 from load_tests.generator import raise_open_file_limit
 from tests.support.redis_server import RedisServer
 from tests.support.server import REPO_ROOT, ServerProcess
@@ -200,19 +200,6 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             )
         summary[kind] = entry
     return summary
-
-
-@contextlib.contextmanager
-def checkout(commit: str) -> Iterator[Path]:
-    """``commit`` of this repository as a plain directory tree."""
-    with tempfile.TemporaryDirectory(prefix="herald-before-") as directory:
-        archive = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "archive", commit],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True)
-        yield Path(directory)
 
 
 def fanout_before_after(options: argparse.Namespace, placement: Placement) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python -m load_tests.publish_rate                    # every target below, 3 rounds of 5 s
     python -m load_tests.publish_rate --only herald-memory,bare --rounds 5
-    python -m load_tests.publish_rate --only herald-memory --repo ../old-checkout  # before/after
+    python -m load_tests.publish_rate --only bare,herald-memory --before HEAD~1   # before/after
 
 Targets, each a server of its own on a free port of 127.0.0.1, all started at
 once and driven one at a time, in alternating rounds (so a machine that gets
@@ -17,7 +17,9 @@ busier during the run weighs on every target alike):
   (reads the body, answers JSON);
 * ``herald-redis`` — as ``herald-memory``, on a ``redis-server`` this tool starts;
 * ``batch-memory`` / ``batch-redis`` — ``POST /events`` with ``--batch`` events per
-  request (figures are events/s).
+  request (figures are events/s);
+* ``herald-memory@before`` — with ``--before <commit>``: ``herald-memory`` as that
+  commit serves it (extracted with ``git archive``), driven right after this one's.
 
 Each server is pinned to CPU 0 and this client to CPU 1 (unless ``--no-pin``);
 the client keeps ``--window`` requests in flight (HTTP/1.1 pipelining) on each
@@ -46,6 +48,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
+from load_tests.checkout import checkout
 from tests.support.redis_server import REDIS_SERVER, RedisServer
 from tests.support.server import REPO_ROOT, ServerProcess
 
@@ -56,6 +59,8 @@ BODY = json.dumps({"data": EVENT}).encode()
 DEFAULT_BATCH = 1000
 # In the order each round drives them: each ratio's two servers are measured back to back.
 TARGETS = ("bare", "herald-memory", "baseline", "herald-redis", "batch-memory", "batch-redis")
+BEFORE = "herald-memory@before"
+"""``herald-memory`` served from ``--before``: driven right after ``herald-memory``."""
 HERALD_ENV = {
     "LOG_LEVEL": "warning",
     # Loopback publishes need no token; the caller's auth settings must not leak in.
@@ -76,6 +81,7 @@ class Target:
     body: bytes
     status: int
     events_per_request: int = 1
+    cwd: Path | None = None  # the checkout to serve from, if not the run's
 
     def request(self) -> bytes:
         return (
@@ -122,8 +128,15 @@ def batch_body(size: int, channels: int) -> bytes:
     return json.dumps(items).encode()
 
 
-def make_target(name: str, *, repo: Path, redis_url: str | None, batch: int) -> Target:
+def make_target(
+    name: str, *, repo: Path, redis_url: str | None, batch: int, before: Path | None = None
+) -> Target:
     python = sys.executable
+    if name == BEFORE:
+        if before is None:
+            raise ValueError(f"{name} needs a checkout to serve (--before)")
+        env = HERALD_ENV | {"BROKER_URL": "memory://"}
+        return Target(name, [python, "-m", "app"], env, "/events/rate-0", BODY, 202, cwd=before)
     if name == "bare":
         return Target(name, [python, "-m", "load_tests.bare_asgi_app"], {}, "/publish", BODY, 202)
     if name == "baseline":
@@ -216,6 +229,7 @@ def compare(
     window: int = 16,
     batch: int = DEFAULT_BATCH,
     pin: bool = True,
+    before: Path | None = None,
 ) -> dict[str, PublishRate]:
     """Start every target (and a redis-server if one needs it), drive each ``rounds`` times
     in alternation, stop them all; returns the figures by target name."""
@@ -230,9 +244,9 @@ def compare(
         with _pinned(pin) as (server_cpus, client_cpus):
             for name in names:
                 url = redis_server.url if redis_server is not None else None
-                target = make_target(name, repo=repo, redis_url=url, batch=batch)
+                target = make_target(name, repo=repo, redis_url=url, batch=batch, before=before)
                 results[name].events_per_request = target.events_per_request
-                server = ServerProcess(target.env, target.argv, cwd=repo)
+                server = ServerProcess(target.env, target.argv, cwd=target.cwd or repo)
                 if server_cpus is not None:
                     os.sched_setaffinity(0, server_cpus)  # inherited at fork
                 server.start()
@@ -270,6 +284,8 @@ def _cpu_seconds(server: ServerProcess) -> float:
 
 RATIOS = {
     "herald-memory / bare": ("herald-memory", "bare"),
+    f"{BEFORE} / bare": (BEFORE, "bare"),
+    f"herald-memory / {BEFORE}": ("herald-memory", BEFORE),
     "herald-memory / baseline": ("herald-memory", "baseline"),
     "herald-redis / herald-memory": ("herald-redis", "herald-memory"),
 }
@@ -316,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(TARGETS), help="targets, comma-separated")
     parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="checkout to serve from")
+    parser.add_argument(
+        "--before",
+        help=f"a commit: also serve herald-memory at it ({BEFORE}), driven right after this one's",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="per target per round")
     parser.add_argument("--connections", type=int, default=4)
@@ -328,16 +348,25 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(TARGETS))
     if unknown:
         parser.error(f"unknown target(s): {', '.join(unknown)} (choose from {', '.join(TARGETS)})")
-    results = compare(
-        names,
-        repo=args.repo.resolve(),
-        rounds=args.rounds,
-        seconds=args.seconds,
-        connections=args.connections,
-        window=args.window,
-        batch=args.batch,
-        pin=not args.no_pin,
-    )
+    with contextlib.ExitStack() as stack:
+        before = None
+        if args.before:
+            if "herald-memory" not in names:
+                parser.error("--before compares herald-memory: include it in --only")
+            before = stack.enter_context(checkout(args.before))
+            at = names.index("herald-memory") + 1
+            names = (*names[:at], BEFORE, *names[at:])
+        results = compare(
+            names,
+            repo=args.repo.resolve(),
+            rounds=args.rounds,
+            seconds=args.seconds,
+            connections=args.connections,
+            window=args.window,
+            batch=args.batch,
+            pin=not args.no_pin,
+            before=before,
+        )
     print(render(results))
     if args.json:
         report = {"results": [r.as_dict() for r in results.values()], "ratios": ratios(results)}

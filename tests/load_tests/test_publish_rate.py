@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from load_tests import publish_rate
@@ -40,3 +43,20 @@ def test_a_ratio_is_the_median_of_same_round_ratios() -> None:
     assert "herald-memory / bare: 0.50 (median of the rounds' 0.50, 1.00, 0.30)" in (
         publish_rate.render(results)
     )
+
+
+def test_before_serves_an_earlier_commit_beside_this_checkout(tmp_path: Path) -> None:
+    report_path = tmp_path / "rates.json"
+    argv = ["--only", "bare,herald-memory", "--before", "HEAD", "--rounds", "2"]
+    argv += ["--seconds", "0.3", "--no-pin", "--json", str(report_path)]
+    assert publish_rate.main(argv) == 0
+    report = json.loads(report_path.read_text())
+    rates = {result["target"]: result for result in report["results"]}
+    assert list(rates) == ["bare", "herald-memory", publish_rate.BEFORE]
+    before = rates[publish_rate.BEFORE]
+    assert before["refused"] == 0 and before["events_per_second"] > 0  # a real Herald answered
+    assert set(report["ratios"]) == {
+        "herald-memory / bare",
+        f"{publish_rate.BEFORE} / bare",
+        f"herald-memory / {publish_rate.BEFORE}",
+    }
