@@ -211,7 +211,7 @@ class Subscriber:
             if self.slow:
                 # asyncio's StreamReader would otherwise keep reading the socket into
                 # its own buffer up to 128 KB, and the 4 KB window would never fill.
-                sse.reader._limit = SLOW_READ_BYTES  # type: ignore[attr-defined]
+                sse.reader._limit = SLOW_READ_BYTES  # type: ignore[attr-defined, unused-ignore]
             try:
                 client_cut = await self._read(sse)
             finally:

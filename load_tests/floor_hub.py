@@ -45,10 +45,10 @@ class FloorProtocol(asyncio.Protocol):
         self.buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is duck-typed
+        self.transport = transport  # type: ignore[assignment, unused-ignore]  # uvloop's is duck-typed
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.subscribers.discard(self.transport)  # type: ignore[arg-type]
+        self.subscribers.discard(self.transport)  # type: ignore[arg-type, unused-ignore]
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data if self.buffer else data

@@ -51,7 +51,7 @@ class Reader(asyncio.Protocol):
         self.first = first
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(REQUEST)  # type: ignore[attr-defined]
+        transport.write(REQUEST)  # type: ignore[attr-defined, unused-ignore]
 
     def data_received(self, data: bytes) -> None:
         if not self.first.done():

@@ -156,7 +156,7 @@ class WorkerActions:
 
     def run(self, action: str, params: Mapping[str, Any]) -> dict[str, object]:
         """Validate ``params`` for ``action`` and carry it out; ``ValueError`` if either is bad."""
-        model = ACTION_MODELS.get(action)  # type: ignore[call-overload]
+        model = ACTION_MODELS.get(action)  # type: ignore[call-overload, unused-ignore]
         if model is None:
             raise ValueError(f"unknown action {action!r}")
         request = model.model_validate(dict(params))

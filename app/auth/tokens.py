@@ -108,7 +108,7 @@ class TokenVerifier:
         try:
             claims = jwt.decode(
                 token,
-                key.material,  # type: ignore[arg-type]
+                key.material,  # type: ignore[arg-type, unused-ignore]
                 algorithms=[key.algorithm],
                 leeway=self.leeway_seconds,
                 audience=audience,

@@ -49,9 +49,9 @@ class _ReadOnly:
     """A connection that serves reads on a replica (``READONLY`` on every connect)."""
 
     async def on_connect_check_health(self, check_health: bool = True) -> None:
-        await super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
-        await self.send_command("READONLY", check_health=False)  # type: ignore[attr-defined]
-        if str_if_bytes(await self.read_response()) != "OK":  # type: ignore[attr-defined]
+        await super().on_connect_check_health(check_health=check_health)  # type: ignore[misc, unused-ignore]
+        await self.send_command("READONLY", check_health=False)  # type: ignore[attr-defined, unused-ignore]
+        if str_if_bytes(await self.read_response()) != "OK":  # type: ignore[attr-defined, unused-ignore]
             raise ConnectionError("READONLY refused")
 
 
@@ -150,7 +150,7 @@ class ClusterNodes:
         for node in candidates:
             try:
                 client = self.client(node)
-                ranges = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+                ranges = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call, unused-ignore]
             except (RedisError, OSError) as exc:
                 last = exc
                 continue

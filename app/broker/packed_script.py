@@ -37,7 +37,7 @@ async def call_script(
 ) -> Any:
     """``EVALSHA`` of ``script`` on one of ``client``'s pooled connections."""
     pool = client.connection_pool
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call, unused-ignore]
     try:
         try:
             await connection.send_packed_command(

@@ -333,7 +333,7 @@ class RedisBroker(LocalInterest, Broker):
                 if self._position is None or self._verify_after_error:
                     await self._find_position()
                 response = await self._reader.xread(
-                    {self.log_key: self._position},  # type: ignore[dict-item]
+                    {self.log_key: self._position},  # type: ignore[dict-item, unused-ignore]
                     count=READ_COUNT,
                     block=self.block_ms,
                 )

@@ -603,7 +603,7 @@ class RedisClusterBroker(LocalInterest, Broker):
                     await self._find_position(shard)
                 reader = await self._reader_for(shard)
                 response = await reader.xread(
-                    {shard.log_key: shard.position},  # type: ignore[dict-item]
+                    {shard.log_key: shard.position},  # type: ignore[dict-item, unused-ignore]
                     count=READ_COUNT,
                     block=self.block_ms,
                 )

@@ -282,7 +282,7 @@ def _is_secret(variable: str) -> bool:
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning a validation error into one clear line per variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)  # type: ignore[arg-type, unused-ignore]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -60,7 +60,7 @@ class _TransportHandOver(asyncio.Protocol):
 
     _herald_extensions: dict[str, Any]
 
-    def connection_made(  # type: ignore[override]  # uvicorn narrows the argument too
+    def connection_made(  # type: ignore[override, unused-ignore]  # uvicorn narrows the argument too
         self, transport: asyncio.Transport
     ) -> None:
         super().connection_made(transport)
@@ -131,7 +131,7 @@ except ImportError:  # httptools not installed: uvicorn's "auto" would pick h11 
 else:
 
     class HeraldHttpToolsProtocol(_TransportHandOver, HttpToolsProtocol):
-        def connection_made(  # type: ignore[override]  # uvicorn narrows the argument too
+        def connection_made(  # type: ignore[override, unused-ignore]  # uvicorn narrows the argument too
             self, transport: asyncio.Transport
         ) -> None:
             super().connection_made(transport)

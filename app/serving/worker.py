@@ -41,7 +41,7 @@ def server_is_draining(server: Server) -> bool:
     return limit is not None and server.server_state.total_requests >= limit
 
 
-class HeraldWorker(UvicornWorker):  # type: ignore[misc]  # untyped base
+class HeraldWorker(UvicornWorker):  # type: ignore[misc, unused-ignore]  # untyped base
     # Herald decides whom to believe about X-Forwarded-For (TRUSTED_PROXIES).
     CONFIG_KWARGS: ClassVar[dict[str, object]] = {
         **UvicornWorker.CONFIG_KWARGS,

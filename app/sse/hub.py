@@ -453,7 +453,7 @@ class Hub:
                 budget=self.budget,
                 now=self.clock(),
                 client=client,
-                private_channels=private_channels,  # type: ignore[arg-type]
+                private_channels=private_channels,  # type: ignore[arg-type, unused-ignore]
                 on_ready=self._schedule_flush,
             )
             self._register(connection, stream_patterns)

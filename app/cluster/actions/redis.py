@@ -117,7 +117,7 @@ class RedisBus(ActionBus):
                     backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     def _take(self, raw: bytes) -> None:
         try:
