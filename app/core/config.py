@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     max_content_length: int = Field(default=200, ge=1)
 
     # --- memory guard and operator surface ---
-    memory_check_seconds: float = Field(default=5, gt=0)
+    memory_check_seconds: float = Field(default=1, gt=0)
     memory_limit_mb: float | None = Field(default=None, gt=0)
     memory_warning_percent: float = Field(default=75, gt=0, lt=100)
     memory_critical_percent: float = Field(default=90, gt=0, le=100)

@@ -18,44 +18,68 @@ Design decisions (read the reason before "fixing" one):
    when the level is back to ``normal`` (under the warning line by the
    hysteresis margin), not merely under the critical line. Readmitting at 89 %
    would let the crowd that was just turned away push it straight back over.
-5. Open streams are never cut for memory. A cut ``EventSource`` reconnects at
-   once, that reconnect is refused with 503, and browsers treat a non-200 answer
-   as fatal (no further retry): cutting would turn pressure into an outage for
-   the very clients being served. What open streams can hold is already bounded
-   by the queue budgets.
+5. Streams are shed, never the well-behaved crowd. Past the critical line
+   every worker cuts the streams that hold the most beyond their idle cost
+   (queues, transport and kernel buffers: :mod:`app.memory.shedding`) until
+   its share of the excess is covered, on every sample while the box stays
+   past it. The cut is a reset, so the buffers are freed at once, and the
+   client resumes after its ``retry:`` with its last id, losing nothing. A
+   stream that holds nothing is never cut: it costs no more than it did.
 6. A refusal is a ``StreamRefusedError`` from an admission check registered on
-   the hub and on the response service (503 with ``Retry-After``). The check
-   only reads a flag, since it runs for every new stream.
+   the hub and on the response service. The check only reads a flag, since it
+   runs for every new stream. The stream response turns it into what the
+   client survives (:mod:`app.sse.response`): an ``EventSource`` gets a 200
+   with a jittered ``retry:`` and an end, and comes back by itself; anything
+   else gets 503 with ``Retry-After``.
 7. A suspected leak is reported (logged once when it starts, and in the admin
    metrics), never acted on: a rising slope can have innocent causes, such as a
    cache filling up to its budget, and only a person can tell. The trend skips
    the first :data:`TREND_WARMUP_SECONDS`, when every healthy process grows.
-8. What the levels compare with the limit is RSS *plus socket memory*
-   (:mod:`app.memory.sockets`: the cgroup's ``sock`` under cgroup v2, else the
-   TCP pages of ``/proc/net/sockstat``): kernel send buffers of stalled clients
-   are charged to the container but invisible in RSS. The trend (leak
-   suspicion) stays on RSS alone: socket memory rises and falls with traffic.
+8. What the levels compare with the limit is the whole box (:mod:`app.memory.box`):
+   the container's working set with its socket memory where a cgroup limit
+   holds the server, else the RSS of the master and every worker plus the
+   kernel's TCP memory. A limit is shared by every process in the box, so each
+   worker compares the same figure and all of them reach a level together;
+   a worker that compared only its own RSS would see half a full box as fine.
+   The trend (leak suspicion) stays on this worker's RSS: socket memory and the
+   other workers rise and fall with traffic.
+9. Freed memory is handed back when it is worth it, not only on entering
+   ``critical``: CPython and malloc keep freed pages for reuse, so after a
+   crowd leaves RSS stays at its peak and the next crowd starts from there.
+   A worker trims its heap (a young collection, then ``malloc_trim``) when its
+   open streams fell by a quarter from their peak since the last trim and its
+   RSS is :data:`TRIM_WORTH_BYTES` above what it was after that trim, and after
+   every shed. Both are rare events; a trim of a few hundred MB takes
+   milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 
 from app.core.config import Settings
-from app.memory.cleanup import CleanupResult, aggressive_cleanup, light_cleanup
+from app.memory.box import BoxMemory, detect_box_memory, server_workers
+from app.memory.cleanup import (
+    YOUNG_GC_GENERATION,
+    CleanupResult,
+    aggressive_cleanup,
+    light_cleanup,
+)
 from app.memory.health import health_score
 from app.memory.levels import LevelTracker, MemoryLevel
 from app.memory.limits import MemoryLimit, detect_memory_limit
 from app.memory.process import read_rss, release_free_heap
-from app.memory.sockets import SocketMemorySource, detect_socket_memory
+from app.memory.shedding import plan_shed
 from app.memory.trend import DEFAULT_MAX_SAMPLES, RssTrend, TrendReport
 from app.memory.units import format_bytes
 from app.responses.service import ResponseService
+from app.sse.connection import CloseReason
 from app.sse.hub import Hub, StreamRefusedError
 
 __all__ = [
@@ -81,6 +105,10 @@ TREND_WARMUP_SECONDS = 60.0
 and lazily built caches make RSS climb then on every healthy start."""
 
 _PERCENT = 100.0
+TRIM_WORTH_BYTES = 16 * 1024 * 1024
+"""RSS growth since the last heap trim below which another one is not worth its pause."""
+TRIM_CROWD_LEFT_SHARE = 0.75
+"""Open streams at or under this share of their peak since the last trim: a crowd left."""
 
 
 def level_tracker(settings: Settings) -> LevelTracker:
@@ -105,14 +133,14 @@ class MemoryGuard:
         clock: Callable[[], float] = time.monotonic,
         limit: MemoryLimit | None = None,
         release_heap: Callable[[], bool] = release_free_heap,
-        sockets: SocketMemorySource | None = None,
+        box: BoxMemory | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.responses = responses
         self.limit = limit or detect_memory_limit(settings.memory_limit_mb)
         self._rss_source = rss_source
-        self.sockets = sockets or detect_socket_memory()
+        self.box = box or detect_box_memory()
         self._clock = clock
         self._created_at = clock()
         self._release_heap = release_heap
@@ -131,11 +159,17 @@ class MemoryGuard:
         self._leak_reported = False
         self.rss_bytes = 0
         self.socket_bytes = 0
+        self.box_bytes = 0
         self.percent = 0.0
         self.sampled_at: float | None = None
         self.checks = 0
         self.refused = 0
         self.freed_bytes = 0
+        self.shed_streams = 0
+        self.shed_bytes = 0
+        self.trims = 0
+        self._rss_after_trim = 0
+        self._peak_streams = 0
         self.transitions: Counter[str] = Counter()
         self.cleanups: Counter[str] = Counter()
         self.last_cleanup: dict[str, object] | None = None
@@ -146,16 +180,17 @@ class MemoryGuard:
         self.hub.admission_checks.append(self._check_refusal)
         self.responses.admission_checks.append(self._check_refusal)
         logger.info(
-            "memory guard: limit %s (%s), socket memory from %s, warning at %g%%,"
+            "memory guard: limit %s (%s), the box read from %s, warning at %g%%,"
             " critical at %g%%, every %gs",
             format_bytes(self.limit.bytes),
             self.limit.source,
-            self.sockets.name,
+            self.box.source,
             self.settings.memory_warning_percent,
             self.settings.memory_critical_percent,
             self.settings.memory_check_seconds,
         )
         self._safe_check()
+        self._rss_after_trim = self.rss_bytes
         self._task = asyncio.create_task(self._sample_forever(), name="memory guard")
 
     async def stop(self) -> None:
@@ -186,7 +221,9 @@ class MemoryGuard:
         rss = self._rss_source()
         now = self._clock()
         self.rss_bytes = rss
-        self.socket_bytes = self.sockets.read()
+        reading = self.box.read()
+        self.box_bytes = reading.used_bytes
+        self.socket_bytes = reading.socket_bytes
         self.percent = self.used_bytes / self.limit.bytes * _PERCENT
         self.sampled_at = now
         self.checks += 1
@@ -197,17 +234,64 @@ class MemoryGuard:
         level = self._tracker.update(self.percent)
         if level is not None:
             self._enter(previous, level)
+        shed = self._shed()
+        self._trim_if_worth_it(rss, shed)
         return level
+
+    def _shed(self) -> int:
+        """Past the critical line: cut this worker's share of the excess (design note 5)."""
+        limit = self.limit.bytes
+        critical = limit * self.settings.memory_critical_percent / _PERCENT
+        if self.box_bytes < critical:
+            return 0
+        warning = limit * self.settings.memory_warning_percent / _PERCENT
+        need = int((self.box_bytes - warning) / server_workers())
+        plan = plan_shed(self.hub.connections, need)
+        if not plan.streams:
+            return 0
+        chosen = set(plan.streams)
+        cut = self.hub.close_where(chosen.__contains__, CloseReason.MEMORY)
+        self.shed_streams += cut
+        self.shed_bytes += plan.held_bytes
+        logger.warning(
+            "memory: box %s past the critical line; shed %d streams holding %s (need %s)",
+            format_bytes(self.box_bytes),
+            cut,
+            format_bytes(plan.held_bytes),
+            format_bytes(need),
+        )
+        return cut
+
+    def _trim_if_worth_it(self, rss: int, shed: int) -> None:
+        """Hand freed heap back after a crowd left or a shed (design note 9)."""
+        streams = self.hub.connection_count
+        self._peak_streams = max(self._peak_streams, streams)
+        crowd_left = streams <= self._peak_streams * TRIM_CROWD_LEFT_SHARE
+        grown = rss - self._rss_after_trim >= TRIM_WORTH_BYTES
+        if not (shed or (crowd_left and grown)):
+            return
+        gc.collect(YOUNG_GC_GENERATION)
+        self._release_heap()
+        self.trims += 1
+        self._rss_after_trim = self._rss_source()
+        self._peak_streams = streams
+        logger.info(
+            "memory: heap trimmed (%s); rss %s -> %s",
+            "after a shed" if shed else "a crowd left",
+            format_bytes(rss),
+            format_bytes(self._rss_after_trim),
+        )
 
     def _enter(self, previous: MemoryLevel, level: MemoryLevel) -> None:
         self.transitions[level] += 1
         log = logger.info if level is MemoryLevel.NORMAL else logger.warning
         log(
-            "memory level %s -> %s: rss %s + sockets %s of %s (%.1f%%)",
+            "memory level %s -> %s: box %s (sockets %s; this worker's rss %s) of %s (%.1f%%)",
             previous,
             level,
-            format_bytes(self.rss_bytes),
+            format_bytes(self.box_bytes),
             format_bytes(self.socket_bytes),
+            format_bytes(self.rss_bytes),
             format_bytes(self.limit.bytes),
             self.percent,
         )
@@ -259,8 +343,8 @@ class MemoryGuard:
 
     @property
     def used_bytes(self) -> int:
-        """What the levels compare with the limit: RSS plus socket memory."""
-        return self.rss_bytes + self.socket_bytes
+        """What the levels compare with the limit: the whole box, sockets included."""
+        return self.box_bytes
 
     @property
     def level(self) -> MemoryLevel:
@@ -296,7 +380,7 @@ class MemoryGuard:
         return {
             "rss_bytes": self.rss_bytes,
             "socket_bytes": self.socket_bytes,
-            "socket_source": self.sockets.name,
+            "box_source": self.box.source,
             "used_bytes": self.used_bytes,
             "limit_bytes": limit,
             "limit_source": self.limit.source,
@@ -304,6 +388,8 @@ class MemoryGuard:
             "level": str(self.level),
             "refusing": self._refusing,
             "refused": self.refused,
+            "shed": {"streams": self.shed_streams, "bytes": self.shed_bytes},
+            "trims": self.trims,
             "health_score": self.health_score(),
             "thresholds": {
                 "warning_percent": settings.memory_warning_percent,

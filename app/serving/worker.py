@@ -28,6 +28,7 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from app.core.config import SettingsError
+from app.memory.box import register_server_root
 from app.serving.protocols import HeraldHttpProtocol
 from app.sse.shutdown import register_shutdown_probe
 
@@ -51,6 +52,9 @@ class HeraldWorker(UvicornWorker):  # type: ignore[misc, unused-ignore]  # untyp
     }
 
     def load_wsgi(self) -> None:
+        # The box the memory guard reads is the master's whole tree, this worker's siblings
+        # included (app.memory.box).
+        register_server_root(self.ppid, self.cfg.workers)
         try:
             super().load_wsgi()
         except SettingsError as exc:

@@ -88,10 +88,12 @@ class CloseReason(StrEnum):
     TOKEN_EXPIRED = "token_expired"  # the subscriber's access token reached its exp
     ADMIN = "admin"  # POST /api/admin/streams/close
     DRAIN = "drain"  # POST /api/admin/drain
+    MEMORY = "memory"  # the box is past its critical line and this stream holds the most
 
 
-ABORTED_CLOSES = frozenset({CloseReason.OVERFLOW, CloseReason.IDLE})
-"""Closes that reset the connection instead of ending the body (the client is not reading)."""
+ABORTED_CLOSES = frozenset({CloseReason.OVERFLOW, CloseReason.IDLE, CloseReason.MEMORY})
+"""Closes that reset the connection instead of ending the body: the client is not taking
+what was sent, and a reset frees what the transport and the kernel still hold at once."""
 
 PING_CHUNK = frame_chunk(PING_FRAME)
 """A heartbeat as the body chunk a direct write sends (app.sse.chunked_write)."""
@@ -215,6 +217,11 @@ class Connection:
     @property
     def queued(self) -> int:
         return len(self._queue) if self._queue else 0
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the queued events' frames (shared with other queues and the history)."""
+        return sum(len(event.frame) for event in self._queue) if self._queue else 0
 
     def push(self, event: Event) -> int:
         """Queue a shared event; returns QUEUED, DROPPED_OLDEST, OVERFLOWED or ALREADY_CLOSED."""

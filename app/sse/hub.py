@@ -99,7 +99,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Container, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from app.broker.base import Broker, Draft, Replay
@@ -616,6 +616,11 @@ class Hub:
         return len(open_connections)
 
     # --- introspection ---------------------------------------------------
+
+    @property
+    def connections(self) -> Collection[Connection]:
+        """The open streams, read-only (the memory guard weighs them to shed)."""
+        return self._connections
 
     @property
     def connection_count(self) -> int:

@@ -35,6 +35,14 @@ Design decisions (read before changing):
    browser reconnects after a reset just as after a clean end.
 6. At stream open the socket's send buffer and the transport's write buffer
    are capped (:mod:`app.sse.stream_socket`), before the first byte is sent.
+7. A stream refused because the server is full or low on memory (503) is
+   answered as its client survives it. ``EventSource`` treats any status but
+   200 as fatal and never retries, so a browser (``Accept: text/event-stream``)
+   gets a 200 whose whole body is a comment naming the reason and a jittered
+   ``retry:`` (the refusal's wait plus up to as much again), with no ``id:``,
+   so it comes back by itself later with the same ``Last-Event-ID``. Other
+   clients get the 503 JSON with ``Retry-After``; a 429 (this client has too
+   many streams) stays a 429 for everyone: coming back would not help it.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Container, Iterable, Iterator
 
 from sse_starlette import EventSourceResponse
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from app.broker.base import BrokerUnavailableError, Replay
@@ -59,9 +67,20 @@ from app.sse.hub import Hub, StreamRefusedError
 from app.sse.patterns import TopicPattern
 from app.sse.stream_socket import open_stream_transport
 
-__all__ = ["FINAL_WRITE_TIMEOUT_SECONDS", "HeraldStreamResponse", "reset_frame"]
+__all__ = [
+    "DEFERRED_HEADER",
+    "FINAL_WRITE_TIMEOUT_SECONDS",
+    "HeraldStreamResponse",
+    "accepts_event_stream",
+    "deferral_retry_ms",
+    "refusal_response",
+    "reset_frame",
+]
 
 FINAL_WRITE_TIMEOUT_SECONDS = 1.0
+SERVICE_UNAVAILABLE = 503
+DEFERRED_HEADER = "X-Herald-Deferred"
+"""Marks a refusal answered as a deferral (a 200 that only says when to come back)."""
 # Catch-up retries while the broker is unreachable: backoff from the first to the last.
 CATCH_UP_RETRY_SECONDS = (0.05, 1.0)
 # On shutdown clients are told to wait retry_ms plus up to this factor more.
@@ -115,6 +134,40 @@ def _batches(frames: Iterable[bytes]) -> Iterator[bytes]:
         yield b"".join(batch)
 
 
+def accepts_event_stream(scope: Scope) -> bool:
+    """The client asked for an event stream (``EventSource`` always sends this Accept)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"accept" and b"text/event-stream" in value:
+            return True
+    return False
+
+
+def deferral_retry_ms(retry_after_seconds: int) -> int:
+    """When a deferred client should come back: the refusal's wait plus up to as much again,
+    so a refused crowd spreads out instead of returning in one instant."""
+    wait_ms = retry_after_seconds * 1000
+    return wait_ms + int(random.random() * wait_ms)
+
+
+def refusal_response(scope: Scope, refusal: StreamRefusedError) -> Response:
+    """A refused stream, answered so that its client survives it (design note 7)."""
+    if refusal.status_code == SERVICE_UNAVAILABLE and accepts_event_stream(scope):
+        comment = refusal.detail.replace("\n", " ").replace("\r", " ")
+        body = (
+            b": " + comment.encode() + b"\n" + encode_retry(deferral_retry_ms(refusal.retry_after))
+        )
+        return Response(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", DEFERRED_HEADER: "1"},
+        )
+    return JSONResponse(
+        {"detail": refusal.detail},
+        status_code=refusal.status_code,
+        headers={"Retry-After": str(refusal.retry_after)},
+    )
+
+
 class HeraldStreamResponse(EventSourceResponse):
     def __init__(
         self,
@@ -156,12 +209,7 @@ class HeraldStreamResponse(EventSourceResponse):
                 connection.transport = open_stream_transport(scope, self._hub.settings)
                 await self._stream(connection, scope, receive, send)
         except StreamRefusedError as refusal:
-            refused = JSONResponse(
-                {"detail": refusal.detail},
-                status_code=refusal.status_code,
-                headers={"Retry-After": str(refusal.retry_after)},
-            )
-            await refused(scope, receive, send)
+            await refusal_response(scope, refusal)(scope, receive, send)
 
     async def _stream(
         self, connection: Connection, scope: Scope, receive: Receive, send: Send

@@ -43,9 +43,11 @@ Design decisions (read before changing):
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
 import struct
+import termios
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -55,6 +57,7 @@ __all__ = [
     "LINGER_ABORT",
     "TRANSPORT_EXTENSION",
     "abort_transport",
+    "kernel_unsent_bytes",
     "open_stream_transport",
     "prepare_stream_transport",
     "stream_transport",
@@ -67,6 +70,7 @@ TRANSPORT_EXTENSION = "herald.transport"
 LINGER_ABORT = struct.pack("ii", 1, 0)
 """``struct linger`` {l_onoff=1, l_linger=0}: ``close()`` resets instead of lingering."""
 _KB = 1024
+_INT = struct.pack("i", 0)
 _LOW_WATER_SHARE = 4  # asyncio's default ratio between high and low water
 
 _missing_logged = False
@@ -111,6 +115,19 @@ def prepare_stream_transport(
     )
     if send_buffer_kb:
         _setsockopt(transport, socket.SO_SNDBUF, send_buffer_kb * _KB)
+
+
+def kernel_unsent_bytes(transport: asyncio.Transport) -> int:
+    """Bytes written to the stream's socket that the client has not acknowledged yet
+    (``SIOCOUTQ``); 0 where the socket or the ioctl is not there."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        unsent = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _INT)
+    except (OSError, ValueError):  # closed in between, or not a TCP socket
+        return 0
+    return int(struct.unpack("i", unsent)[0])
 
 
 def abort_transport(transport: asyncio.Transport) -> None:

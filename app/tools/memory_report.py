@@ -148,18 +148,18 @@ def _memory_lines(memory: Metrics) -> list[str]:
     return lines
 
 
-_SOCKET_SOURCES = {
-    "cgroup-v2": "the cgroup's memory.stat sock",
-    "sockstat": "TCP of /proc/net/sockstat",
-    "none": "no source readable",
+_BOX_SOURCES = {
+    "cgroup-v2": "the cgroup's working set, sockets included",
+    "cgroup-v1": "the cgroup's working set plus its TCP buffers",
+    "processes": "the master's and every worker's rss plus the kernel's TCP buffers",
 }
 
 
 def _sockets_line(memory: Metrics) -> str:
-    source = _SOCKET_SOURCES.get(memory["socket_source"], memory["socket_source"])
+    source = _BOX_SOURCES.get(memory["box_source"], memory["box_source"])
     return (
-        f"           sockets {format_bytes(memory['socket_bytes'])} of kernel buffers ({source});"
-        f" rss + sockets {format_bytes(memory['used_bytes'])} is what the levels compare"
+        f"           box {format_bytes(memory['used_bytes'])} ({source}) is what the levels"
+        f" compare; sockets {format_bytes(memory['socket_bytes'])} of it"
     )
 
 

@@ -166,7 +166,7 @@ def test_admin_metrics_shape(admin_server: ServerProcess) -> None:
     assert {
         "rss_bytes",
         "socket_bytes",
-        "socket_source",
+        "box_source",
         "used_bytes",
         "limit_bytes",
         "limit_source",
@@ -185,9 +185,12 @@ def test_admin_metrics_shape(admin_server: ServerProcess) -> None:
     } <= set(memory)
     assert memory["rss_bytes"] > 10 * 1024 * 1024
     assert memory["limit_source"] in ("setting", "cgroup-v2", "cgroup-v1", "default")
-    # The level is judged on RSS plus the kernel's socket memory (app.memory.sockets).
-    assert memory["socket_source"] in ("cgroup-v2", "sockstat", "none")
-    assert memory["used_bytes"] == memory["rss_bytes"] + memory["socket_bytes"]
+    # The level is judged on the whole box (app.memory.box): here, without a cgroup limit,
+    # the server's process tree, this worker's RSS and the kernel's socket memory included.
+    assert memory["box_source"] in ("cgroup-v2", "cgroup-v1", "processes")
+    assert memory["used_bytes"] >= memory["socket_bytes"]
+    if memory["box_source"] == "processes":  # the tree holds this process (read a moment apart)
+        assert memory["used_bytes"] >= memory["rss_bytes"] - 4 * 1024 * 1024
     # Not > 0: the guard samples every MEMORY_CHECK_SECONDS, and on a quiet host no socket
     # may hold a buffered page at that instant (tests/memory/test_sockets.py and the
     # stalled-stream tests check the figure itself).

@@ -251,6 +251,34 @@ async def test_connection_cap_answers_503_with_retry_after(
         assert stream.response.status_code == 200
 
 
+async def test_a_refused_event_source_is_deferred_not_failed(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    # EventSource gives up for good on any status but 200: a browser at the cap is told when
+    # to come back instead, with a jittered retry and no id (its Last-Event-ID stays).
+    server = server_factory(SSE_MAX_CONNECTIONS="1", SSE_RETRY_MS="1000")
+    browser = {"Accept": "text/event-stream", "Last-Event-ID": "1-0"}
+    async with open_stream(server.base_url, "/events/cap"):
+        await wait_for_subscribers(server.base_url, 1)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            retries = set()
+            for _ in range(5):
+                deferred = await client.get("/events/cap", headers=browser)
+                assert deferred.status_code == 200
+                assert deferred.headers["content-type"].startswith("text/event-stream")
+                assert deferred.headers["x-herald-deferred"] == "1"
+                lines = deferred.text.splitlines()
+                assert lines[0].startswith(": ") and "too many open streams" in lines[0]
+                assert not any(line.startswith(("id:", "data:")) for line in lines)
+                [retry] = [int(line[7:]) for line in lines if line.startswith("retry: ")]
+                retries.add(retry)
+            # The refusal's Retry-After (5 s) plus up to as much again.
+            assert all(5000 <= retry < 10_000 for retry in retries)
+            assert len(retries) > 1
+            api = await client.get("/events/cap", headers={"Accept": "application/json"})
+            assert api.status_code == 503 and api.headers["retry-after"] == "5"
+
+
 async def test_overflow_disconnect_then_resume_without_loss(
     server_factory: Callable[..., ServerProcess],
 ) -> None:

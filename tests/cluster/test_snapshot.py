@@ -13,10 +13,10 @@ import pytest
 from app.broker.memory import MemoryBroker
 from app.cluster.snapshot import decode_snapshot, encode_snapshot, take_snapshot, worker_id
 from app.core.config import load_settings
+from app.memory.box import BoxMemory, BoxReading
 from app.memory.guard import MemoryGuard
 from app.memory.levels import MemoryLevel
 from app.memory.limits import MemoryLimit
-from app.memory.sockets import SocketMemorySource
 from app.responses.service import ResponseService, build_producers
 from app.sse.hub import Hub
 from tests.support.clock import FakeClock
@@ -42,7 +42,7 @@ async def parts(
         service,
         rss_source=lambda: 95 * MB,
         limit=MemoryLimit(100 * MB, "setting"),
-        sockets=SocketMemorySource("sockstat", lambda: 2 * MB),
+        box=BoxMemory("processes", lambda: BoxReading(97 * MB, 2 * MB)),
     )
     yield hub, service, guard
     await service.stop()

@@ -14,6 +14,7 @@ import pytest
 from app.broker.memory import MemoryBroker
 from app.core.config import SettingsError, load_settings
 from app.main import create_app
+from app.memory.box import BoxMemory, BoxReading
 from app.memory.cleanup import CRITICAL_HISTORY_KEEP
 from app.memory.guard import (
     MEMORY_RETRY_AFTER_SECONDS,
@@ -23,8 +24,8 @@ from app.memory.guard import (
 )
 from app.memory.levels import MemoryLevel
 from app.memory.limits import MemoryLimit
-from app.memory.sockets import SocketMemorySource
 from app.responses.service import ResponseService, build_producers
+from app.sse.connection import CloseReason
 from app.sse.hub import Hub, StreamRefusedError
 from tests.support.clock import FakeClock
 from tests.support.logs import capture_logs
@@ -60,6 +61,17 @@ class FakeSockets:
         return self.bytes
 
 
+class HeapReleases:
+    """Counts the guard's malloc_trim calls."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def append_one(self) -> bool:
+        self.count += 1
+        return True
+
+
 class Parts:
     def __init__(
         self, hub: Hub, service: ResponseService, guard: MemoryGuard, sockets: FakeSockets
@@ -68,6 +80,7 @@ class Parts:
         self.service = service
         self.guard = guard
         self.sockets = sockets
+        self.heap_releases = HeapReleases()
 
     @property
     def history_events(self) -> int:
@@ -130,17 +143,22 @@ async def make_parts(
         service = ResponseService(settings, build_producers(settings), clock=clock)
         services.append(service)
         sockets = FakeSockets()
+        heap_releases = HeapReleases()
+        rss_source = rss or FakeRss()
         guard = MemoryGuard(
             settings,
             hub,
             service,
-            rss_source=rss or FakeRss(),
+            rss_source=rss_source,
             clock=clock,
             limit=LIMIT,
-            release_heap=lambda: True,
-            sockets=SocketMemorySource("sockstat", sockets),
+            release_heap=heap_releases.append_one,
+            # A box of this one process: its RSS and the sockets' kernel memory.
+            box=BoxMemory("processes", lambda: BoxReading(rss_source() + sockets(), sockets())),
         )
-        return Parts(hub, service, guard, sockets)
+        parts = Parts(hub, service, guard, sockets)
+        parts.heap_releases = heap_releases
+        return parts
 
     yield make
     for service in services:
@@ -208,14 +226,14 @@ async def test_socket_memory_counts_toward_the_level(
     snapshot = parts.guard.snapshot()
     assert snapshot["rss_bytes"] == int(LIMIT.bytes * 0.40)
     assert snapshot["socket_bytes"] == int(LIMIT.bytes * 0.45)
-    assert snapshot["socket_source"] == "sockstat"
+    assert snapshot["box_source"] == "processes"
     assert snapshot["used_bytes"] == snapshot["rss_bytes"] + snapshot["socket_bytes"]
     assert snapshot["percent"] == pytest.approx(85.0, abs=0.01)
     parts.sockets.bytes = int(LIMIT.bytes * 0.55)
     assert parts.at(40) is MemoryLevel.CRITICAL
     assert parts.guard.refusing
     [line] = logged(memory_log, "-> critical")
-    assert "rss 40.0 MB + sockets 55.0 MB of 100.0 MB (95.0%)" in line
+    assert "box 95.0 MB (sockets 55.0 MB; this worker's rss 40.0 MB) of 100.0 MB (95.0%)" in line
     parts.sockets.bytes = 0  # the stalled clients were cut: their buffers are freed
     assert parts.at(40) is MemoryLevel.NORMAL
     assert not parts.guard.refusing
@@ -503,3 +521,59 @@ def test_hysteresis_wider_than_the_warning_line_fails_start_up(
     settings = load_settings(memory_warning_percent=50, memory_hysteresis_percent=60)
     with pytest.raises(SettingsError, match="MEMORY_HYSTERESIS_PERCENT"):
         create_app(settings)
+
+
+# --- shedding and handing memory back --------------------------------------------------
+
+
+async def test_past_critical_the_streams_holding_the_most_are_shed(make_parts: MakeParts) -> None:
+    parts = await make_parts(sse_queue_size=1000, sse_queue_max_mb=64)
+    blob = "x" * 60_000
+    async with contextlib.AsyncExitStack() as streams:
+        heavy, _ = await streams.enter_async_context(parts.hub.subscribe(["busy"]))
+        for _ in range(300):  # ~18 MB queued for a reader that is not taking it
+            await parts.hub.publish("busy", blob)
+        light, _ = await streams.enter_async_context(parts.hub.subscribe(["busy"]))
+        for _ in range(20):  # ~1.2 MB more for both
+            await parts.hub.publish("busy", blob)
+        calm, _ = await streams.enter_async_context(parts.hub.subscribe(["calm"]))
+        parts.at(85)  # critical not reached: nothing is cut
+        assert not heavy.closed
+        # At 91 % one worker gives back the excess over the warning line (16 MB of 100 MB):
+        # the heaviest stream alone covers it.
+        assert parts.at(91) is MemoryLevel.CRITICAL
+        assert heavy.close_reason is CloseReason.MEMORY
+        assert not light.closed and not calm.closed
+        assert parts.guard.shed_streams == 1
+        assert parts.guard.shed_bytes >= 16 * MB
+        # Still past it on the next sample: the next heaviest goes; the idle stream never.
+        parts.at(95)
+        assert light.close_reason is CloseReason.MEMORY
+        assert not calm.closed
+        assert parts.guard.snapshot()["shed"] == {
+            "streams": 2,
+            "bytes": parts.guard.shed_bytes,
+        }
+    assert parts.hub.closed_by_reason["memory"] == 2
+    assert parts.heap_releases.count >= 2  # a trim after every shed (and the cleanup's)
+
+
+async def test_a_crowd_leaving_hands_the_heap_back(make_parts: MakeParts) -> None:
+    parts = await make_parts()
+    await parts.guard.start()
+    try:
+        async with contextlib.AsyncExitStack() as crowd:
+            for _ in range(8):
+                await crowd.enter_async_context(parts.hub.subscribe(["crowd"]))
+            parts.at(30)
+            released = parts.heap_releases.count
+            parts.at(30)
+            assert parts.heap_releases.count == released  # nothing left: nothing to trim
+        # The crowd is gone and the worker is 20 MB bigger than after its last trim.
+        parts.at(50)
+        assert parts.heap_releases.count == released + 1
+        assert parts.guard.snapshot()["trims"] == 1
+        parts.at(50)  # once per crowd, not on every sample
+        assert parts.heap_releases.count == released + 1
+    finally:
+        await parts.guard.stop()

@@ -109,7 +109,7 @@ def test_report_of_a_healthy_server(report_server: ServerProcess) -> None:
     assert "new streams and responses: accepted" in text
     assert "limit from default" in text or "limit from cgroup" in text
     assert "leak suspected: no" in text
-    assert "           sockets " in text and "is what the levels compare" in text
+    assert "           box " in text and "is what the levels compare" in text
     sections = ("Memory ", "Trend ", "Cleanups ", "Cache ", "SSE ", "Responses ", "Process ")
     for section in (*sections, "Workers ", "Total "):
         assert any(line.startswith(section) for line in lines), section
