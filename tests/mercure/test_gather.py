@@ -44,6 +44,7 @@ WATCHER = {"Authorization": f"Bearer {token(detail(['subscribe'], '*'))}"}
 STREAMS_PER_ROUND = 4
 MAX_STREAMS = 32
 MAX_CONNECTIONS = 40  # tries to reach both workers through the kernel's balancing
+CONNECTIONS_AT_ONCE = 4
 GATHER_TIMEOUT = "1"
 # Long enough that a stopped worker stays listed (3 intervals) while it is asked twice.
 SHARE_SECONDS = 2.0
@@ -59,15 +60,31 @@ async def as_each_worker(
     server: ServerProcess, call: Callable[[httpx.AsyncClient], Awaitable[_T]]
 ) -> dict[str, _T]:
     """``call``'s result as answered by each worker, by worker id. One keep-alive
-    connection is served by one worker: the admin metrics on it name that worker."""
+    connection is served by one worker: the admin metrics on it name that worker. The
+    connections stay open, a few opened at once, so a worker that just answered is busy
+    holding one and the other takes its turn at accepting (on a loaded machine one
+    worker can otherwise win every accept of a sequential run)."""
     results: dict[str, _T] = {}
-    for _ in range(MAX_CONNECTIONS):
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
-            worker = (await client.get("/api/admin/metrics", headers=AUTH)).json()["worker"]
-            if worker not in results:
-                results[worker] = await call(client)
-        if len(results) == 2:
-            return results
+    async with contextlib.AsyncExitStack() as held:
+
+        async def ask(client: httpx.AsyncClient) -> str:
+            answer = await client.get("/api/admin/metrics", headers=AUTH)
+            worker: str = answer.json()["worker"]
+            return worker
+
+        for _ in range(MAX_CONNECTIONS // CONNECTIONS_AT_ONCE):
+            clients = [
+                await held.enter_async_context(
+                    httpx.AsyncClient(base_url=server.base_url, timeout=10)
+                )
+                for _ in range(CONNECTIONS_AT_ONCE)
+            ]
+            workers = await asyncio.gather(*(ask(client) for client in clients))
+            for worker, client in zip(workers, clients, strict=True):
+                if worker not in results:
+                    results[worker] = await call(client)
+            if len(results) == 2:
+                return results
     raise AssertionError(f"only {sorted(results)} answered in {MAX_CONNECTIONS} connections")
 
 
