@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
+import redis.asyncio as aioredis
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from load_tests.box_cgroup import CgroupError, MemoryGroup, Reading
@@ -271,11 +272,12 @@ class HealthFigures:
 
 
 async def probe_health(host: str, port: int, figures: HealthFigures) -> None:
-    """GET /health twice a second on a fresh connection each, as a platform's checker does."""
-    while True:
+    """GET /health twice a second, each on a fresh connection as a platform's checker does;
+    a slow answer does not delay the next probe (at most a deadline's worth are in flight)."""
+
+    async def probe() -> None:
         started = time.monotonic()
         client = KeepAliveClient(host, port)
-        figures.probes += 1
         try:
             response = await client.request("GET", "/health", timeout=HEALTH_DEADLINE_SECONDS)
             status = f"HTTP {response.status}"
@@ -289,7 +291,38 @@ async def probe_health(host: str, port: int, figures: HealthFigures) -> None:
         figures.worst_seconds = max(figures.worst_seconds, took)
         if status == "HTTP 200" and took <= HEALTH_DEADLINE_SECONDS:
             figures.answered_in_time += 1
-        await asyncio.sleep(max(0.0, started + HEALTH_EVERY_SECONDS - time.monotonic()))
+
+    loop = asyncio.get_running_loop()
+    in_flight: set[asyncio.Task[None]] = set()
+    next_at = loop.time()
+    try:
+        while True:
+            figures.probes += 1
+            task = asyncio.create_task(probe())
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            next_at += HEALTH_EVERY_SECONDS
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+    finally:
+        # Probes under way finish (each is bounded by the deadline): the last ones count too.
+        await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+async def watch_redis(url: str, figures: AdminFigures) -> None:
+    """Redis's own count of clients: how many connections the workers hold to the backplane."""
+    client = aioredis.from_url(url, socket_timeout=2.0)
+    try:
+        while True:
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                clients = await client.info("clients")
+                stats = await client.info("stats")
+                figures.redis_max_clients = max(
+                    figures.redis_max_clients, int(clients.get("connected_clients", 0))
+                )
+                figures.redis_rejected = int(stats.get("rejected_connections", 0))
+            await asyncio.sleep(ADMIN_POLL_SECONDS)
+    finally:
+        await client.aclose()
 
 
 @dataclass(slots=True)
@@ -306,6 +339,8 @@ class AdminFigures:
     refused: dict[str, int] = field(default_factory=dict)
     max_queued_bytes: int = 0
     overflow_disconnects: int = 0
+    redis_max_clients: int = 0
+    redis_rejected: int = 0
     last: dict[str, Any] = field(default_factory=dict)
 
 
@@ -740,6 +775,7 @@ async def _drive(run: Run, server: ServerProcess, group: MemoryGroup, token: str
             asyncio.create_task(probe_health(host, port, run.health)),
             asyncio.create_task(poll_admin(host, port, run.env["ADMIN_TOKEN"], run.admin)),
             asyncio.create_task(steady_client(host, port, run.steady)),
+            asyncio.create_task(watch_redis(run.env["BROKER_URL"], run.admin)),
         ]
         publishers = [
             asyncio.create_task(
@@ -974,6 +1010,8 @@ def summary(run: Run) -> dict[str, Any]:
             "max_socket_bytes": run.admin.max_socket_bytes,
             "max_queued_bytes": run.admin.max_queued_bytes,
             "overflow_disconnects": run.admin.overflow_disconnects,
+            "redis_max_clients": run.admin.redis_max_clients,
+            "redis_rejected_connections": run.admin.redis_rejected,
             "levels_seen": dict(run.admin.levels_seen),
             "refused": run.admin.refused,
         },
@@ -1127,7 +1165,9 @@ def format_report(figures: dict[str, Any]) -> str:
             "server says",
             f"max streams {server['max_connections']:,} {server['max_worker_connections']}, "
             f"levels {server['levels_seen']}, refused {server['refused']}, overflow cuts "
-            f"{server['overflow_disconnects']:,}, max queued {_mib(server['max_queued_bytes'])}",
+            f"{server['overflow_disconnects']:,}, max queued {_mib(server['max_queued_bytes'])}; "
+            f"Redis clients max {server['redis_max_clients']:,}, rejected "
+            f"{server['redis_rejected_connections']:,}",
         ),
         ("stream close reasons", figures["stream_close_reasons"]),
         (
