@@ -2,10 +2,11 @@
 
 ``python -m load_tests.box`` runs gunicorn's master inside a new memory cgroup and drives
 an idle crowd, a stalled crowd, a well-behaved client and a /health probe at it together.
-The short variant (default suite, about 70 s) makes the pressure real within its time by
-shrinking the box rather than the crowd's shape: a 320 MiB group with the guard told the
-same limit (``MEMORY_LIMIT_MB``), 3,000 idle browsers and 600 stalled readers on a busy
-channel, which hold more than 320 MiB together unless the server defends itself. The soak
+The short variant (default suite, about 50 s) makes the pressure real within its time by
+shrinking the box rather than the crowd's shape: a 256 MiB group with the guard told the
+same limit (``MEMORY_LIMIT_MB``), 4,000 idle browsers and 800 stalled readers on a busy
+channel, which hold more than 256 MiB together unless the server defends itself (two
+workers that each measure only themselves against the limit do not). The soak
 variant (``HERALD_SOAK=1``) is the operator's whole mix: 12,000 + 1,500 in 512 MiB for 45 s.
 
 What must hold, whatever else the figures say: the kernel OOM-killed nothing and no worker
@@ -64,9 +65,9 @@ class Scale:
 
 SHORT = Scale(
     (
-        "--limit-mb", "320", "--env", "MEMORY_LIMIT_MB=320",
-        "--idle", "3000", "--idle-processes", "2",
-        "--stalled", "600", "--stalled-processes", "1",
+        "--limit-mb", "256", "--env", "MEMORY_LIMIT_MB=256",
+        "--idle", "4000", "--idle-processes", "2",
+        "--stalled", "800", "--stalled-processes", "1",
         "--ramp", "8",
     ),
     duration=25,
