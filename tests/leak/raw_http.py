@@ -14,6 +14,10 @@ Design decisions:
   the client advertises is small from the first byte: a client that then stops
   reading backs the server up after a few kilobytes instead of megabytes, which
   is how a slow consumer is simulated without publishing hundreds of megabytes.
+- ``source_address`` binds the client socket to an address of 127.0.0.0/8 before
+  connecting (with ``IP_BIND_ADDRESS_NO_PORT``, so the port is chosen at connect
+  time, per destination): tens of thousands of connections to one server port
+  would otherwise exhaust the ephemeral ports of 127.0.0.1.
 - ``KeepAliveClient`` sends one request at a time on one kept-alive connection
   and reads responses by ``Content-Length`` (Herald's JSON answers always carry
   it), reconnecting if the server closed the connection.
@@ -35,6 +39,7 @@ __all__ = ["ChunkedDecoder", "HttpResponse", "KeepAliveClient", "SseSocket", "op
 HEADER_END = b"\r\n\r\n"
 READ_CHUNK = 65536
 LINGER_RESET = struct.pack("ii", 1, 0)  # l_onoff=1, l_linger=0: close() sends RST
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux's value
 
 
 class HttpResponse:
@@ -61,13 +66,17 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 
 async def _connect(
-    host: str, port: int, receive_buffer: int | None
+    host: str, port: int, receive_buffer: int | None, source_address: str | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    if receive_buffer is None:
+    if receive_buffer is None and source_address is None:
         return await asyncio.open_connection(host, port)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        if source_address is not None:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source_address, 0))
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (host, port))
     except BaseException:
@@ -117,11 +126,16 @@ class SseSocket:
     """One ``GET`` of an event stream on its own socket; the body is read as raw bytes."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        status: int,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.status = status
+        self.headers = headers or {}  # the response head's, names lower-cased
         self.received = bytearray()  # raw bytes after the response head (chunk framing kept)
         self.body = ChunkedDecoder()
         self.parser = SSEParser()
@@ -175,11 +189,14 @@ async def open_sse(
     last_event_id: str | None = None,
     receive_buffer: int | None = None,
     timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+    source_address: str | None = None,
 ) -> SseSocket:
     """Open a stream and read its response head; the body is left for the caller."""
-    reader, writer = await _connect(host, port, receive_buffer)
+    reader, writer = await _connect(host, port, receive_buffer, source_address)
     try:
         extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id is not None else ""
+        extra += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
             f"Accept: text/event-stream\r\n{extra}\r\n"
@@ -190,8 +207,8 @@ async def open_sse(
     except BaseException:
         writer.transport.abort()
         raise
-    status, _ = _parse_head(head[: -len(HEADER_END)])
-    return SseSocket(reader, writer, status)
+    status, response_headers = _parse_head(head[: -len(HEADER_END)])
+    return SseSocket(reader, writer, status, response_headers)
 
 
 class KeepAliveClient:

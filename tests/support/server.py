@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -36,9 +37,12 @@ class ServerProcess:
         argv: list[str] | None = None,
         *,
         cwd: Path = REPO_ROOT,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.port = free_port()
         self.cwd = cwd  # another checkout, for before/after measurements
+        # Runs in the child before exec (e.g. to join a memory cgroup before the server forks).
+        self.preexec_fn = preexec_fn
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
@@ -63,6 +67,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
