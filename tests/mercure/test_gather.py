@@ -65,7 +65,7 @@ async def as_each_worker(
     holding one and the other takes its turn at accepting (on a loaded machine one
     worker can otherwise win every accept of a sequential run)."""
     results: dict[str, _T] = {}
-    async with contextlib.AsyncExitStack() as held:
+    async with AsyncExitStack() as held:
 
         async def ask(client: httpx.AsyncClient) -> str:
             answer = await client.get("/api/admin/metrics", headers=AUTH)
