@@ -14,17 +14,26 @@ Design decisions (read the reason before "fixing" one):
    A second pass finds the structures already trimmed, and repeated full
    collections while critical would burn the CPU the process needs to drain.
    Falling from critical to warning runs nothing.
-4. Refusal is latched: it starts on entering ``critical`` and is lifted only
-   when the level is back to ``normal`` (under the warning line by the
-   hysteresis margin), not merely under the critical line. Readmitting at 89 %
-   would let the crowd that was just turned away push it straight back over.
-5. Streams are shed, never the well-behaved crowd. Past the critical line
+4. Refusal holds while the box is ``critical``: it starts on entering it and
+   is lifted when the level falls back to ``warning`` (under the critical line
+   by the hysteresis margin). It is not held until ``normal``: a crowd whose
+   idle cost alone sits in the warning band must still be let back in, and
+   the refused clients return spread over a jittered wait rather than in one
+   instant. Between two samples each admitted stream counts
+   :data:`ADMISSION_ESTIMATE_BYTES` against the box, so a crowd arriving
+   faster than the guard samples is refused at the line, not a second later.
+5. Streams are shed, never the well-behaved crowd. From the warning line on,
    every worker cuts the streams that hold the most beyond their idle cost
    (queues, transport and kernel buffers: :mod:`app.memory.shedding`) until
-   its share of the excess is covered, on every sample while the box stays
-   past it. The cut is a reset, so the buffers are freed at once, and the
-   client resumes after its ``retry:`` with its last id, losing nothing. A
-   stream that holds nothing is never cut: it costs no more than it did.
+   its share of the excess over the warning line's hysteresis floor is
+   covered, on every sample while the box stays past the line. Shedding
+   starts below the critical line on purpose: what readers that stall hold is
+   the part of the box that can be given back, so it goes first, before new
+   streams of the crowd the box exists for are refused. The cut is a reset,
+   so the buffers are freed at once, and the client resumes after its
+   ``retry:`` with its last id, losing nothing. A stream holding less than
+   :data:`~app.memory.shedding.SHED_MIN_HOLDING_BYTES` is never cut: its
+   reconnect would cost more than it gives back.
 6. A refusal is a ``StreamRefusedError`` from an admission check registered on
    the hub and on the response service. The check only reads a flag, since it
    runs for every new stream. The stream response turns it into what the
@@ -47,9 +56,9 @@ Design decisions (read the reason before "fixing" one):
    ``critical``: CPython and malloc keep freed pages for reuse, so after a
    crowd leaves RSS stays at its peak and the next crowd starts from there.
    A worker trims its heap (a young collection, then ``malloc_trim``) when its
-   open streams fell by a quarter from their peak since the last trim and its
-   RSS is :data:`TRIM_WORTH_BYTES` above what it was after that trim, and after
-   every shed. Both are rare events; a trim of a few hundred MB takes
+   open streams fell by a quarter, and by at least
+   :data:`TRIM_CROWD_MIN_STREAMS`, from their peak since the last trim, and
+   after every shed. Both are rare events; a trim of a few hundred MB takes
    milliseconds.
 """
 
@@ -83,6 +92,7 @@ from app.sse.connection import CloseReason
 from app.sse.hub import Hub, StreamRefusedError
 
 __all__ = [
+    "ADMISSION_ESTIMATE_BYTES",
     "MEMORY_RETRY_AFTER_SECONDS",
     "REFUSAL_DETAIL",
     "TREND_MAX_SAMPLES",
@@ -93,8 +103,9 @@ __all__ = [
 
 logger = logging.getLogger("herald.memory")
 
-MEMORY_RETRY_AFTER_SECONDS = 10
-"""Retry-After of a refusal: two default samples, time for a cleanup to show in RSS."""
+MEMORY_RETRY_AFTER_SECONDS = 5
+"""Retry-After of a refusal: several samples, time for sheds and cleanups to show; a
+deferred EventSource comes back after this plus up to as much again."""
 REFUSAL_DETAIL = "server is low on memory; retry later"
 TREND_MAX_SAMPLES = DEFAULT_MAX_SAMPLES
 """Upper bound of the trend's sample deque (720). The trend window is shortened to
@@ -105,10 +116,14 @@ TREND_WARMUP_SECONDS = 60.0
 and lazily built caches make RSS climb then on every healthy start."""
 
 _PERCENT = 100.0
-TRIM_WORTH_BYTES = 16 * 1024 * 1024
-"""RSS growth since the last heap trim below which another one is not worth its pause."""
+ADMISSION_ESTIMATE_BYTES = 32 * 1024
+"""What one admitted stream is counted as until the next sample shows its real cost (an
+idle stream in the worker and its socket in the kernel, rounded up)."""
+FULL_GC_GENERATION = 2
 TRIM_CROWD_LEFT_SHARE = 0.75
 """Open streams at or under this share of their peak since the last trim: a crowd left."""
+TRIM_CROWD_MIN_STREAMS = 100
+"""Fewer streams than this leaving is churn, not a crowd: not worth a trim's pause."""
 
 
 def level_tracker(settings: Settings) -> LevelTracker:
@@ -168,8 +183,9 @@ class MemoryGuard:
         self.shed_streams = 0
         self.shed_bytes = 0
         self.trims = 0
-        self._rss_after_trim = 0
         self._peak_streams = 0
+        self._admitted = 0  # streams and responses let in since the last sample
+        self._critical_bytes = self.limit.bytes * settings.memory_critical_percent / _PERCENT
         self.transitions: Counter[str] = Counter()
         self.cleanups: Counter[str] = Counter()
         self.last_cleanup: dict[str, object] | None = None
@@ -190,7 +206,6 @@ class MemoryGuard:
             self.settings.memory_check_seconds,
         )
         self._safe_check()
-        self._rss_after_trim = self.rss_bytes
         self._task = asyncio.create_task(self._sample_forever(), name="memory guard")
 
     async def stop(self) -> None:
@@ -224,6 +239,7 @@ class MemoryGuard:
         reading = self.box.read()
         self.box_bytes = reading.used_bytes
         self.socket_bytes = reading.socket_bytes
+        self._admitted = 0
         self.percent = self.used_bytes / self.limit.bytes * _PERCENT
         self.sampled_at = now
         self.checks += 1
@@ -239,13 +255,13 @@ class MemoryGuard:
         return level
 
     def _shed(self) -> int:
-        """Past the critical line: cut this worker's share of the excess (design note 5)."""
-        limit = self.limit.bytes
-        critical = limit * self.settings.memory_critical_percent / _PERCENT
-        if self.box_bytes < critical:
+        """Past the warning line: cut this worker's share of the excess (design note 5)."""
+        settings = self.settings
+        if self.percent < settings.memory_warning_percent:
             return 0
-        warning = limit * self.settings.memory_warning_percent / _PERCENT
-        need = int((self.box_bytes - warning) / server_workers())
+        floor_percent = settings.memory_warning_percent - settings.memory_hysteresis_percent
+        floor = self.limit.bytes * floor_percent / _PERCENT
+        need = int((self.box_bytes - floor) / server_workers())
         plan = plan_shed(self.hub.connections, need)
         if not plan.streams:
             return 0
@@ -254,7 +270,7 @@ class MemoryGuard:
         self.shed_streams += cut
         self.shed_bytes += plan.held_bytes
         logger.warning(
-            "memory: box %s past the critical line; shed %d streams holding %s (need %s)",
+            "memory: box %s past the warning line; shed %d streams holding %s (need %s)",
             format_bytes(self.box_bytes),
             cut,
             format_bytes(plan.held_bytes),
@@ -266,20 +282,24 @@ class MemoryGuard:
         """Hand freed heap back after a crowd left or a shed (design note 9)."""
         streams = self.hub.connection_count
         self._peak_streams = max(self._peak_streams, streams)
-        crowd_left = streams <= self._peak_streams * TRIM_CROWD_LEFT_SHARE
-        grown = rss - self._rss_after_trim >= TRIM_WORTH_BYTES
-        if not (shed or (crowd_left and grown)):
+        peak = self._peak_streams
+        crowd_left = peak - streams >= TRIM_CROWD_MIN_STREAMS and (
+            streams <= peak * TRIM_CROWD_LEFT_SHARE
+        )
+        if not (shed or crowd_left):
             return
-        gc.collect(YOUNG_GC_GENERATION)
+        # A crowd that left leaves its cycles (tasks, frames, exceptions) in the oldest
+        # generation: only a full collection frees them, and the box is quiet now. Under a
+        # shed the box is busy: the young generations, where the cut streams' garbage is.
+        gc.collect(YOUNG_GC_GENERATION if shed else FULL_GC_GENERATION)
         self._release_heap()
         self.trims += 1
-        self._rss_after_trim = self._rss_source()
         self._peak_streams = streams
         logger.info(
             "memory: heap trimmed (%s); rss %s -> %s",
             "after a shed" if shed else "a crowd left",
             format_bytes(rss),
-            format_bytes(self._rss_after_trim),
+            format_bytes(self._rss_source()),
         )
 
     def _enter(self, previous: MemoryLevel, level: MemoryLevel) -> None:
@@ -304,9 +324,9 @@ class MemoryGuard:
             )
         elif level is MemoryLevel.WARNING and previous is MemoryLevel.NORMAL:
             self._record(light_cleanup(self.hub, self.responses))
-        elif level is MemoryLevel.NORMAL and self._refusing:
+        elif self._refusing:
             self._refusing = False
-            logger.info("memory back to normal: accepting new streams and responses")
+            logger.info("memory under the critical line: accepting new streams and responses")
 
     def _record(self, result: CleanupResult) -> None:
         rss_after = self._rss_source()
@@ -357,7 +377,9 @@ class MemoryGuard:
     def refusal(self) -> StreamRefusedError | None:
         """Admission check: a 503 with Retry-After while refusing, else ``None``."""
         if not self._refusing:
-            return None
+            self._admitted += 1
+            if self.box_bytes + self._admitted * ADMISSION_ESTIMATE_BYTES < self._critical_bytes:
+                return None
         self.refused += 1
         return StreamRefusedError(REFUSAL_DETAIL, retry_after=MEMORY_RETRY_AFTER_SECONDS)
 

@@ -8,10 +8,10 @@ cutting the streams that hold them is what gives them back.
 
 Design decisions (read before changing):
 
-1. Only streams that hold something are candidates, heaviest first, and only
-   until this worker's share of the excess is covered. An idle or a keeping-up
-   stream holds nothing and is never shed: a box that survives by dropping its
-   well-behaved crowd has not survived.
+1. Only streams that hold something (at least :data:`SHED_MIN_HOLDING_BYTES`)
+   are candidates, heaviest first, and only until this worker's share of the
+   excess is covered. An idle or a keeping-up stream holds nothing and is never
+   shed: a box that survives by dropping its well-behaved crowd has not survived.
 2. A shed stream is aborted (``CloseReason.MEMORY``, a reset): the transport's
    buffer and the kernel's send queue are freed at once, not after a FIN that
    waits behind bytes the client is not reading. The client resumes after its
@@ -34,10 +34,18 @@ from dataclasses import dataclass
 from app.sse.connection import Connection
 from app.sse.stream_socket import kernel_unsent_bytes
 
-__all__ = ["KERNEL_CHARGE_FACTOR", "ShedPlan", "plan_shed", "stream_holding"]
+__all__ = [
+    "KERNEL_CHARGE_FACTOR",
+    "SHED_MIN_HOLDING_BYTES",
+    "ShedPlan",
+    "plan_shed",
+    "stream_holding",
+]
 
 KERNEL_CHARGE_FACTOR = 2
 """What the kernel is charged per unsent byte of a socket (payload plus buffer overhead)."""
+SHED_MIN_HOLDING_BYTES = 32 * 1024
+"""A stream holding less is a reader momentarily behind, not one that stalled."""
 
 
 def stream_holding(connection: Connection) -> int:
@@ -68,7 +76,9 @@ def plan_shed(
     if need_bytes <= 0:
         return ShedPlan([], 0)
     sizes = [(holding(c), c) for c in connections if not c.closed]
-    heavy = sorted((item for item in sizes if item[0] > 0), key=lambda item: -item[0])
+    heavy = sorted(
+        (item for item in sizes if item[0] >= SHED_MIN_HOLDING_BYTES), key=lambda item: -item[0]
+    )
     chosen: list[Connection] = []
     total = 0
     for size, connection in heavy:

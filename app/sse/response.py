@@ -40,7 +40,8 @@ Design decisions (read before changing):
    200 as fatal and never retries, so a browser (``Accept: text/event-stream``)
    gets a 200 whose whole body is a comment naming the reason and a jittered
    ``retry:`` (the refusal's wait plus up to as much again), with no ``id:``,
-   so it comes back by itself later with the same ``Last-Event-ID``. Other
+   so it comes back by itself later with the same ``Last-Event-ID``; the
+   connection closes with it, so a refused crowd holds no sockets. Other
    clients get the 503 JSON with ``Retry-After``; a 429 (this client has too
    many streams) stays a 429 for everyone: coming back would not help it.
 """
@@ -159,7 +160,8 @@ def refusal_response(scope: Scope, refusal: StreamRefusedError) -> Response:
         return Response(
             body,
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", DEFERRED_HEADER: "1"},
+            # Closing the connection gives its descriptor and buffers back at once.
+            headers={"Cache-Control": "no-store", "Connection": "close", DEFERRED_HEADER: "1"},
         )
     return JSONResponse(
         {"detail": refusal.detail},

@@ -267,6 +267,7 @@ async def test_a_refused_event_source_is_deferred_not_failed(
                 assert deferred.status_code == 200
                 assert deferred.headers["content-type"].startswith("text/event-stream")
                 assert deferred.headers["x-herald-deferred"] == "1"
+                assert deferred.headers["connection"] == "close"
                 lines = deferred.text.splitlines()
                 assert lines[0].startswith(": ") and "too many open streams" in lines[0]
                 assert not any(line.startswith(("id:", "data:")) for line in lines)

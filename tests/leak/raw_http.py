@@ -122,6 +122,20 @@ class ChunkedDecoder:
         return bytes(out)
 
 
+class LengthDecoder:
+    """A body of ``Content-Length`` bytes (a short answer such as a deferral), fed as it comes."""
+
+    def __init__(self, length: int) -> None:
+        self._left = length
+        self.finished = length == 0
+
+    def feed(self, data: bytes) -> bytes:
+        out = data[: self._left]
+        self._left -= len(out)
+        self.finished = self._left == 0
+        return out
+
+
 class SseSocket:
     """One ``GET`` of an event stream on its own socket; the body is read as raw bytes."""
 
@@ -137,7 +151,10 @@ class SseSocket:
         self.status = status
         self.headers = headers or {}  # the response head's, names lower-cased
         self.received = bytearray()  # raw bytes after the response head (chunk framing kept)
-        self.body = ChunkedDecoder()
+        length = self.headers.get("content-length")
+        self.body: ChunkedDecoder | LengthDecoder = (
+            ChunkedDecoder() if length is None else LengthDecoder(int(length))
+        )
         self.parser = SSEParser()
         self.ended = False
         self.reset_by_server = False  # the stream ended with RST (an overflow or idle abort)

@@ -17,9 +17,11 @@ from app.main import create_app
 from app.memory.box import BoxMemory, BoxReading
 from app.memory.cleanup import CRITICAL_HISTORY_KEEP
 from app.memory.guard import (
+    ADMISSION_ESTIMATE_BYTES,
     MEMORY_RETRY_AFTER_SECONDS,
     REFUSAL_DETAIL,
     TREND_WARMUP_SECONDS,
+    TRIM_CROWD_MIN_STREAMS,
     MemoryGuard,
 )
 from app.memory.levels import MemoryLevel
@@ -329,20 +331,44 @@ async def test_critical_refuses_new_streams_and_responses(make_parts: MakeParts)
     assert parts.guard.refused == 2
 
 
-async def test_refusal_is_lifted_only_back_under_warning(make_parts: MakeParts) -> None:
+async def test_refusal_is_lifted_back_under_the_critical_band(make_parts: MakeParts) -> None:
     parts = await make_parts()
     await parts.guard.start()
     try:
         parts.at(95)
-        assert parts.at(84) is MemoryLevel.WARNING
-        assert parts.guard.refusing  # under critical is not enough
+        assert parts.at(87) is None  # inside the hysteresis band: still critical
+        assert parts.guard.level is MemoryLevel.CRITICAL
+        assert parts.guard.refusing
         with pytest.raises(StreamRefusedError):
             parts.service.create("hello")
-        assert parts.at(69) is MemoryLevel.NORMAL
+        # Under 85 %: a crowd whose idle cost sits in the warning band is let back in.
+        assert parts.at(84) is MemoryLevel.WARNING
         assert not parts.guard.refusing
         async with parts.hub.subscribe(["news"]) as (connection, _):
             assert not connection.closed
         assert not parts.service.create("hello").cached
+    finally:
+        await parts.guard.stop()
+
+
+async def test_a_crowd_arriving_between_samples_is_refused_at_the_line(
+    make_parts: MakeParts,
+) -> None:
+    parts = await make_parts()
+    await parts.guard.start()
+    try:
+        parts.at(80)
+        room = int(LIMIT.bytes * 0.10) // ADMISSION_ESTIMATE_BYTES  # from 80 % to 90 %
+        async with contextlib.AsyncExitStack() as crowd:
+            for _ in range(room - 1):
+                await crowd.enter_async_context(parts.hub.subscribe(["crowd"]))
+            with pytest.raises(StreamRefusedError):
+                async with parts.hub.subscribe(["crowd"]):
+                    pass
+            assert not parts.guard.refusing  # not latched: the next sample decides
+            parts.at(80)  # the sample shows what the crowd really costs: room again
+            async with parts.hub.subscribe(["crowd"]) as (connection, _):
+                assert not connection.closed
     finally:
         await parts.guard.stop()
 
@@ -537,15 +563,15 @@ async def test_past_critical_the_streams_holding_the_most_are_shed(make_parts: M
         for _ in range(20):  # ~1.2 MB more for both
             await parts.hub.publish("busy", blob)
         calm, _ = await streams.enter_async_context(parts.hub.subscribe(["calm"]))
-        parts.at(85)  # critical not reached: nothing is cut
+        parts.at(74)  # under the warning line: nothing is cut
         assert not heavy.closed
-        # At 91 % one worker gives back the excess over the warning line (16 MB of 100 MB):
-        # the heaviest stream alone covers it.
-        assert parts.at(91) is MemoryLevel.CRITICAL
+        # At 80 % one worker gives back the excess over the warning line's floor (70 %, so
+        # 10 MB of 100 MB): the heaviest stream alone covers it.
+        assert parts.at(80) is MemoryLevel.WARNING
         assert heavy.close_reason is CloseReason.MEMORY
         assert not light.closed and not calm.closed
         assert parts.guard.shed_streams == 1
-        assert parts.guard.shed_bytes >= 16 * MB
+        assert parts.guard.shed_bytes >= 10 * MB
         # Still past it on the next sample: the next heaviest goes; the idle stream never.
         parts.at(95)
         assert light.close_reason is CloseReason.MEMORY
@@ -563,17 +589,18 @@ async def test_a_crowd_leaving_hands_the_heap_back(make_parts: MakeParts) -> Non
     await parts.guard.start()
     try:
         async with contextlib.AsyncExitStack() as crowd:
-            for _ in range(8):
+            for _ in range(TRIM_CROWD_MIN_STREAMS + 1):
                 await crowd.enter_async_context(parts.hub.subscribe(["crowd"]))
             parts.at(30)
             released = parts.heap_releases.count
             parts.at(30)
-            assert parts.heap_releases.count == released  # nothing left: nothing to trim
-        # The crowd is gone and the worker is 20 MB bigger than after its last trim.
-        parts.at(50)
-        assert parts.heap_releases.count == released + 1
-        assert parts.guard.snapshot()["trims"] == 1
-        parts.at(50)  # once per crowd, not on every sample
-        assert parts.heap_releases.count == released + 1
+            assert parts.heap_releases.count == released  # nobody left: nothing to trim
+        async with parts.hub.subscribe(["crowd"]):
+            # The crowd is gone (one stream stays): the heap is handed back once.
+            parts.at(50)
+            assert parts.heap_releases.count == released + 1
+            assert parts.guard.snapshot()["trims"] == 1
+            parts.at(50)  # once per crowd, not on every sample
+            assert parts.heap_releases.count == released + 1
     finally:
         await parts.guard.stop()
