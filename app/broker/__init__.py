@@ -31,6 +31,7 @@ def create_broker(settings: Settings) -> Broker:
             channel_ttl_seconds=settings.sse_channel_ttl_seconds,
             key_prefix=settings.redis_key_prefix,
             log_size=settings.redis_log_size,
+            max_connections=settings.redis_max_connections,
         )
     if scheme in ("redis+cluster", "rediss+cluster"):
         from app.broker.redis_cluster import RedisClusterBroker
@@ -45,5 +46,6 @@ def create_broker(settings: Settings) -> Broker:
             wait_replicas=settings.redis_cluster_wait_replicas,
             wait_timeout_ms=settings.redis_cluster_wait_timeout_ms,
             held_events=settings.redis_cluster_held_events,
+            max_connections=settings.redis_max_connections,
         )
     raise ValueError(f"BROKER_URL: unsupported scheme {scheme!r}")

@@ -35,7 +35,11 @@ from redis.utils import str_if_bytes
 
 from app.broker.base import BrokerUnavailableError
 from app.broker.cluster_url import ClusterURL
-from app.broker.redis_entries import COMMAND_TIMEOUT_SECONDS, CONNECT_TIMEOUT_SECONDS
+from app.broker.redis_entries import (
+    COMMAND_TIMEOUT_SECONDS,
+    CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
+)
 
 __all__ = ["ClusterNodes", "Node", "ReadOnlyConnection", "ReadOnlySSLConnection"]
 
@@ -67,8 +71,11 @@ Node = tuple[str, int]
 
 
 class ClusterNodes:
-    def __init__(self, parsed: ClusterURL, slots: set[int]) -> None:
+    def __init__(
+        self, parsed: ClusterURL, slots: set[int], max_connections: int = DEFAULT_MAX_CONNECTIONS
+    ) -> None:
         self.parsed = parsed
+        self.max_connections = max_connections
         self.slots = slots
         self.refreshes = 0
         self.closing = False
@@ -103,8 +110,11 @@ class ClusterNodes:
             if readonly
             else (SSLConnection if tls else Connection)
         )
-        pool = aioredis.ConnectionPool(
+        # Bounded and blocking, as the single-Redis broker's pool (app.broker.redis).
+        pool = aioredis.BlockingConnectionPool(
             connection_class=connection_class,
+            max_connections=self.max_connections,
+            timeout=timeout,
             host=node[0],
             port=node[1],
             username=self.parsed.username,

@@ -101,6 +101,7 @@ from app.broker.redis_entries import (
     CHANNEL_FIELD,
     COMMAND_TIMEOUT_SECONDS,
     CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
     NUMBER_FIELD,
     PREVIOUS_FIELD,
     PUBLISH_CALLS_IN_FLIGHT,
@@ -141,8 +142,10 @@ class RedisBroker(LocalInterest, Broker):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         log_size: int = DEFAULT_LOG_SIZE,
         block_ms: int = READ_BLOCK_MS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.url = url
+        self.max_connections = max_connections
         self.history_size = max(1, history_size)
         self.log_size = max(1, log_size)
         self.channel_ttl_ms = int(channel_ttl_seconds * 1000)
@@ -199,9 +202,16 @@ class RedisBroker(LocalInterest, Broker):
             "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "health_check_interval": 30,
         }
-        self._commands = aioredis.from_url(
-            self.url, socket_timeout=COMMAND_TIMEOUT_SECONDS, **options
+        # Bounded and blocking: past max_connections a command waits for a free connection
+        # (up to its timeout) rather than failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self.max_connections,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            socket_timeout=COMMAND_TIMEOUT_SECONDS,
+            **options,
         )
+        self._commands = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._reader = aioredis.from_url(
             self.url,
             socket_timeout=READER_SOCKET_TIMEOUT_SECONDS,

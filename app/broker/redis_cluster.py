@@ -134,6 +134,7 @@ from app.broker.redis_entries import (
     BACKOFF_INITIAL_SECONDS,
     BACKOFF_MAX_SECONDS,
     CHANNEL_FIELD,
+    DEFAULT_MAX_CONNECTIONS,
     NUMBER_FIELD,
     PREVIOUS_FIELD,
     PUBLISH_CALLS_IN_FLIGHT,
@@ -249,7 +250,9 @@ class RedisClusterBroker(LocalInterest, Broker):
         wait_timeout_ms: int = 1000,
         held_events: int = 10_000,
         block_ms: int = READ_BLOCK_MS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        self.max_connections = max_connections
         self.url = url
         self.parsed: ClusterURL = parse_cluster_url(url)
         self.history_size = max(1, history_size)
@@ -271,7 +274,9 @@ class RedisClusterBroker(LocalInterest, Broker):
         self.publish_calls = self.ticks = 0
         self._listener: EventListener | None = None
         self._resync: ResyncListener | None = None
-        self.nodes = ClusterNodes(self.parsed, {shard.slot for shard in self.shards})
+        self.nodes = ClusterNodes(
+            self.parsed, {shard.slot for shard in self.shards}, self.max_connections
+        )
         self._positioning = asyncio.Lock()
         # The newest position this worker's publishes got: the next ones go above it.
         self._floor: EventKey = (0, 0)
@@ -325,7 +330,9 @@ class RedisClusterBroker(LocalInterest, Broker):
         self._resync = resync
         self._closing = False
         if self.nodes.closing:  # connected again after a disconnect
-            self.nodes = ClusterNodes(self.parsed, {shard.slot for shard in self.shards})
+            self.nodes = ClusterNodes(
+                self.parsed, {shard.slot for shard in self.shards}, self.max_connections
+            )
         try:
             await self.nodes.refresh(force=True)
             await asyncio.gather(*(self._tick(shard, (0, 0)) for shard in self.shards))

@@ -60,6 +60,8 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 # Longer than the block: a quiet XREAD BLOCK must not look like a dead socket.
 READER_SOCKET_TIMEOUT_SECONDS = READ_BLOCK_MS / 1000 + 10
 COMMAND_TIMEOUT_SECONDS = 5.0
+DEFAULT_MAX_CONNECTIONS = 32
+"""Command connections per worker (per node on a cluster): REDIS_MAX_CONNECTIONS."""
 BACKOFF_INITIAL_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 2.0
 # Python 3.11's asyncio.wait_for (used by redis-py around socket I/O) can swallow a

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # Events kept in the Redis event log every worker reads (app/broker/redis.py): it
     # only has to cover how far a reader can lag; per-channel history is SSE_HISTORY_SIZE.
     redis_log_size: int = Field(default=10_000, ge=100, le=10_000_000)
+    # Command connections per worker (per node on a cluster): a burst of stream opens waits
+    # for a free one instead of opening one per concurrent command.
+    redis_max_connections: int = Field(default=32, ge=2, le=10_000)
     # redis+cluster:// (app/broker/redis_cluster.py): log shards the events are spread
     # over (each a hash tag, so a slot, so a master); every worker reads every shard.
     redis_cluster_shards: int = Field(default=16, ge=1, le=1024)
