@@ -60,6 +60,14 @@ Design decisions (read the reason before "fixing" one):
    :data:`TRIM_CROWD_MIN_STREAMS`, from their peak since the last trim, and
    after every shed. Both are rare events; a trim of a few hundred MB takes
    milliseconds.
+10. Growth is seen where it happens. A reader that stops reading shows first
+    as its transport pausing (:mod:`app.memory.pressure`); each pause counts
+    what such a stream can add (twice the socket's send buffer, the transport's
+    buffer and one write). When the last sample plus those estimates reaches
+    the warning line, the guard samples at once instead of at the next tick
+    (at most every :data:`EARLY_CHECK_MIN_SECONDS`), and sheds on what it
+    reads. A crowd of readers stalling together is met within a loop turn or
+    two, not a second later.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -83,12 +92,13 @@ from app.memory.cleanup import (
 from app.memory.health import health_score
 from app.memory.levels import LevelTracker, MemoryLevel
 from app.memory.limits import MemoryLimit, detect_memory_limit
+from app.memory.pressure import WRITE_PAUSES
 from app.memory.process import read_rss, release_free_heap
 from app.memory.shedding import plan_shed
 from app.memory.trend import DEFAULT_MAX_SAMPLES, RssTrend, TrendReport
 from app.memory.units import format_bytes
 from app.responses.service import ResponseService
-from app.sse.connection import CloseReason
+from app.sse.connection import MAX_BATCH_BYTES, CloseReason
 from app.sse.hub import Hub, StreamRefusedError
 
 __all__ = [
@@ -116,6 +126,11 @@ TREND_WARMUP_SECONDS = 60.0
 and lazily built caches make RSS climb then on every healthy start."""
 
 _PERCENT = 100.0
+AUTOTUNED_SEND_BUFFER_BYTES = 4 * 1024 * 1024
+"""tcp_wmem's usual maximum: what a socket without SO_SNDBUF may buffer."""
+EARLY_CHECK_MIN_SECONDS = 0.1
+"""Early samples (design note 10) come at most this often: a crowd stalling together pauses
+thousands of transports within one loop turn."""
 ADMISSION_ESTIMATE_BYTES = 32 * 1024
 """What one admitted stream is counted as until the next sample shows its real cost (an
 idle stream in the worker and its socket in the kernel, rounded up)."""
@@ -183,8 +198,18 @@ class MemoryGuard:
         self.shed_streams = 0
         self.shed_bytes = 0
         self.trims = 0
+        self.early_checks = 0
+        # What one stream that stops reading adds (design note 10): the kernel charges about
+        # twice SO_SNDBUF (4 MiB with autotuning), plus the transport's buffer and one write.
+        send_buffer = settings.sse_socket_send_buffer_kb * 1024 or AUTOTUNED_SEND_BUFFER_BYTES
+        self._stall_estimate = (
+            2 * send_buffer + settings.sse_transport_buffer_kb * 1024 + MAX_BATCH_BYTES
+        )
         self._peak_streams = 0
         self._admitted = 0  # streams and responses let in since the last sample
+        self._paused = 0  # transports that paused since the last sample
+        self._early_check: asyncio.Handle | None = None
+        self._last_check_at = -math.inf
         self._critical_bytes = self.limit.bytes * settings.memory_critical_percent / _PERCENT
         self.transitions: Counter[str] = Counter()
         self.cleanups: Counter[str] = Counter()
@@ -206,9 +231,16 @@ class MemoryGuard:
             self.settings.memory_check_seconds,
         )
         self._safe_check()
+        WRITE_PAUSES.take()
+        WRITE_PAUSES.listener = self._on_write_paused
         self._task = asyncio.create_task(self._sample_forever(), name="memory guard")
 
     async def stop(self) -> None:
+        if WRITE_PAUSES.listener == self._on_write_paused:
+            WRITE_PAUSES.listener = None
+        if self._early_check is not None:
+            self._early_check.cancel()
+            self._early_check = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -240,6 +272,8 @@ class MemoryGuard:
         self.box_bytes = reading.used_bytes
         self.socket_bytes = reading.socket_bytes
         self._admitted = 0
+        self._paused = 0
+        self._last_check_at = now
         self.percent = self.used_bytes / self.limit.bytes * _PERCENT
         self.sampled_at = now
         self.checks += 1
@@ -253,6 +287,21 @@ class MemoryGuard:
         shed = self._shed()
         self._trim_if_worth_it(rss, shed)
         return level
+
+    def _on_write_paused(self) -> None:
+        """A transport paused (design note 10): schedule a weighing, never work inside a write."""
+        if self._early_check is None:
+            self._early_check = asyncio.get_running_loop().call_soon(self._weigh_pauses)
+
+    def _weigh_pauses(self) -> None:
+        self._early_check = None
+        self._paused += WRITE_PAUSES.take()
+        grown = self._paused * self._stall_estimate
+        shed_line = self.limit.bytes * self.settings.memory_warning_percent / _PERCENT
+        recent = self._clock() - self._last_check_at < EARLY_CHECK_MIN_SECONDS
+        if self.box_bytes + grown >= shed_line and not recent:
+            self.early_checks += 1
+            self._safe_check()
 
     def _shed(self) -> int:
         """Past the warning line: cut this worker's share of the excess (design note 5)."""
@@ -412,6 +461,7 @@ class MemoryGuard:
             "refused": self.refused,
             "shed": {"streams": self.shed_streams, "bytes": self.shed_bytes},
             "trims": self.trims,
+            "early_checks": self.early_checks,
             "health_score": self.health_score(),
             "thresholds": {
                 "warning_percent": settings.memory_warning_percent,

@@ -48,6 +48,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.memory.pressure import WRITE_PAUSES
 from app.sse.chunked_write import CHUNKED_BODY_EXTENSION, WriteFlow
 from app.sse.stream_socket import TRANSPORT_EXTENSION
 
@@ -65,6 +66,11 @@ class _TransportHandOver(asyncio.Protocol):
     ) -> None:
         super().connection_made(transport)
         self._herald_extensions = {TRANSPORT_EXTENSION: transport}
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # The client stopped reading: the memory guard weighs the box now (app.memory.pressure).
+        WRITE_PAUSES.paused()
 
 
 _SIZED = b"\r\ncontent-length: "  # uvicorn writes header names lowercased

@@ -25,6 +25,7 @@ from app.memory.guard import (
     MemoryGuard,
 )
 from app.memory.levels import MemoryLevel
+from app.memory.pressure import WRITE_PAUSES
 from app.memory.limits import MemoryLimit
 from app.responses.service import ResponseService, build_producers
 from app.sse.connection import CloseReason
@@ -604,3 +605,31 @@ async def test_a_crowd_leaving_hands_the_heap_back(make_parts: MakeParts) -> Non
             assert parts.heap_releases.count == released + 1
     finally:
         await parts.guard.stop()
+
+
+async def test_readers_stalling_between_samples_are_weighed_at_once(
+    make_parts: MakeParts, clock: FakeClock
+) -> None:
+    # Each paused transport is a reader that stopped: the guard samples when the last reading
+    # plus what those streams can hold reaches the warning line, without waiting a second.
+    parts = await make_parts(sse_socket_send_buffer_kb=64, sse_transport_buffer_kb=64)
+    await parts.guard.start()
+    try:
+        parts.at(60)
+        checks = parts.guard.checks
+        clock.advance(1)
+        WRITE_PAUSES.paused()  # 448 KB against 15 MB of room: nothing to look at yet
+        await asyncio.sleep(0)
+        assert parts.guard.checks == checks and parts.guard.early_checks == 0
+        for _ in range(40):  # ~18 MB more, held by readers that stopped together
+            WRITE_PAUSES.paused()
+        await asyncio.sleep(0)
+        assert parts.guard.early_checks == 1
+        assert parts.guard.checks == checks + 1
+        for _ in range(40):  # right after a sample: the next weighing waits its turn
+            WRITE_PAUSES.paused()
+        await asyncio.sleep(0)
+        assert parts.guard.early_checks == 1
+    finally:
+        await parts.guard.stop()
+    assert WRITE_PAUSES.listener is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.memory.pressure import WRITE_PAUSES
 from app.serving.protocols import (
     HeraldH11Protocol,
     HeraldHttpProtocol,
@@ -240,3 +242,42 @@ async def test_a_streams_head_reaches_the_client_before_its_first_event() -> Non
             head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and not body_sent.is_set()
         writer.close()
+
+
+class Flood:
+    """Streams chunks to a client until told to stop; its transport's buffer is kept small."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        scope["extensions"][TRANSPORT_EXTENSION].set_write_buffer_limits(high=16 * 1024)
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        while not self.stop.is_set():
+            body = {"type": "http.response.body", "body": b"x" * 65_536, "more_body": True}
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(send(body), 0.2)
+
+
+@pytest.mark.parametrize("http", [HeraldHttpToolsProtocol, HeraldH11Protocol])
+async def test_a_client_that_stops_reading_is_told_to_the_memory_guard(
+    http: type[asyncio.Protocol],
+) -> None:
+    app = Flood()
+    before = WRITE_PAUSES.count
+    async with serving(app, http) as port:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((HOST, port))
+        try:
+            sock.sendall(f"GET /flood HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            async with asyncio.timeout(10):  # the client reads nothing: the transport pauses
+                while WRITE_PAUSES.count == before:
+                    await asyncio.sleep(0.01)
+        finally:
+            app.stop.set()
+            sock.close()
+    assert WRITE_PAUSES.count > before
