@@ -25,8 +25,8 @@ from app.memory.guard import (
     MemoryGuard,
 )
 from app.memory.levels import MemoryLevel
-from app.memory.pressure import WRITE_PAUSES
 from app.memory.limits import MemoryLimit
+from app.memory.pressure import WRITE_PAUSES
 from app.responses.service import ResponseService, build_producers
 from app.sse.connection import CloseReason
 from app.sse.hub import Hub, StreamRefusedError
