@@ -58,7 +58,7 @@ class Settings(BaseSettings):
 
     # --- streams ---
     sse_queue_size: int = Field(default=100, ge=1, le=100_000)
-    sse_queue_max_mb: float = Field(default=64, gt=0)
+    sse_queue_max_mb: float = Field(default=16, gt=0)
     sse_overflow: Literal["disconnect", "drop_oldest"] = "disconnect"
     sse_idle_timeout_seconds: float = Field(default=600, gt=0)
     sse_cleanup_interval_seconds: float = Field(default=60, gt=0)
@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     echo_delay_ms: float = Field(default=20, ge=0)
     response_timeout_seconds: float = Field(default=120, gt=0)
     response_retention_seconds: float = Field(default=300, gt=0)
-    response_max_runs: int = Field(default=200, ge=1)
+    response_max_runs: int = Field(default=50, ge=1)
     response_max_kb: int = Field(default=1024, ge=1)
     upstream_base_url: str | None = None
     upstream_api_key: SecretStr | None = None

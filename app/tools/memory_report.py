@@ -4,6 +4,7 @@
 
     python -m app.tools.memory_report --url http://127.0.0.1:8000 --token "$ADMIN_TOKEN"
     python -m app.tools.memory_report --watch 2          # refresh every 2 s, with a chart
+    python -m app.tools.memory_report --budget --limit-mb 512 --workers 2
 
 ``--token`` defaults to the ``ADMIN_TOKEN`` environment variable, which keeps
 the token out of ``ps`` listings and shell history. ``--watch`` redraws the
@@ -13,7 +14,10 @@ and critical lines; ``--count`` stops after that
 many reports (scripts and tests), Ctrl-C at any time.
 
 Exit status: 0 when the last fetch worked, 1 when it did not (server down,
-wrong token, admin API off), 2 for bad arguments.
+wrong token, admin API off), 2 for bad arguments. ``--budget`` needs no server:
+it prints every bound's worst case for the settings in the environment and
+their sum against the limit (:mod:`app.tools.memory_budget`), and exits 1 when they do
+not fit.
 
 Operator actions (``--cleanup``, ``--clear-cache``, ``--close-channel``,
 ``--drain``, ``--undrain``, ``--analyze``...) are in :mod:`app.tools.operate`.
@@ -35,7 +39,10 @@ from typing import Any, TextIO
 
 import httpx
 
+from app.core.config import SettingsError, load_settings
+from app.memory.limits import detect_memory_limit
 from app.memory.units import format_bytes
+from app.tools.memory_budget import memory_budget, render_budget
 from app.tools.operate import add_action_arguments, run_action
 
 __all__ = [
@@ -364,8 +371,37 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_SECONDS,
         help=f"HTTP timeout in seconds ({DEFAULT_TIMEOUT_SECONDS:g})",
     )
+    budget = parser.add_argument_group("budget (no server needed)")
+    budget.add_argument(
+        "--budget",
+        action="store_true",
+        help="print the memory budget of a box for the settings in the environment",
+    )
+    budget.add_argument(
+        "--limit-mb",
+        type=_positive_float,
+        help="with --budget: the box's limit (default: MEMORY_LIMIT_MB, else the cgroup's)",
+    )
+    budget.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+        help="with --budget: workers sharing the box (default: WEB_CONCURRENCY, else 1)",
+    )
     add_action_arguments(parser)
     return parser
+
+
+def _print_budget(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=err)
+        return 2
+    limit = detect_memory_limit(args.limit_mb or settings.memory_limit_mb)
+    budget = memory_budget(settings, limit.bytes, args.workers)
+    print(render_budget(budget), file=out)
+    return 0 if budget.fits else 1
 
 
 def _positive_float(text: str) -> float:
@@ -413,6 +449,8 @@ def main(
     out = out or sys.stdout
     err = err or sys.stderr
     args = _parser().parse_args(argv)
+    if args.budget:
+        return _print_budget(args, out, err)
     with httpx.Client() as client:
         acted = run_action(client, args, out, err)
         if acted is not None:
