@@ -58,6 +58,21 @@ _GAUGES_SSE: Sequence[tuple[str, str, Reading]] = (
         lambda s: s["channels"],
     ),
     ("herald_sse_queued_events", "Events waiting in stream queues.", lambda s: s["queued"]),
+    (
+        "herald_sse_replays_running",
+        "Replays reading and writing their pages now (at most SSE_REPLAY_CONCURRENCY).",
+        lambda s: s.get("replays_running", 0),
+    ),
+    (
+        "herald_sse_replays_waiting",
+        "Resuming streams waiting for a replay turn.",
+        lambda s: s.get("replays_waiting", 0),
+    ),
+    (
+        "herald_sse_replay_page_bytes",
+        "Bytes of replay pages read and not yet written.",
+        lambda s: s.get("replay_page_bytes", 0),
+    ),
 )
 _COUNTERS_SSE: Sequence[tuple[str, str, Reading]] = (
     ("herald_events_published", "Events published through this worker.", lambda s: s["published"]),

@@ -27,6 +27,14 @@ The contract the hub's exactly-once delivery rests on (``app.sse.hub``):
 5. A broker that cannot keep 3 (its live feed skipped events: a trimmed log, a
    lost data set) calls ``resync``: the hub then closes every stream, and clients
    resume from history with their ``Last-Event-ID``.
+6. Paged replay: ``replay(..., page=PageLimit(events, bytes))`` returns at most
+   one page in ``events`` (at least one event when any is due, however large),
+   oldest first, with ``head`` fixed by that call's snapshot as in 2; when more
+   events up to ``head`` remain it also returns ``rest``, whose ``next()`` reads
+   the following page from the broker's state at that time: strictly after the
+   last event it or the first call returned, never past ``head``. Items 2-3 hold
+   for the whole sequence (it is one replay with one ``head``); what history
+   lost meanwhile (trimmed before it was read) is reported, never skipped.
 """
 
 from __future__ import annotations
@@ -38,12 +46,16 @@ from dataclasses import dataclass, field
 from app.sse.event import Event
 
 __all__ = [
+    "UNBOUNDED_PAGE",
     "Broker",
     "BrokerUnavailableError",
     "Draft",
     "EventListener",
+    "PageLimit",
     "Replay",
+    "ReplayPages",
     "ResyncListener",
+    "page_bytes",
 ]
 
 EventListener = Callable[[Event], None]
@@ -71,6 +83,35 @@ class Draft:
 
 
 @dataclass(frozen=True, slots=True)
+class PageLimit:
+    """How much one page of a replay may hold: ``events`` events and ``bytes`` bytes of
+    frames, whichever comes first, but never less than one event."""
+
+    events: int
+    bytes: int
+
+
+UNBOUNDED_PAGE = PageLimit(events=2**62, bytes=2**62)
+"""A replay in one page (``replay`` without ``page``): a probe, a test, a tool."""
+
+
+def page_bytes(events: Sequence[Event]) -> int:
+    """The bytes of frames a page holds, as ``PageLimit.bytes`` counts them."""
+    return sum(len(event.frame) for event in events)
+
+
+class ReplayPages(ABC):
+    """The rest of a paged replay (contract item 6): one page per ``next()``."""
+
+    @abstractmethod
+    async def next(self) -> list[Event] | None:
+        """The next page, oldest first: events after the last one returned, up to the
+        replay's head. ``[]`` once none is left; None if history lost an event of this
+        replay that was not read yet (the stream then resets, as for ``history_expired``).
+        Raises ``BrokerUnavailableError`` (the same call may be made again)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
     """What a stream gets before going live, and the position it goes live after.
 
@@ -80,13 +121,15 @@ class Replay:
     means only one thing: history does not reach back to the client's id
     (``history_expired``), or the id is not a position this broker issued
     (``unknown_id``); the stream then sends a ``reset`` event and goes live
-    from ``head``.
+    from ``head``. ``rest``: the pages after ``events`` when the replay was read in
+    pages and more remain (None when ``events`` is all of it).
     """
 
     head: str
     events: list[Event] = field(default_factory=list)
     reset: bool = False
     reason: str = ""
+    rest: ReplayPages | None = None
 
 
 class Broker(ABC):
@@ -113,13 +156,19 @@ class Broker(ABC):
 
     @abstractmethod
     async def replay(
-        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+        self,
+        channels: Sequence[str],
+        last_event_id: str | None,
+        *,
+        every_channel: bool = False,
+        page: PageLimit | None = None,
     ) -> Replay:
         """Retained events of ``channels`` after ``last_event_id``, oldest first, and the
         head position (no events for ``None``: a new stream starts at the head; all that is
         retained for ``EARLIEST``). ``last_event_id`` is a position or a publisher-supplied
         id. ``every_channel``: events of every channel (a pattern subscription filters
-        them). Raises ``BrokerUnavailableError`` when the broker cannot answer now."""
+        them). ``page``: read in pages of that size (contract item 6); None reads it all
+        at once. Raises ``BrokerUnavailableError`` when the broker cannot answer now."""
 
     async def watch_every_channel(self) -> None:  # noqa: B027 - optional capability
         """This process has a subscriber that may want any channel (a pattern); a broker

@@ -20,6 +20,11 @@ costs nothing extra). The byte budget evicts the globally oldest event from
 every log still holding it: being the oldest retained, it is at the front of
 each. Replay merges the channels' runs in id order and keeps each event once.
 
+A paged replay (``page``) reads at most a page of each log, from the newest end
+back to the cursor, then merges them (``app.broker.pages``): the events are
+already here, so a page holds references, not copies, but its size is what the
+stream writes before reading on, and the hub counts it.
+
 Publisher-supplied ids (Mercure's ``id`` field) are cursors too: an index maps
 each to the position of the earliest retained event that carries it, and an
 entry leaves with its event, so the index is bounded by the history itself.
@@ -28,9 +33,12 @@ entry leaves with its event, so the index is bounded by the history itself.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from heapq import merge
+from itertools import islice
 
+from app.broker.base import PageLimit
+from app.broker.pages import cut_page
 from app.sse.event import Event
 from app.sse.event_id import EventKey, format_event_id
 
@@ -48,6 +56,26 @@ def event_cost(event: Event) -> int:
     """The bytes one retained event is counted for in the budget."""
     extra = len(event.channels) - 1
     return len(event.frame) + EVENT_OVERHEAD_BYTES + extra * EXTRA_CHANNEL_OVERHEAD_BYTES
+
+
+def _run(
+    events: deque[Event], after: EventKey, head: EventKey, count: int
+) -> tuple[list[Event], bool]:
+    """At most ``count`` events of one log after ``after`` up to ``head``, and whether
+    more follow: found by walking back from the newest (what is newer than the cursor)."""
+    newer = 0
+    for event in reversed(events):
+        if event.key <= after:
+            break
+        newer += 1
+    run: list[Event] = []
+    for event in islice(events, len(events) - newer, None):
+        if event.key > head:
+            return run, False
+        if len(run) == count:
+            return run, True
+        run.append(event)
+    return run, False
 
 
 class _ChannelLog:
@@ -239,6 +267,49 @@ class HistoryStore:
             run.append(event)
         run.reverse()
         return run
+
+    def page(
+        self,
+        channels: Iterable[str] | None,
+        after: EventKey,
+        head: EventKey,
+        limit: PageLimit,
+        *,
+        exact: bool = True,
+    ) -> tuple[list[Event], bool] | None:
+        """One page of the events after ``after`` up to ``head`` on ``channels`` (None:
+        every channel), in id order, and whether more follow; None if some may be lost
+        (``exact=False``: whatever is retained, lost or not)."""
+        if channels is None:
+            return self._page_all(after, head, limit, exact=exact)
+        runs: list[tuple[Sequence[Event], bool]] = []
+        for channel in channels:
+            log = self._logs.get(channel)
+            floor = log.floor if log is not None else self._dropped_floor
+            if exact and after < floor:
+                return None
+            if log is not None:
+                runs.append(_run(log.events, after, head, limit.events))
+        return cut_page(runs, limit)
+
+    def _page_all(
+        self, after: EventKey, head: EventKey, limit: PageLimit, *, exact: bool
+    ) -> tuple[list[Event], bool] | None:
+        if exact:
+            floors = (log.floor for log in self._logs.values())
+            if after < max(floors, default=self._dropped_floor) or after < self._dropped_floor:
+                return None
+        # Walking back from the newest, the last ``limit.events`` seen are the oldest.
+        oldest: deque[Event] = deque(maxlen=limit.events)
+        seen = 0
+        for key, event in reversed(self._all.items()):
+            if key <= after:
+                break
+            if key <= head:
+                oldest.append(event)
+                seen += 1
+        run = list(reversed(oldest))
+        return cut_page([(run, seen > len(run))], limit)
 
     def add_interest(self, channel: str, now: float) -> None:
         self._log(channel, now).interest += 1

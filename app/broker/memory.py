@@ -4,6 +4,13 @@ Nothing to start, nothing shared: with several workers, an event published
 through one worker never reaches subscribers of another (start-up warns).
 Publishing is synchronous under the hood (no await between assigning the id,
 storing it and fanning it out), which is what makes replay-then-live exact.
+
+A paged replay takes its head at the first page, like a whole one; each later
+page reads the history as it is then, after the last event returned and up to
+that head (events published meanwhile are above it and reach the listener).
+Eviction meanwhile is checked against the logs' loss floors from the cursor on,
+whatever the first page's cursor was: an event evicted before it was read is a
+loss even for an ``earliest`` replay.
 """
 
 from __future__ import annotations
@@ -11,7 +18,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from app.broker.base import Broker, Draft, EventListener, Replay, ResyncListener
+from app.broker.base import (
+    UNBOUNDED_PAGE,
+    Broker,
+    Draft,
+    EventListener,
+    PageLimit,
+    Replay,
+    ReplayPages,
+    ResyncListener,
+)
 from app.broker.history import HistoryStore
 from app.sse.encoding import encode_frame
 from app.sse.event import Event
@@ -96,11 +112,17 @@ class MemoryBroker(Broker):
         self.history.remove_interest(channel, self._clock())
 
     async def replay(
-        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+        self,
+        channels: Sequence[str],
+        last_event_id: str | None,
+        *,
+        every_channel: bool = False,
+        page: PageLimit | None = None,
     ) -> Replay:
         # No await from here on: the snapshot and the head are one instant, and every
         # later event reaches the listener after this call (the broker contract).
-        head = format_event_id(self._ids.last)
+        head_key = self._ids.last
+        head = format_event_id(head_key)
         if last_event_id is None:
             return Replay(head=head)
         exact = last_event_id != EARLIEST
@@ -112,13 +134,15 @@ class MemoryBroker(Broker):
             if found is None or found > self._ids.last or found < self._ids.first:
                 return Replay(head=head, reset=True, reason="unknown_id")
             after = found
-        if every_channel:
-            events = self.history.since_all(after, exact=exact)
-        else:
-            events = self.history.since(channels, after, exact=exact)
+        pages = _MemoryPages(
+            self.history, None if every_channel else tuple(channels), after, head_key, page
+        )
+        events = pages.read(exact=exact)
         if events is None:
             return Replay(head=head, reset=True, reason="history_expired")
-        return Replay(head=head, events=events)
+        if page is None:
+            return Replay(head=head, events=events)  # one page holds it all
+        return Replay(head=head, events=events, rest=None if pages.done else pages)
 
     def sweep(self, now: float) -> int:
         return self.history.sweep(now)
@@ -128,3 +152,39 @@ class MemoryBroker(Broker):
 
     def stats(self) -> dict[str, object]:
         return {"url": "memory://", "state": "ok", "history": self.history.stats()}
+
+
+class _MemoryPages(ReplayPages):
+    """A replay's cursor over this process's history: each page is read when asked for."""
+
+    def __init__(
+        self,
+        history: HistoryStore,
+        channels: tuple[str, ...] | None,
+        after: EventKey,
+        head: EventKey,
+        limit: PageLimit | None,
+    ) -> None:
+        self._history = history
+        self._channels = channels
+        self._after = after
+        self._head = head
+        self._limit = limit or UNBOUNDED_PAGE
+        self.done = False
+
+    def read(self, *, exact: bool = True) -> list[Event] | None:
+        if self.done:
+            return []
+        found = self._history.page(
+            self._channels, self._after, self._head, self._limit, exact=exact
+        )
+        if found is None:
+            return None
+        events, more = found
+        if events:
+            self._after = events[-1].key
+        self.done = not more
+        return events
+
+    async def next(self) -> list[Event] | None:
+        return self.read()

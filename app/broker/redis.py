@@ -70,6 +70,16 @@ Design decisions (read before changing):
    when there are several), so a replay merging channels keeps it once and
    knows all its channels (private visibility).
 
+11. Replays go in pages when the hub asks (``PageLimit``, contract item 6 of
+   ``app.broker.base``). The first page is read in the ``MULTI`` that reads the
+   head (note 8), each source's ``XRANGE`` with a ``COUNT``; every later page is
+   one ``MULTI`` of ``XRANGE (<last sent> <head> COUNT n`` per source, merged by
+   id (``app.broker.pages``), with the same trim check as the first (the ``v`` of
+   the oldest entry read, the log's oldest entry for a pattern replay) run from
+   the last event sent: an event trimmed before its page was read is reported,
+   and the stream resets. Events above the head are never read: they arrive
+   live. Nothing is kept between pages but the cursor and the head.
+
 Durability: an acknowledged publish is in Redis's memory; it survives a Redis
 restart as far as Redis persistence goes (AOF with ``appendfsync always`` for
 every acknowledged event, ``everysec`` loses up to a second on a crash).
@@ -87,14 +97,18 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from app.broker.base import (
+    UNBOUNDED_PAGE,
     Broker,
     BrokerUnavailableError,
     Draft,
     EventListener,
+    PageLimit,
     Replay,
+    ReplayPages,
     ResyncListener,
 )
 from app.broker.packed_script import call_script
+from app.broker.pages import ReadSize, cut_page
 from app.broker.redis_entries import (
     BACKOFF_INITIAL_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -422,7 +436,12 @@ class RedisBroker(LocalInterest, Broker):
     # --- replay ----------------------------------------------------------
 
     async def replay(
-        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+        self,
+        channels: Sequence[str],
+        last_event_id: str | None,
+        *,
+        every_channel: bool = False,
+        page: PageLimit | None = None,
     ) -> Replay:
         if self._commands is None or self._position is None:
             # Until the reader holds a position, live delivery after a head is not assured.
@@ -435,15 +454,15 @@ class RedisBroker(LocalInterest, Broker):
                 after = await self._resolve(last_event_id)
         # Each source: a channel's stream, or the log for a pattern subscription.
         sources = [self.log_key] if every_channel else [self.key(c) for c in channels]
+        pages = _RedisPages(self, tuple(channels), sources, every_channel, page)
+        reading = last_event_id is not None and after is not None
         low = f"({format_event_id(after)}" if exact and after is not None else "-"
         try:
             async with self._commands.pipeline(transaction=True) as pipe:
                 pipe.time()
                 pipe.xinfo_stream(self.log_key)
-                if last_event_id is not None and after is not None:
-                    for source in sources:
-                        pipe.exists(source)
-                        pipe.xrange(source, min=low, max="+")
+                if reading:
+                    pages.queue_reads(pipe, low, "+")
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self._mark_down(exc)
@@ -463,30 +482,29 @@ class RedisBroker(LocalInterest, Broker):
             return Replay(head=head)
         if after is None or after > head_key:
             return Replay(head=head, reset=True, reason="unknown_id")
-        events: list[Event] = []
-        for index in range(len(sources)):
-            exists, entries = results[2 + 2 * index], results[3 + 2 * index]
-            if isinstance(entries, Exception):
-                raise BrokerUnavailableError(UNAVAILABLE)
-            if every_channel:
-                if exact and self._log_lost(after, entries, log_info):
-                    return Replay(head=head, reset=True, reason="history_expired")
-                events.extend(
-                    entry_event(entry_id, channels_of(fields[CHANNEL_FIELD]), fields)
-                    for entry_id, fields in entries
-                )
-                continue
-            if exact and self._lost(after, bool(exists), entries, now_ms):
-                return Replay(head=head, reset=True, reason="history_expired")
-            alone = (channels[index],)
-            for entry_id, fields in entries:
-                names = fields.get(CHANNEL_FIELD)
-                events.append(entry_event(entry_id, channels_of(names) if names else alone, fields))
-        if len(sources) > 1:
-            events.sort(key=lambda event: event.key)
-            # An event on several of these channels was read from each: keep it once.
-            events = [e for i, e in enumerate(events) if i == 0 or events[i - 1].key != e.key]
-        return Replay(head=head, events=events)
+        first_entry = log_info.get("first-entry") if isinstance(log_info, dict) else None
+        events = pages.take(results[2:], after, head_key, now_ms, first_entry, exact=exact)
+        if events is None:
+            return Replay(head=head, reset=True, reason="history_expired")
+        return Replay(head=head, events=events, rest=None if pages.done else pages)
+
+    async def _read_page(self, pages: _RedisPages, after: EventKey, head: EventKey) -> list[Any]:
+        """A later page's reads in one ``MULTI``: Redis time, the log's oldest entry (for a
+        pattern replay's trim check), and each source's next entries up to ``head``."""
+        if self._commands is None:
+            raise BrokerUnavailableError(UNAVAILABLE)
+        try:
+            async with self._commands.pipeline(transaction=True) as pipe:
+                pipe.time()
+                pipe.xrange(self.log_key, count=1)
+                pages.queue_reads(pipe, f"({format_event_id(after)}", format_event_id(head))
+                results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            self._mark_down(exc)
+            raise BrokerUnavailableError(UNAVAILABLE) from None
+        if any(isinstance(r, Exception) for r in results):
+            raise BrokerUnavailableError(UNAVAILABLE)
+        return results
 
     async def _resolve(self, supplied_id: str) -> EventKey | None:
         """The position of the event a publisher gave this id (while its key lives)."""
@@ -499,12 +517,13 @@ class RedisBroker(LocalInterest, Broker):
         return key_of(found) if found else None
 
     @staticmethod
-    def _log_lost(after: EventKey, entries: list[Any], log_info: object) -> bool:
+    def _log_lost(after: EventKey, first_entry: Any) -> bool:
         """Whether the log (trimmed to REDIS_LOG_SIZE) may lack an event after ``after``:
-        its oldest entry is newer than ``after`` and is not the first event ever."""
-        if not isinstance(log_info, dict) or not log_info.get("first-entry"):
+        its oldest entry (``first_entry``) is newer than ``after`` and is not the first
+        event ever."""
+        if not first_entry:
             return False
-        first_id, fields = log_info["first-entry"]
+        first_id, fields = first_entry
         return key_of(first_id) > after and int(fields.get(NUMBER_FIELD, 1)) > 1
 
     def _lost(self, after: EventKey, exists: bool, entries: list[Any], now_ms: int) -> bool:
@@ -539,3 +558,85 @@ class RedisBroker(LocalInterest, Broker):
             "read_errors": self.read_errors,
             "resyncs": self.resyncs,
         }
+
+
+class _RedisPages(ReplayPages):
+    """A replay's cursor over Redis (design note 11): each page is one ``MULTI`` of bounded
+    ``XRANGE`` reads from the last event returned up to the head, merged in id order."""
+
+    def __init__(
+        self,
+        broker: RedisBroker,
+        channels: tuple[str, ...],
+        sources: list[str],
+        every_channel: bool,
+        limit: PageLimit | None,
+    ) -> None:
+        self._broker = broker
+        self._channels = channels
+        self._sources = sources
+        self._every_channel = every_channel
+        self._limit = limit or UNBOUNDED_PAGE
+        self._size = ReadSize(self._limit, len(sources))
+        self._after: EventKey = (0, 0)
+        self._head: EventKey = (0, 0)
+        self.done = False
+
+    def queue_reads(self, pipe: Any, low: str, high: str) -> None:
+        count = self._size.count
+        for source in self._sources:
+            pipe.exists(source)
+            pipe.xrange(source, min=low, max=high, count=count)
+
+    def take(
+        self,
+        results: Sequence[Any],
+        after: EventKey,
+        head: EventKey,
+        now_ms: int,
+        first_entry: Any,
+        *,
+        exact: bool = True,
+    ) -> list[Event] | None:
+        """The page in ``results`` (each source's EXISTS and XRANGE), or None if history
+        lost an event after ``after``; moves the cursor past it."""
+        broker = self._broker
+        count = self._size.count
+        runs: list[tuple[Sequence[Event], bool]] = []
+        for index in range(len(self._sources)):
+            exists, entries = results[2 * index], results[2 * index + 1]
+            if isinstance(entries, Exception):
+                raise BrokerUnavailableError(UNAVAILABLE)
+            if self._every_channel:
+                if exact and broker._log_lost(after, first_entry):
+                    return None
+                run = [
+                    entry_event(entry_id, channels_of(fields[CHANNEL_FIELD]), fields)
+                    for entry_id, fields in entries
+                ]
+            else:
+                if exact and broker._lost(after, bool(exists), entries, now_ms):
+                    return None
+                alone = (self._channels[index],)
+                run = []
+                for entry_id, fields in entries:
+                    names = fields.get(CHANNEL_FIELD)
+                    run.append(
+                        entry_event(entry_id, channels_of(names) if names else alone, fields)
+                    )
+            self._size.saw(run)
+            runs.append((run, len(entries) >= count))
+        events, more = cut_page(runs, self._limit)
+        self._after = events[-1].key if events else after
+        self._head = head
+        self.done = not more
+        return events
+
+    async def next(self) -> list[Event] | None:
+        if self.done:
+            return []
+        results = await self._broker._read_page(self, self._after, self._head)
+        seconds, micros = results[0]
+        now_ms = seconds * 1000 + micros // 1000
+        first = results[1][0] if results[1] else None
+        return self.take(results[2:], self._after, self._head, now_ms, first)

@@ -97,6 +97,27 @@ Design decisions (read before changing):
    retries, ASK retries once on the importing node after ``ASKING``, TRYAGAIN and
    CLUSTERDOWN retry shortly within the command timeout. A publish whose connection
    failed is not retried (it may have run): 503.
+10. **Paged replay** (contract item 6 of ``app.broker.base``) keeps note 8's
+   head and reads each source (a channel stream, or a shard's log for a pattern
+   replay) with its own cursor: bounded ``XRANGE`` reads (``COUNT``) up to the
+   head's last entry on that shard, the first from ``REFERENCE_WINDOW_MS`` before
+   the client's id as in note 8. What a read returns above the client's id waits
+   in the replay's pool, references resolved to their home events; a page sends,
+   in position order, the pooled events at or below the *bound*, the smallest
+   position among the sources not read to their end, since every entry a source
+   has not returned yet lies above its last one (note 11 makes that hold for
+   references too). Only the sources at the bound are read again, each with its
+   share of the page (``app.broker.pages``), so the pool holds about a page plus
+   the references whose home events lie further on. Trimming between reads is
+   caught from each source's own cursor: the oldest entry read names a
+   predecessor (``v``) newer than the last entry read, or the log's oldest entry
+   is newer than it (``history_expired``).
+11. **A home entry lies above its references.** After a multi-shard publish's
+   references are written, the worker's floor (note 7) is raised to their
+   positions, so the home entries of that call go above them. A channel stream's
+   entries then name events at or after their own position, which note 10's
+   bound needs; without it, a master whose clock lags would place an event below
+   a reference already passed.
 """
 
 from __future__ import annotations
@@ -121,15 +142,19 @@ from redis.exceptions import (
 )
 
 from app.broker.base import (
+    UNBOUNDED_PAGE,
     Broker,
     BrokerUnavailableError,
     Draft,
     EventListener,
+    PageLimit,
     Replay,
+    ReplayPages,
     ResyncListener,
 )
 from app.broker.cluster_nodes import ClusterNodes, Node
 from app.broker.cluster_url import ClusterURL, parse_cluster_url
+from app.broker.pages import ReadSize
 from app.broker.redis_entries import (
     BACKOFF_INITIAL_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -323,6 +348,13 @@ class RedisClusterBroker(LocalInterest, Broker):
         ms, seq = after
         return f"{ms}-{max(0, (seq - shard) // self.shard_count + 1)}"
 
+    def _range_end(self, shard: int, head: EventKey) -> str:
+        """The last entry id of ``shard`` whose position is at or below ``head`` (inclusive)."""
+        ms, seq = head
+        if seq < shard:
+            return f"{ms - 1}-{2**64 - 1}" if ms else "0-0"
+        return f"{ms}-{(seq - shard) // self.shard_count}"
+
     # --- lifecycle -------------------------------------------------------
 
     async def connect(self, listener: EventListener, resync: ResyncListener | None = None) -> None:
@@ -457,7 +489,11 @@ class RedisClusterBroker(LocalInterest, Broker):
         failed: set[int] = set()
         started = time.monotonic()
         if references:
-            failed |= await self._all_shards(references, {})
+            placed: dict[int, list[bytes]] = {}
+            failed |= await self._all_shards(references, placed)
+            # Each event's home entry goes above its references (paged replay, note 11).
+            for k, entry_ids in placed.items():
+                self._floor = max(self._floor, self.position(k, entry_ids[-1]))
             if time.monotonic() - started > REFERENCE_WRITE_SECONDS:
                 # Replays look this far back for references (note 8): too late to write.
                 return [b""] * len(drafts), set(range(len(drafts)))
@@ -798,7 +834,12 @@ class RedisClusterBroker(LocalInterest, Broker):
     # --- replay ----------------------------------------------------------
 
     async def replay(
-        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+        self,
+        channels: Sequence[str],
+        last_event_id: str | None,
+        *,
+        every_channel: bool = False,
+        page: PageLimit | None = None,
     ) -> Replay:
         if self._listener is None or any(s.position is None for s in self.shards):
             raise BrokerUnavailableError(UNAVAILABLE)
@@ -825,35 +866,20 @@ class RedisClusterBroker(LocalInterest, Broker):
             if after > head_key:
                 # A cursor some shard issued past this head: kept as the head (note 8).
                 return Replay(head=format_event_id(after))
-            parts: Sequence[Sequence[Event | _Reference] | None]
-            if every_channel:
-                parts = await asyncio.gather(
-                    *(self._log_since(shard, after, exact) for shard in self.shards)
-                )
-            else:
-                by_shard: dict[int, list[str]] = {}
-                for channel in channels:
-                    by_shard.setdefault(self.shard_of(channel), []).append(channel)
-                parts = await asyncio.gather(
-                    *(
-                        self._channels_since(self.shards[k], names, after, exact)
-                        for k, names in by_shard.items()
-                    )
-                )
-            if any(part is None for part in parts):
-                return Replay(head=head, reset=True, reason="history_expired")
-            events = [e for part in parts for e in part or () if isinstance(e, Event)]
-            events += await self._referenced(parts)
+            pages = _ClusterPages(
+                self, None if every_channel else channels, after, head_key, page, exact=exact
+            )
+            events = await pages.next()
+            while page is None and events is not None and not pages.done:
+                more = await pages.next()  # one replay in one answer: every page at once
+                events = None if more is None else events + more
         except (RedisError, OSError) as exc:
             self.nodes.refresh_soon()
             logger.debug("cluster replay failed: %s", exc)
             raise BrokerUnavailableError(UNAVAILABLE) from None
-        # Above the head: it arrives live (note 8); at or below the cursor: had.
-        events = [e for e in events if after < e.key <= head_key]
-        events.sort(key=lambda event: event.key)
-        # An event on several of these channels was read from each: keep it once.
-        events = [e for i, e in enumerate(events) if i == 0 or events[i - 1].key != e.key]
-        return Replay(head=head, events=events)
+        if events is None:
+            return Replay(head=head, reset=True, reason="history_expired")
+        return Replay(head=head, events=events, rest=None if pages.done else pages)
 
     async def _heads(self) -> list[EventKey]:
         """Every shard's frontier where its reader reads: one pipeline per node."""
@@ -879,67 +905,12 @@ class RedisClusterBroker(LocalInterest, Broker):
                 )
         return [frontiers[shard.index] for shard in self.shards]
 
-    async def _log_since(self, shard: _Shard, after: EventKey, exact: bool) -> list[Event] | None:
-        """A pattern stream's replay from one shard's log: its events after ``after`` (None:
-        the log was trimmed past ``after``)."""
-        k = shard.index
-        node, readonly = self._read_target(shard)
-        async with self.nodes.client(node, readonly).pipeline(transaction=True) as pipe:
-            pipe.xrange(shard.log_key, count=1)
-            pipe.xrange(shard.log_key, min=self._range_start(k, after), max="+")
-            first, entries = await pipe.execute()
-        if exact and self._log_lost(k, after, first):
-            return None
-        return [
-            entry_event(entry_id, channels_of(fields[CHANNEL_FIELD]), fields, self.position(k, e))
-            for entry_id, fields in entries
-            if TICK_FIELD not in fields
-            for e in [entry_id]
-        ]
-
-    async def _channels_since(
-        self, shard: _Shard, channels: list[str], after: EventKey, exact: bool
-    ) -> list[Event | _Reference] | None:
-        """One shard's channels after ``after``, in one MULTI: events, and references to
-        events homed elsewhere (read from further back: note 8). None: trimmed past."""
-        k = shard.index
-        node, readonly = self._read_target(shard)
-        start = self._range_start(k, (max(0, after[0] - REFERENCE_WINDOW_MS), 0))
-        async with self.nodes.client(node, readonly).pipeline(transaction=True) as pipe:
-            pipe.time()
-            for channel in channels:
-                pipe.exists(self.key(channel))
-                pipe.xrange(self.key(channel), min=start, max="+")
-            results = await pipe.execute()
-        seconds, micros = results[0]
-        now_ms = seconds * 1000 + micros // 1000
-        found: list[Event | _Reference] = []
-        for index, channel in enumerate(channels):
-            exists, entries = results[1 + 2 * index], results[2 + 2 * index]
-            if exact and self._lost(k, after, bool(exists), entries, now_ms):
-                return None
-            for entry_id, fields in entries:
-                names = fields.get(CHANNEL_FIELD)
-                event_channels = channels_of(names) if names else (channel,)
-                reference = fields.get(REFERENCE_FIELD)
-                if reference is not None:
-                    home, _, token = reference.decode().partition(":")
-                    found.append(_Reference(int(home), token, event_channels, fields))
-                elif self.position(k, entry_id) > after:
-                    position = self.position(k, entry_id)
-                    found.append(entry_event(entry_id, event_channels, fields, position))
-        return found
-
-    async def _referenced(
-        self, parts: Sequence[Sequence[Event | _Reference] | None]
-    ) -> list[Event]:
+    async def _referenced(self, references: Sequence[_Reference]) -> list[Event]:
         """The events that references point to, at their home positions; a reference whose
         home entry is not there yet is left out (that event arrives live: note 8)."""
         wanted: dict[int, dict[str, _Reference]] = {}
-        for part in parts:
-            for item in part or ():
-                if isinstance(item, _Reference):
-                    wanted.setdefault(item.home, {})[item.token] = item
+        for item in references:
+            wanted.setdefault(item.home, {})[item.token] = item
         if not wanted:
             return []
         homes = list(wanted)
@@ -1062,3 +1033,143 @@ def _sha1(text: str) -> str:
     import hashlib
 
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class _Source:
+    """One ordered source of a paged replay: a channel stream, or a shard's log."""
+
+    shard: _Shard
+    key: str
+    channel: str | None  # None: the shard's log (a pattern replay)
+    start: str  # the next XRANGE's low end: inclusive at first, then after the last read
+    last: EventKey | None = None  # the position of the last entry read
+    done: bool = False
+
+
+class _ClusterPages(ReplayPages):
+    """A replay's cursors over the shards (note 10)."""
+
+    def __init__(
+        self,
+        broker: RedisClusterBroker,
+        channels: Sequence[str] | None,
+        after: EventKey,
+        head: EventKey,
+        limit: PageLimit | None,
+        *,
+        exact: bool,
+    ) -> None:
+        self._broker = broker
+        self._from = after  # the client's cursor: events at or below it were had
+        self._after = after  # the last event returned
+        self._head = head
+        self._limit = limit or UNBOUNDED_PAGE
+        self._exact = exact
+        self._pool: list[tuple[EventKey, int, Event]] = []
+        self._order = 0
+        shards = broker.shards
+        if channels is None:
+            self._sources = [
+                _Source(shard, shard.log_key, None, broker._range_start(shard.index, after))
+                for shard in shards
+            ]
+        else:
+            window = (max(0, after[0] - REFERENCE_WINDOW_MS), 0)
+            self._sources = [
+                _Source(shard, broker.key(channel), channel, broker._range_start(k, window))
+                for channel in dict.fromkeys(channels)
+                for k in [broker.shard_of(channel)]
+                for shard in [shards[k]]
+            ]
+        self._size = ReadSize(self._limit, len(self._sources))
+        self.done = False
+
+    async def next(self) -> list[Event] | None:
+        if self.done:
+            return []
+        limit = self._limit
+        page: list[Event] = []
+        size = 0
+        while True:
+            active = [source for source in self._sources if not source.done]
+            unread = [source for source in active if source.last is None]
+            bound = None if unread else min((s.last for s in active if s.last), default=None)
+            pool = self._pool
+            while pool and (not active or (bound is not None and pool[0][0] <= bound)):
+                key, _, event = pool[0]
+                if key <= self._after:  # the same event through another source
+                    heapq.heappop(pool)
+                    continue
+                if page and (len(page) >= limit.events or size + len(event.frame) > limit.bytes):
+                    return page
+                heapq.heappop(pool)
+                page.append(event)
+                size += len(event.frame)
+                self._after = key
+            if not active and not pool:
+                self.done = True
+                return page
+            if page:
+                return page
+            # Nothing can go yet: read the sources holding the bound back.
+            behind = unread or [s for s in active if s.last == bound]
+            reads = await asyncio.gather(*(self._read(source) for source in behind))
+            if any(lost for lost in reads):
+                return None
+
+    async def _read(self, source: _Source) -> bool:
+        """One bounded read of ``source`` into the pool; True if history lost an event
+        after the replay's cursor and this source's own."""
+        broker, k = self._broker, source.shard.index
+        count = self._size.count
+        node, readonly = broker._read_target(source.shard)
+        high = broker._range_end(k, self._head)
+        async with broker.nodes.client(node, readonly).pipeline(transaction=True) as pipe:
+            pipe.time()
+            pipe.exists(source.key)
+            if source.channel is None:
+                pipe.xrange(source.key, count=1)  # the log's oldest entry
+            pipe.xrange(source.key, min=source.start, max=high, count=count)
+            results = await pipe.execute()
+        seconds, micros = results[0]
+        now_ms = seconds * 1000 + micros // 1000
+        entries = results[-1]
+        checked = self._from if source.last is None else max(self._from, source.last)
+        if self._exact or source.last is not None:
+            if source.channel is None:
+                if broker._log_lost(k, checked, results[2]):
+                    return True
+            elif broker._lost(k, checked, bool(results[1]), entries, now_ms):
+                return True
+        found: list[Event] = []
+        references: list[_Reference] = []
+        for entry_id, fields in entries:
+            if source.channel is None:
+                if TICK_FIELD in fields:
+                    continue
+                names: tuple[str, ...] = channels_of(fields[CHANNEL_FIELD])
+            else:
+                raw = fields.get(CHANNEL_FIELD)
+                names = channels_of(raw) if raw else (source.channel,)
+                reference = fields.get(REFERENCE_FIELD)
+                if reference is not None:
+                    home, _, token = reference.decode().partition(":")
+                    references.append(_Reference(int(home), token, names, fields))
+                    continue
+            position = broker.position(k, entry_id)
+            if position > self._from:
+                found.append(entry_event(entry_id, names, fields, position))
+        if references:
+            found += await broker._referenced(references)
+        if entries:
+            last_id = cast(bytes, entries[-1][0])
+            source.last = broker.position(k, last_id)
+            source.start = "(" + last_id.decode()
+        source.done = len(entries) < count
+        self._size.saw(found)
+        for event in found:
+            if self._from < event.key <= self._head:
+                self._order += 1
+                heapq.heappush(self._pool, (event.key, self._order, event))
+        return False

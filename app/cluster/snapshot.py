@@ -52,6 +52,10 @@ class WorkerSnapshot(TypedDict):
     dropped: int
     overflow_disconnects: int
     reaped: int
+    # paged replays (app.sse.replays); optional so older workers' snapshots are still read
+    replays_running: NotRequired[int]
+    replays_waiting: NotRequired[int]
+    replay_page_bytes: NotRequired[int]
     # response cache
     cache_hits: int
     cache_misses: int
@@ -133,6 +137,10 @@ def take_snapshot(
         "rss_slope_bytes_per_s": trend.slope_bytes_per_s,
         "leak_suspected": trend.leak_suspected,
     }
+    replays = hub.replays
+    snapshot["replays_running"] = replays.running
+    snapshot["replays_waiting"] = replays.waiting
+    snapshot["replay_page_bytes"] = replays.page_bytes
     if admin_actions:
         snapshot["admin_actions"] = dict(admin_actions)
     return snapshot

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     # A stream opened while the broker is unreachable waits this long (with heartbeats)
     # for its replay, then ends without `reset` so the client retries with the same id.
     sse_replay_wait_seconds: float = Field(default=30, ge=0, le=3600)
+    # A resume replays history in pages (app/sse/replays.py) of at most this many events
+    # and KB of frames (at least one event), each written before the next is read.
+    sse_replay_page_events: int = Field(default=100, ge=1, le=100_000)
+    sse_replay_page_kb: int = Field(default=256, ge=1, le=64 * 1024)
+    # Replays running at once in a worker; a resuming stream past it waits its turn,
+    # with heartbeats. A new stream (no Last-Event-ID) has nothing to replay: no turn.
+    sse_replay_concurrency: int = Field(default=32, ge=1, le=100_000)
     # Kernel send buffer (SO_SNDBUF) of each stream's socket; the kernel doubles it for
     # bookkeeping. 0 leaves the kernel's autotuning (up to tcp_wmem's max, 4 MiB here).
     sse_socket_send_buffer_kb: int = Field(default=64, ge=0, le=64 * 1024)

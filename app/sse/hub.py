@@ -88,6 +88,13 @@ Design decisions (read before changing):
     arrived while one event was being written (four publishers sending at the
     same instant) are a burst, not a hub falling behind, so their pass runs at
     once instead of being held (holding them doubled latency at 2,000 streams).
+13. Replays in pages (:mod:`app.sse.replays`): ``catch_up`` with a ``PageLimit``
+    returns the first page and the head, and places the stream at that head at
+    once, as for a whole replay: the pages that follow (``next_page``) hold only
+    events at or below it, and everything above it queues live meanwhile under
+    the usual queue bounds (overflow applies as to a slow client, and the client
+    resumes exactly from the last event written). Each page is narrowed to what
+    the stream may see the way a whole replay is.
 """
 
 from __future__ import annotations
@@ -102,7 +109,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Container, Iterable, Sequence
 from dataclasses import dataclass
 
-from app.broker.base import Broker, Draft, Replay
+from app.broker.base import Broker, Draft, PageLimit, Replay, ReplayPages
 from app.core.config import Settings
 from app.limits import ClientLimits, LimitExceededError, LocalClientLimits, StreamLease
 from app.sse.chunked_write import frame_chunk
@@ -117,6 +124,7 @@ from app.sse.encoding import encode_body
 from app.sse.event import Event
 from app.sse.event_id import parse_event_id
 from app.sse.patterns import PatternIndex, TopicPattern
+from app.sse.replays import ReplayGate
 from app.sse.shutdown import shutdown_requested
 
 __all__ = [
@@ -227,6 +235,11 @@ class Hub:
         self._last_flush_cost = 0.0
         # The last writes were an event's, inside its fan-out (design note 12), not a pass.
         self._last_writes_in_fan_out = False
+        # Replays in pages, SSE_REPLAY_CONCURRENCY at once (app.sse.replays).
+        self.replays = ReplayGate(settings.sse_replay_concurrency)
+        self.page_limit = PageLimit(
+            events=settings.sse_replay_page_events, bytes=settings.sse_replay_page_kb * 1024
+        )
         # Admission checks beyond the connection cap (the memory guard adds one).
         self.admission_checks: list[Callable[[], StreamRefusedError | None]] = []
 
@@ -480,20 +493,42 @@ class Hub:
             if lease is not None:
                 await self.limits.release_stream(lease)
 
-    async def catch_up(self, connection: Connection, last_event_id: str | None) -> Replay:
+    async def catch_up(
+        self, connection: Connection, last_event_id: str | None, *, page: PageLimit | None = None
+    ) -> Replay:
         """What ``connection`` must send before going live (events after ``last_event_id``,
         or nothing for a new stream) and the position it goes live after; the events it
-        may not see are left out. Raises ``BrokerUnavailableError``."""
+        may not see are left out. ``page``: only the first page, the rest to read with
+        ``next_page`` (design note 13). Raises ``BrokerUnavailableError``."""
         patterns = self._patterns_of.get(connection)
         replay = await self.broker.replay(
-            connection.channels, last_event_id, every_channel=patterns is not None
+            connection.channels, last_event_id, every_channel=patterns is not None, page=page
         )
         head = parse_event_id(replay.head)
         assert head is not None, replay.head  # brokers issue well-formed positions
         connection.go_live(head)
+        events = self._narrow(connection, replay.events)
+        return replay if events is replay.events else dataclasses.replace(replay, events=events)
+
+    async def next_page(self, connection: Connection, pages: ReplayPages) -> list[Event] | None:
+        """The next page of ``connection``'s replay that holds something it may see: ``[]``
+        once the replay is complete, None if history lost an event of it meanwhile.
+        Raises ``BrokerUnavailableError``."""
+        while True:
+            events = await pages.next()
+            if not events:
+                return events
+            kept = self._narrow(connection, events)
+            if kept:
+                return kept
+
+    def _narrow(self, connection: Connection, events: list[Event]) -> list[Event]:
+        """``events`` without those ``connection`` did not subscribe to (a pattern stream
+        replays every channel) or may not see (private)."""
+        patterns = self._patterns_of.get(connection)
         if patterns is not None:
-            replay = _matching(replay, frozenset(connection.channels), patterns)
-        return _visible(replay, connection.private_channels)
+            events = _matching(events, frozenset(connection.channels), patterns)
+        return _visible(events, connection.private_channels)
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -647,27 +682,26 @@ class Hub:
             "reaped": counters.reaped,
             "opened": counters.opened,
             "closed": dict(self.closed_by_reason),
+            "replays": self.replays.stats(),
             "broker": self.broker.stats(),
             "client_limits": self.limits.stats(),
         }
 
 
 def _matching(
-    replay: Replay, channels: frozenset[str], patterns: tuple[TopicPattern, ...]
-) -> Replay:
-    """The replay of every channel narrowed to what a pattern stream subscribed to."""
-    events = [
+    events: list[Event], channels: frozenset[str], patterns: tuple[TopicPattern, ...]
+) -> list[Event]:
+    """Events of every channel narrowed to what a pattern stream subscribed to."""
+    return [
         e
-        for e in replay.events
+        for e in events
         if not channels.isdisjoint(e.channels)
         or any(p.matches(channel) for p in patterns for channel in e.channels)
     ]
-    return dataclasses.replace(replay, events=events)
 
 
-def _visible(replay: Replay, private_channels: Container[str]) -> Replay:
-    """Replay without the private events this subscriber may not see."""
-    if not any(event.private for event in replay.events):
-        return replay
-    events = [event for event in replay.events if event.visible_to(private_channels)]
-    return dataclasses.replace(replay, events=events)
+def _visible(events: list[Event], private_channels: Container[str]) -> list[Event]:
+    """Events without the private ones this subscriber may not see."""
+    if not any(event.private for event in events):
+        return events
+    return [event for event in events if event.visible_to(private_channels)]

@@ -35,7 +35,17 @@ Design decisions (read before changing):
    browser reconnects after a reset just as after a clean end.
 6. At stream open the socket's send buffer and the transport's write buffer
    are capped (:mod:`app.sse.stream_socket`), before the first byte is sent.
-7. A stream refused because the server is full or low on memory (503) is
+7. A resume replays in pages (:mod:`app.sse.replays`): it waits for a turn
+   (``retry:`` and heartbeats meanwhile, as in note 4), reads the first page with
+   the head, writes it through ``send`` like any other write, and only then reads
+   the next, so a client that does not read holds one page, not its history.
+   The last frame is the ``id:`` of the head, unless the last event was it.
+   A broker unreachable between pages is waited out as in note 4, from the last
+   page written; past ``SSE_REPLAY_WAIT_SECONDS`` the stream ends without
+   ``reset`` and the client resumes exactly from the last event it got. History
+   that let go of an event before its page was read is a ``reset`` from there
+   (``history_expired``), after which the stream is live from the head.
+8. A stream refused because the server is full or low on memory (503) is
    answered as its client survives it. ``EventSource`` treats any status but
    200 as fatal and never retries, so a browser (``Accept: text/event-stream``)
    gets a 200 whose whole body is a comment naming the reason and a jittered
@@ -52,17 +62,27 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Container, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Container,
+    Iterable,
+    Iterator,
+)
+from typing import TypeVar
 
 from sse_starlette import EventSourceResponse
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from app.broker.base import BrokerUnavailableError, Replay
+from app.core.config import Settings
 from app.sse.chunked_write import WriteFlow, chunked_body_flow
 from app.sse.connection import MAX_BATCH_BYTES, CloseReason, Connection
 from app.sse.direct_write import resume
 from app.sse.encoding import PING_FRAME, encode_position, encode_retry
+from app.sse.event import Event
 from app.sse.event_id import MAX_EVENT_ID_LENGTH
 from app.sse.hub import Hub, StreamRefusedError
 from app.sse.patterns import TopicPattern
@@ -84,6 +104,7 @@ DEFERRED_HEADER = "X-Herald-Deferred"
 """Marks a refusal answered as a deferral (a 200 that only says when to come back)."""
 # Catch-up retries while the broker is unreachable: backoff from the first to the last.
 CATCH_UP_RETRY_SECONDS = (0.05, 1.0)
+_Read = TypeVar("_Read")
 # On shutdown clients are told to wait retry_ms plus up to this factor more.
 SHUTDOWN_RETRY_JITTER = 1.0
 
@@ -122,6 +143,32 @@ def opening_frames(retry_ms: int | None, replay: Replay, last_event_id: str | No
     return frames
 
 
+def _body(send: Send, body: bytes) -> Awaitable[None]:
+    return send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+class _Keepalive:
+    """What a stream sends while it waits before or during its replay (for a turn, for
+    the broker): ``retry:`` first, then a heartbeat every ``SSE_PING_SECONDS``."""
+
+    __slots__ = ("clock", "lost", "next_ping", "ping_seconds", "retry_ms")
+
+    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.retry_ms: int | None = settings.sse_retry_ms  # None once sent
+        self.ping_seconds = settings.sse_ping_seconds
+        self.next_ping = clock() + self.ping_seconds
+        self.lost = False  # the last read found history had lost events
+
+    def due(self) -> bytes | None:
+        now = self.clock()
+        if self.retry_ms is None and now < self.next_ping:
+            return None
+        frame = encode_retry(self.retry_ms) if self.retry_ms is not None else PING_FRAME
+        self.retry_ms, self.next_ping = None, now + self.ping_seconds
+        return frame
+
+
 def _batches(frames: Iterable[bytes]) -> Iterator[bytes]:
     batch: list[bytes] = []
     size = 0
@@ -151,7 +198,7 @@ def deferral_retry_ms(retry_after_seconds: int) -> int:
 
 
 def refusal_response(scope: Scope, refusal: StreamRefusedError) -> Response:
-    """A refused stream, answered so that its client survives it (design note 7)."""
+    """A refused stream, answered so that its client survives it (design note 8)."""
     if refusal.status_code == SERVICE_UNAVAILABLE and accepts_event_stream(scope):
         comment = refusal.detail.replace("\n", " ").replace("\r", " ")
         body = (
@@ -222,46 +269,140 @@ class HeraldStreamResponse(EventSourceResponse):
         watcher = asyncio.create_task(self._watch_disconnect(connection, receive))
         connection.writer = asyncio.current_task()
         try:
-            replay = await self._catch_up(connection, send)
-            if replay is not None:
+            if await self._catch_up(connection, send):
                 await self._pump(connection, send, flow)
             await self._finish(connection, send)
         finally:
             connection.writer = None
             watcher.cancel()
 
-    async def _catch_up(self, connection: Connection, send: Send) -> Replay | None:
-        """Write the opening frames; None if the stream ended first (closed, or the broker
-        stayed unreachable for SSE_REPLAY_WAIT_SECONDS)."""
-        hub, settings = self._hub, self._hub.settings
-        retry_ms: int | None = settings.sse_retry_ms
-        deadline = hub.clock() + settings.sse_replay_wait_seconds
-        next_ping = hub.clock() + settings.sse_ping_seconds
+    async def _catch_up(self, connection: Connection, send: Send) -> bool:
+        """Write the opening frames and the replay, page by page; False if the stream ended
+        first (closed, or the broker stayed unreachable for SSE_REPLAY_WAIT_SECONDS)."""
+        hub = self._hub
+        keepalive = _Keepalive(hub.settings, hub.clock)
+        # A new stream has nothing to replay: no turn (app.sse.replays, design note 3).
+        turn = hub.replays.turn() if self._last_event_id is not None else None
+        try:
+            if turn is not None and not await self._wait_turn(connection, send, turn, keepalive):
+                return False
+            return await self._replay(connection, send, keepalive)
+        finally:
+            if turn is not None:
+                hub.replays.leave(turn)
+
+    async def _wait_turn(
+        self,
+        connection: Connection,
+        send: Send,
+        turn: asyncio.Future[None],
+        keepalive: _Keepalive,
+    ) -> bool:
+        """Wait for a replay turn with ``retry:`` and heartbeats; False if the stream ended."""
+        clock = self._hub.clock
+        while not turn.done():
+            if not await self._keep_alive(connection, send, keepalive) or connection.closed:
+                return False
+            wait = min(keepalive.next_ping - clock(), CATCH_UP_RETRY_SECONDS[1])
+            await asyncio.wait({turn}, timeout=max(0.0, wait))
+        return True
+
+    async def _replay(self, connection: Connection, send: Send, keepalive: _Keepalive) -> bool:
+        hub = self._hub
+        replay = await self._broker_retries(
+            connection,
+            send,
+            keepalive,
+            lambda: hub.catch_up(connection, self._last_event_id, page=hub.page_limit),
+        )
+        if replay is None:
+            return False
+        retry_ms, keepalive.retry_ms = keepalive.retry_ms, None
+        if replay.reset or replay.rest is None:
+            frames = opening_frames(retry_ms, replay, self._last_event_id)
+            return await self._write_page(connection, send, frames, len(replay.events))
+        # Paged: each page is written before the next is read (design note 7).
+        frames = [] if retry_ms is None else [encode_retry(retry_ms)]
+        events: list[Event] = replay.events
+        rest = replay.rest
+        last_id: str | None = None  # of the last event written
+        while True:
+            frames.extend(event.frame for event in events)
+            if not await self._write_page(connection, send, frames, len(events)):
+                return False
+            if events:
+                last_id = events[-1].id
+            found = await self._broker_retries(
+                connection, send, keepalive, lambda: hub.next_page(connection, rest)
+            )
+            if found is None:
+                if connection.closed or not keepalive.lost:
+                    return False  # the stream ended, or the broker stayed unreachable
+                # History let go of an event before its page was read: as for a replay
+                # that does not reach back, from the last event the client has.
+                lost = Replay(head=replay.head, reset=True, reason="history_expired")
+                resumed_from = last_id or self._last_event_id or ""
+                return await self._write(connection, _body(send, reset_frame(lost, resumed_from)))
+            if not found:
+                break
+            events, frames = found, []
+        if last_id == replay.head:
+            return True
+        return await self._write(connection, _body(send, encode_position(replay.head)))
+
+    async def _broker_retries(
+        self,
+        connection: Connection,
+        send: Send,
+        keepalive: _Keepalive,
+        read: Callable[[], Awaitable[_Read]],
+    ) -> _Read | None:
+        """``read()``, again with backoff while the broker is unreachable, with ``retry:``
+        and heartbeats (design note 4); None if the stream ended or the wait ran out.
+        A read that answers None (history lost events) sets ``keepalive.lost``."""
+        hub = self._hub
+        deadline = hub.clock() + hub.settings.sse_replay_wait_seconds
         pause = CATCH_UP_RETRY_SECONDS[0]
         while True:
             try:
-                replay = await hub.catch_up(connection, self._last_event_id)
-                break
+                found = await read()
             except BrokerUnavailableError:
                 pass
+            else:
+                keepalive.lost = found is None
+                return found
+            if not await self._keep_alive(connection, send, keepalive):
+                return None
             now = hub.clock()
-            if retry_ms is not None or now >= next_ping:
-                # The client holds an open stream while it waits: retry first, then pings.
-                first = encode_retry(retry_ms) if retry_ms is not None else PING_FRAME
-                retry_ms, next_ping = None, now + settings.sse_ping_seconds
-                write = send({"type": "http.response.body", "body": first, "more_body": True})
-                if not await self._write(connection, write):
-                    return None
             if connection.closed or now >= deadline:
                 return None
             await asyncio.sleep(min(pause, deadline - now))
             pause = min(pause * 2, CATCH_UP_RETRY_SECONDS[1])
-        for chunk in _batches(opening_frames(retry_ms, replay, self._last_event_id)):
-            body = send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not await self._write(connection, body):
-                return None
-        connection.delivered += len(replay.events)
-        return replay
+
+    async def _keep_alive(self, connection: Connection, send: Send, keepalive: _Keepalive) -> bool:
+        """Send ``retry:`` (first) or a heartbeat if one is due; False if the stream ended."""
+        frame = keepalive.due()
+        if frame is None:
+            return True
+        return await self._write(connection, _body(send, frame))
+
+    async def _write_page(
+        self, connection: Connection, send: Send, frames: list[bytes], count: int
+    ) -> bool:
+        """Write a page's frames, counted in the hub's page bytes until written."""
+        replays = self._hub.replays
+        size = sum(len(frame) for frame in frames)
+        replays.hold(size)
+        try:
+            for chunk in _batches(frames):
+                if not await self._write(connection, _body(send, chunk)):
+                    return False
+        finally:
+            replays.release(size)
+        connection.delivered += count
+        if count:
+            connection.last_delivery = self._hub.clock()
+        return True
 
     async def _pump(self, connection: Connection, send: Send, flow: WriteFlow | None) -> None:
         clock = self._hub.clock

@@ -261,10 +261,12 @@ def test_one_process_reports_itself_as_the_only_worker(admin_server: ServerProce
         "worker", "host", "pid", "at", "uptime_s",
         "connections", "channels", "queued", "published", "delivered", "dropped",
         "overflow_disconnects", "reaped",
+        "replays_running", "replays_waiting", "replay_page_bytes",
         "cache_hits", "cache_misses", "cache_items", "cache_bytes",
         "rss_bytes", "socket_bytes", "limit_bytes", "level", "refusing", "health_score",
         "cleanups_warning", "cleanups_critical", "rss_slope_bytes_per_s", "leak_suspected",
     }  # fmt: skip
+    assert worker["replays_running"] == sse["replays"]["running"]
     assert document["total"] == {
         "connections": sse["connections"],
         "channels": sse["channels"],

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from app.broker.base import Draft, Replay
+from app.broker.base import Draft, PageLimit, Replay
 from app.broker.memory import MemoryBroker
 from app.core.config import load_settings
 from app.sse.connection import CloseReason
@@ -31,10 +31,15 @@ class RacingBroker(MemoryBroker):
     the window in which a real backplane may deliver an event both ways."""
 
     async def replay(
-        self, channels: Sequence[str], last_event_id: str | None, *, every_channel: bool = False
+        self,
+        channels: Sequence[str],
+        last_event_id: str | None,
+        *,
+        every_channel: bool = False,
+        page: PageLimit | None = None,
     ) -> Replay:
         (self.raced,) = await self.publish([Draft((channels[0],), b"data: raced\n")])
-        return await super().replay(channels, last_event_id, every_channel=every_channel)
+        return await super().replay(channels, last_event_id, every_channel=every_channel, page=page)
 
 
 MakeHub = Callable[..., Awaitable[Hub]]
@@ -388,9 +393,11 @@ async def test_stats_shape(make_hub: MakeHub) -> None:
         "reaped",
         "opened",
         "closed",
+        "replays",
         "broker",
         "client_limits",
     }
+    assert stats["replays"] == hub.replays.stats()
     assert stats["connections"] == 1
     assert stats["channels"] == 2
     assert stats["queued"] == 1

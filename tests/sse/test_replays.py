@@ -1,0 +1,351 @@
+"""Replays in pages (app.sse.replays, contract item 6 of app.broker.base): one contract over
+every broker — a replay of many pages across channels, private events and a pattern arrives
+complete, in order and once, with what is published meanwhile coming live after the head —
+pages bounded in events and bytes, the turns of the gate, and a real server where a crowd
+resumes at once under the cap."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.broker import create_broker
+from app.broker.base import Draft, PageLimit, Replay
+from app.core.config import load_settings
+from app.sse.connection import Connection
+from app.sse.event import Event
+from app.sse.event_id import parse_event_id
+from app.sse.hub import Hub
+from app.sse.replays import ReplayGate
+from tests.leak.raw_http import SseSocket, open_sse
+from tests.support.redis_cluster import RedisCluster
+from tests.support.redis_server import RedisServer
+from tests.support.server import ServerProcess
+
+PAGE = PageLimit(events=7, bytes=900)
+BODY = b"data: " + b"x" * 60 + b"\n"
+
+
+@dataclass(frozen=True)
+class Prefix:
+    prefix: str
+
+    def matches(self, topic: str) -> bool:
+        return topic.startswith(self.prefix)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    return redis.url
+
+
+@pytest.fixture
+async def hub(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[Hub]:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    settings = load_settings(
+        broker_url=broker_url,
+        redis_key_prefix=f"p{uuid.uuid4().hex[:10]}",
+        sse_queue_size=1000,
+        redis_cluster_shards=4,
+    )
+    started = Hub(settings, create_broker(settings))
+    await started.start()
+    yield started
+    await started.stop()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def drafts(count: int, start: int = 0) -> list[Draft]:
+    """A mix on three channels (``c`` not subscribed exactly): single-channel events,
+    events on two channels, private events on ``b`` (granted) and on ``a`` (not)."""
+    made = []
+    for n in range(start, start + count):
+        channels: tuple[str, ...] = (("a",), ("b",), ("c",), ("c", "a"), ("b", "a"))[n % 5]
+        private = n % 7 == 3
+        made.append(Draft(channels, BODY + b"data: %d\n" % n, private))
+    return made
+
+
+def visible(event: Event, granted: frozenset[str], *, pattern: bool) -> bool:
+    subscribed = pattern or not {"a", "b"}.isdisjoint(event.channels)
+    return subscribed and event.visible_to(granted)
+
+
+def in_order(events: list[Event]) -> list[Event]:
+    return sorted(events, key=lambda event: event.key)
+
+
+def ids_in(payload: bytes) -> list[str]:
+    return [line[4:] for line in payload.decode().split("\n") if line.startswith("id: ")]
+
+
+async def publish(hub: Hub, batch: list[Draft]) -> list[Event]:
+    published: list[Event] = []
+    for start in range(0, len(batch), 10):  # several calls: several milliseconds on Redis
+        published += await hub.publish_drafts(batch[start : start + 10])
+    return published
+
+
+@pytest.mark.parametrize("pattern", [False, True], ids=["channels", "pattern"])
+async def test_a_paged_replay_is_complete_in_order_and_once_with_live_events_after_head(
+    hub: Hub, pattern: bool
+) -> None:
+    granted = frozenset({"b"})
+    published = await publish(hub, drafts(120))
+    await settled(hub, published[-1])
+    cursor = published[9]
+    patterns = (Prefix(""),) if pattern else ()
+    async with hub.open(["a", "b"], private_channels=granted, patterns=patterns) as connection:
+        replay = await hub.catch_up(connection, cursor.id, page=PAGE)
+        assert not replay.reset and replay.rest is not None
+        pages = [replay.events]
+        during: list[Event] = []
+        while True:
+            if len(pages) == 2:
+                # Published while the replay runs: above its head, so live, never in a page.
+                during = await publish(hub, drafts(15, start=1000))
+            page = await hub.next_page(connection, replay.rest)
+            assert page is not None
+            if not page:
+                break
+            pages.append(page)
+        replayed = [event.id for page in pages for event in page]
+        # Positions order events (on a cluster a batch's events follow their shards).
+        after = [e for e in in_order(published) if e.key > cursor.key]
+        expected = [e.id for e in after if visible(e, granted, pattern=pattern)]
+        assert replayed == expected
+        assert len(pages) > 5
+        assert all(len(page) <= PAGE.events for page in pages)
+        live = [e.id for e in in_order(during) if visible(e, granted, pattern=pattern)]
+        await wait_for(lambda: connection.queued >= len(live))
+        assert ids_in(taken(connection)) == live
+
+
+async def settled(hub: Hub, newest: Event) -> None:
+    """Wait until a replay's head covers ``newest``: on a cluster the head waits for every
+    shard's log to pass it (app.broker.redis_cluster, note 8); elsewhere it already does."""
+    deadline = time.monotonic() + 10
+    while (parse_event_id((await hub.broker.replay([], None)).head) or (0, 0)) < newest.key:
+        assert time.monotonic() < deadline, "the head never passed the newest event"
+        await asyncio.sleep(0.02)
+
+
+def taken(connection: Connection) -> bytes:
+    payload = b""
+    while (item := connection.take()) is not None:
+        payload += item[0]
+    return payload
+
+
+async def test_a_page_is_bounded_in_events_and_bytes(hub: Hub) -> None:
+    published = await publish(hub, [Draft(("a",), BODY) for _ in range(40)])
+    big = (await hub.publish_drafts([Draft(("a",), b"data: " + b"y" * 2000 + b"\n")]))[0]
+    published += [big, *await publish(hub, [Draft(("a",), BODY) for _ in range(5)])]
+    await settled(hub, published[-1])
+    limit = PageLimit(events=6, bytes=300)
+    replay = await hub.broker.replay(["a"], published[0].id, page=limit)
+    pages = [replay.events]
+    while replay.rest is not None and (page := await replay.rest.next()):
+        pages.append(page)
+    assert [e.id for page in pages for e in page] == [e.id for e in published[1:]]
+    for page in pages:
+        assert 1 <= len(page) <= limit.events
+        # At most the page's bytes, unless one event alone is larger (it then goes alone).
+        assert sum(len(e.frame) for e in page) <= limit.bytes or [e.id for e in page] == [big.id]
+
+
+async def test_a_replay_without_page_is_whole(hub: Hub) -> None:
+    published = await publish(hub, drafts(30))
+    await settled(hub, published[-1])
+    replay: Replay = await hub.broker.replay(["a", "b"], published[0].id)
+    assert replay.rest is None
+    after = [e for e in in_order(published) if e.key > published[0].key]
+    wanted = [e.id for e in after if not {"a", "b"}.isdisjoint(e.channels)]
+    assert [e.id for e in replay.events] == wanted
+
+
+async def test_history_trimmed_under_a_replay_is_reported_not_skipped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(sse_history_size=20)
+    hub = Hub(settings, create_broker(settings))
+    await hub.start()
+    try:
+        published = await publish(hub, [Draft(("a",), BODY) for _ in range(20)])
+        replay = await hub.broker.replay(["a"], published[0].id, page=PageLimit(5, 10_000))
+        assert replay.rest is not None
+        await publish(hub, [Draft(("a",), BODY) for _ in range(20)])  # evicts the unread
+        assert await replay.rest.next() is None
+    finally:
+        await hub.stop()
+
+
+# --- the gate: turns in arrival order ---------------------------------------------------
+
+
+async def test_turns_go_in_arrival_order_and_pass_on() -> None:
+    gate = ReplayGate(2)
+    first, second, third, fourth = (gate.turn() for _ in range(4))
+    assert first.done() and second.done() and not third.done() and not fourth.done()
+    assert gate.stats() | {} == {
+        "running": 2,
+        "waiting": 2,
+        "limit": 2,
+        "page_bytes": 0,
+        "started": 4,
+        "waited": 2,
+    }
+    gate.leave(first)
+    assert third.done() and not fourth.done()
+    gate.leave(fourth)  # left while waiting: gives up its place
+    assert gate.waiting == 0
+    gate.leave(second)
+    gate.leave(third)
+    assert gate.running == 0
+
+
+async def test_a_turn_handed_to_a_stream_that_leaves_moves_on() -> None:
+    gate = ReplayGate(1)
+    running, handed, after = gate.turn(), gate.turn(), gate.turn()
+    gate.leave(running)
+    assert handed.done()
+    gate.leave(handed)  # it left before using it
+    assert after.done() and gate.running == 1
+    gate.leave(after)
+    assert gate.running == gate.waiting == 0
+
+
+# --- a real server: a crowd resumes at once -----------------------------------------------
+
+ADMIN = "a" * 40
+CROWD = 10
+CONCURRENCY = 3
+
+
+@pytest.fixture
+def replaying_server(
+    server_factory: Callable[..., ServerProcess], redis_server: RedisServer
+) -> Iterator[ServerProcess]:
+    yield server_factory(
+        BROKER_URL=redis_server.url,
+        REDIS_KEY_PREFIX=f"r{uuid.uuid4().hex[:10]}",
+        ADMIN_TOKEN=ADMIN,
+        SSE_REPLAY_CONCURRENCY=str(CONCURRENCY),
+        SSE_REPLAY_PAGE_EVENTS="20",
+        SSE_REPLAY_PAGE_KB="16",
+        SSE_SOCKET_SEND_BUFFER_KB="8",
+        SSE_TRANSPORT_BUFFER_KB="8",
+        SSE_HISTORY_SIZE="1000",
+    )
+
+
+async def replays_of(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/api/admin/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert response.status_code == 200
+    replays: dict[str, Any] = response.json()["sse"]["replays"]
+    return replays
+
+
+async def test_a_crowd_resuming_at_once_gets_exact_replays_a_few_at_a_time(
+    replaying_server: ServerProcess,
+) -> None:
+    server = replaying_server
+    body = [{"channel": "crowd", "data": "z" * 1000} for _ in range(500)]
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+        answer = await client.post("/events", json=body)
+        assert answer.status_code == 202, answer.text
+        ids: list[str] = answer.json()["ids"]
+        # Every client stalls (4 KB receive buffer, not read): a replay of 500 KB each
+        # cannot finish, so the turns stay taken and the rest of the crowd waits.
+        crowd = await asyncio.gather(
+            *(
+                open_sse(
+                    "127.0.0.1",
+                    server.port,
+                    "/events/crowd",
+                    last_event_id=ids[0],
+                    receive_buffer=4096,
+                )
+                for _ in range(CROWD)
+            )
+        )
+        try:
+            await crowd_resumes(client, crowd, ids)
+        finally:
+            for stream in crowd:
+                await stream.close()
+
+
+async def crowd_resumes(client: httpx.AsyncClient, crowd: list[SseSocket], ids: list[str]) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        replays = await replays_of(client)
+        # Stalled: the turns taken, the rest waiting, the pages of the running ones unwritten.
+        if replays["waiting"] == CROWD - CONCURRENCY and replays["page_bytes"]:
+            break
+        assert time.monotonic() < deadline, replays
+        await asyncio.sleep(0.05)
+    assert replays["running"] == CONCURRENCY
+    assert 0 < replays["page_bytes"] <= CONCURRENCY * (16 * 1024 + 1100)
+    # A waiting stream hears retry: and heartbeats (SSE_PING_SECONDS=0.3), no events.
+    for stream in crowd:
+        await stream.read_until(b"retry: ")
+    waiting = [s for s in crowd if b"id: " not in s.received]
+    assert len(waiting) == CROWD - CONCURRENCY
+    await waiting[0].read_until(b": ping", timeout=5)
+    assert b"id: " not in waiting[0].received
+    peak = 0
+
+    async def read_all(stream: SseSocket) -> list[str]:
+        # What read_until took is parsed first: it keeps the raw bytes only.
+        already = stream.parser.feed(stream.body.feed(bytes(stream.received)))
+        got = [message.id for message in already if message.data]
+        while len(got) < len(ids) - 1:
+            for message in await stream.next_messages(timeout=20):
+                if message.data:
+                    got.append(message.id)
+        return got
+
+    readers = asyncio.gather(*(read_all(stream) for stream in crowd))
+    while not readers.done():
+        peak = max(peak, (await replays_of(client))["running"])
+        await asyncio.sleep(0.02)
+    for got in await readers:
+        assert got == ids[1:]  # every event after the cursor, in order, once
+    assert peak <= CONCURRENCY
+    await wait_for_async(lambda: replays_of(client), lambda r: r["running"] == 0)
+    final = await replays_of(client)
+    assert final["waiting"] == final["page_bytes"] == 0
+    assert final["started"] == CROWD and final["waited"] >= CROWD - CONCURRENCY
+
+
+async def wait_for_async(
+    read: Callable[[], Any], condition: Callable[[Any], bool], timeout: float = 10.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition(await read()):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
