@@ -19,8 +19,10 @@ Design decisions (read before changing):
    cut loses nothing.
 3. The kernel's part is read per socket (``SIOCOUTQ``) and doubled: a socket
    buffer is charged about twice its payload (the kernel's own ``SO_SNDBUF``
-   doubling accounts for the same overhead). It is one system call per stream,
-   paid only when a shed is due, never per event.
+   doubling accounts for the same overhead). It is one system call, paid only
+   for a stream with something queued behind its socket (a stream whose queue
+   and transport buffer are empty has at most a few frames in flight) and only
+   when a shed is due, never per event.
 4. Every worker reads the same box (:mod:`app.memory.box`), so every worker
    sheds at the same moment; each gives back its share (``excess / workers``),
    not the whole excess, or two workers would cut twice what is needed.
@@ -52,9 +54,12 @@ def stream_holding(connection: Connection) -> int:
     """Bytes this stream holds beyond its idle cost: queue, transport buffer, kernel queue."""
     held = connection.queued_bytes
     transport = connection.transport
-    if transport is not None and not transport.is_closing():
-        held += transport.get_write_buffer_size()
-        held += KERNEL_CHARGE_FACTOR * kernel_unsent_bytes(transport)
+    if transport is None or transport.is_closing():
+        return held
+    buffered = transport.get_write_buffer_size()
+    if held or buffered:
+        # Something waits behind the socket: its send queue is full, worth a system call.
+        held += buffered + KERNEL_CHARGE_FACTOR * kernel_unsent_bytes(transport)
     return held
 
 
