@@ -110,9 +110,12 @@ def prepare_stream_transport(
     transport: asyncio.Transport, *, send_buffer_kb: int, transport_buffer_kb: int
 ) -> None:
     """Cap the socket's send buffer (unless 0) and set the transport's write buffer limits."""
-    transport.set_write_buffer_limits(
-        high=transport_buffer_kb * _KB, low=transport_buffer_kb * _KB // _LOW_WATER_SHARE
-    )
+    try:
+        transport.set_write_buffer_limits(
+            high=transport_buffer_kb * _KB, low=transport_buffer_kb * _KB // _LOW_WATER_SHARE
+        )
+    except RuntimeError:  # uvloop: the client left between accept and here (design note 6)
+        return
     if send_buffer_kb:
         _setsockopt(transport, socket.SO_SNDBUF, send_buffer_kb * _KB)
 

@@ -21,10 +21,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import uvloop
 
 from app.sse.stream_socket import (
     TRANSPORT_EXTENSION,
     abort_transport,
+    kernel_unsent_bytes,
     prepare_stream_transport,
     stream_transport,
 )
@@ -240,3 +242,34 @@ async def test_shutdown_still_ends_streams_gracefully(
     assert server.process is not None
     server.process.wait(10)  # its log is complete once it has exited
     assert close_reasons(server)["shutdown"] == 1
+
+
+async def test_unsent_bytes_are_what_the_peer_has_not_taken(
+    loopback: tuple[asyncio.Transport, socket.socket],
+) -> None:
+    transport, _ = loopback
+    prepare_stream_transport(transport, send_buffer_kb=64, transport_buffer_kb=64)
+    assert kernel_unsent_bytes(transport) == 0
+    transport.write(b"x" * (1024 * KB))  # the peer reads nothing
+    await asyncio.sleep(0.2)
+    unsent = kernel_unsent_bytes(transport)
+    assert 32 * KB < unsent <= 2 * 64 * KB
+    abort_transport(transport)
+    await asyncio.sleep(0.05)  # the transport closes its socket on the next loop turn
+    assert kernel_unsent_bytes(transport) == 0  # reset: nothing left queued, or no socket
+
+
+def test_a_client_gone_before_the_stream_opens_is_no_error() -> None:
+    # uvloop refuses to touch a closed transport; the caps are best effort.
+    async def opened_then_closed() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, HOST, port)
+        transport.close()
+        await asyncio.sleep(0)
+        prepare_stream_transport(transport, send_buffer_kb=64, transport_buffer_kb=64)
+        server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(opened_then_closed())
