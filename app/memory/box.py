@@ -62,17 +62,26 @@ __all__ = [
     "register_server_root",
     "server_root_pid",
     "server_workers",
+    "worker_recycle",
 ]
 
 _server_root: int | None = None
 _server_workers = 1
+_recycle: Callable[[], None] | None = None
 
 
-def register_server_root(pid: int, workers: int) -> None:
+def register_server_root(pid: int, workers: int, recycle: Callable[[], None] | None = None) -> None:
     """This process is one of ``workers`` serving under ``pid`` (the gunicorn master):
-    the box is that master's tree, shared with the other workers."""
-    global _server_root, _server_workers
-    _server_root, _server_workers = pid, max(1, workers)
+    the box is that master's tree, shared with the other workers. ``recycle`` ends this
+    worker gracefully (the master starts a fresh one)."""
+    global _server_root, _server_workers, _recycle
+    _server_root, _server_workers, _recycle = pid, max(1, workers), recycle
+
+
+def worker_recycle() -> Callable[[], None] | None:
+    """How to replace this worker with a fresh process; None where nothing would restart it
+    (``python -m app``)."""
+    return _recycle
 
 
 def server_root_pid() -> int:

@@ -68,6 +68,17 @@ Design decisions (read the reason before "fixing" one):
     (at most every :data:`EARLY_CHECK_MIN_SECONDS`), and sheds on what it
     reads. A crowd of readers stalling together is met within a loop turn or
     two, not a second later.
+11. What a trim cannot give back is handed back by a fresh process. Freed
+    objects leave the allocator's arenas partly used (a few survivors per
+    arena pin it), so after a crowd of thousands a worker can stay tens of MB
+    above its start however often it trims. A gunicorn worker whose crowd has
+    left (a tenth of its peak streams or fewer) and whose RSS stays
+    ``MEMORY_RECYCLE_MB`` above its RSS at start for
+    :data:`RECYCLE_HOLD_SECONDS` (plus up to as much again at random, so the
+    workers of a box do not restart together) ends gracefully, as for
+    max-requests: its few streams end with a jittered ``retry:`` and resume
+    exactly on the other workers, and the master starts a fresh worker.
+    ``python -m app`` has no master to restart it and only trims.
 """
 
 from __future__ import annotations
@@ -77,12 +88,13 @@ import contextlib
 import gc
 import logging
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
 
 from app.core.config import Settings
-from app.memory.box import BoxMemory, detect_box_memory, server_workers
+from app.memory.box import BoxMemory, detect_box_memory, server_workers, worker_recycle
 from app.memory.cleanup import (
     YOUNG_GC_GENERATION,
     CleanupResult,
@@ -135,6 +147,11 @@ ADMISSION_ESTIMATE_BYTES = 32 * 1024
 """What one admitted stream is counted as until the next sample shows its real cost (an
 idle stream in the worker and its socket in the kernel, rounded up)."""
 FULL_GC_GENERATION = 2
+RECYCLE_CROWD_LEFT_SHARE = 0.1
+"""Open streams at or under this share of the worker's peak: its crowd has left."""
+RECYCLE_HOLD_SECONDS = 5.0
+"""How long the excess must last before a recycle, plus up to as much again at random, so
+the workers of one box, which see their crowds leave together, do not restart together."""
 TRIM_CROWD_LEFT_SHARE = 0.75
 """Open streams at or under this share of their peak since the last trim: a crowd left."""
 TRIM_CROWD_MIN_STREAMS = 100
@@ -208,6 +225,12 @@ class MemoryGuard:
         self._peak_streams = 0
         self._admitted = 0  # streams and responses let in since the last sample
         self._paused = 0  # transports that paused since the last sample
+        self._recycle = worker_recycle()
+        self._start_rss: int | None = None
+        self._crowd_peak = 0
+        self._bloated_since: float | None = None
+        self._recycle_hold = RECYCLE_HOLD_SECONDS * (1 + random.random())
+        self.recycled = False
         self._early_check: asyncio.Handle | None = None
         self._last_check_at = -math.inf
         self._critical_bytes = self.limit.bytes * settings.memory_critical_percent / _PERCENT
@@ -286,6 +309,7 @@ class MemoryGuard:
             self._enter(previous, level)
         shed = self._shed()
         self._trim_if_worth_it(rss, shed)
+        self._recycle_if_bloated(now)
         return level
 
     def _on_write_paused(self) -> None:
@@ -350,6 +374,40 @@ class MemoryGuard:
             format_bytes(rss),
             format_bytes(self._rss_source()),
         )
+
+    def _recycle_if_bloated(self, now: float) -> None:
+        """Replace this worker once its crowd left and a trim could not give RSS back
+        (design note 11)."""
+        if self._start_rss is None:
+            self._start_rss = self.rss_bytes
+        streams = self.hub.connection_count
+        self._crowd_peak = max(self._crowd_peak, streams)
+        excess = self.settings.memory_recycle_mb * 1024 * 1024
+        bloated = (
+            self._recycle is not None
+            and excess > 0
+            and not self.recycled
+            and self._crowd_peak >= TRIM_CROWD_MIN_STREAMS
+            and streams <= self._crowd_peak * RECYCLE_CROWD_LEFT_SHARE
+            and self.rss_bytes - self._start_rss >= excess
+        )
+        if not bloated:
+            self._bloated_since = None
+            return
+        if self._bloated_since is None:
+            self._bloated_since = now
+        if now - self._bloated_since < self._recycle_hold:
+            return
+        assert self._recycle is not None
+        self.recycled = True
+        logger.warning(
+            "memory: rss %s, %s above its start, with %d of %d streams left: recycling this worker",
+            format_bytes(self.rss_bytes),
+            format_bytes(self.rss_bytes - self._start_rss),
+            streams,
+            self._crowd_peak,
+        )
+        self._recycle()
 
     def _enter(self, previous: MemoryLevel, level: MemoryLevel) -> None:
         self.transitions[level] += 1
@@ -461,6 +519,7 @@ class MemoryGuard:
             "refused": self.refused,
             "shed": {"streams": self.shed_streams, "bytes": self.shed_bytes},
             "trims": self.trims,
+            "recycled": self.recycled,
             "early_checks": self.early_checks,
             "health_score": self.health_score(),
             "thresholds": {

@@ -51,20 +51,28 @@ class HeraldWorker(UvicornWorker):  # type: ignore[misc, unused-ignore]  # untyp
         "http": HeraldHttpProtocol,
     }
 
+    _server: Server | None = None
+
     def load_wsgi(self) -> None:
         # The box the memory guard reads is the master's whole tree, this worker's siblings
-        # included (app.memory.box).
-        register_server_root(self.ppid, self.cfg.workers)
+        # included (app.memory.box); the guard may recycle this worker once a crowd left.
+        register_server_root(self.ppid, self.cfg.workers, self._recycle)
         try:
             super().load_wsgi()
         except SettingsError as exc:
             self.log.error("%s", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
+    def _recycle(self) -> None:
+        # A graceful exit, as for max-requests: streams end with a jittered retry: and resume
+        # on the other workers; the master starts a fresh worker in this one's place.
+        if self._server is not None:
+            self._server.should_exit = True
+
     async def _serve(self) -> None:
         # Same as UvicornWorker._serve, keeping the Server to watch it.
         self.config.app = self.wsgi
-        server = Server(config=self.config)
+        server = self._server = Server(config=self.config)
         register_shutdown_probe(lambda: server_is_draining(server))
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -14,11 +15,13 @@ import pytest
 from app.broker.memory import MemoryBroker
 from app.core.config import SettingsError, load_settings
 from app.main import create_app
-from app.memory.box import BoxMemory, BoxReading
+from app.memory import box as box_module
+from app.memory.box import BoxMemory, BoxReading, register_server_root
 from app.memory.cleanup import CRITICAL_HISTORY_KEEP
 from app.memory.guard import (
     ADMISSION_ESTIMATE_BYTES,
     MEMORY_RETRY_AFTER_SECONDS,
+    RECYCLE_HOLD_SECONDS,
     REFUSAL_DETAIL,
     TREND_WARMUP_SECONDS,
     TRIM_CROWD_MIN_STREAMS,
@@ -633,3 +636,41 @@ async def test_readers_stalling_between_samples_are_weighed_at_once(
     finally:
         await parts.guard.stop()
     assert WRITE_PAUSES.listener is None
+
+
+async def test_a_worker_that_stays_bloated_after_its_crowd_left_is_recycled(
+    make_parts: MakeParts, clock: FakeClock
+) -> None:
+    recycles: list[int] = []
+    register_server_root(os.getppid(), 2, lambda: recycles.append(1))
+    try:
+        parts = await make_parts(memory_recycle_mb=20)
+        await parts.guard.start()  # RSS at start: 10 MB
+        try:
+            async with contextlib.AsyncExitStack() as crowd:
+                for _ in range(TRIM_CROWD_MIN_STREAMS + 1):
+                    await crowd.enter_async_context(parts.hub.subscribe(["crowd"]))
+                parts.at(40)
+                clock.advance(60)
+                parts.at(40)
+                assert not recycles  # the crowd is still here
+            parts.at(25)  # gone, but only 15 MB above the start: a trim's business
+            clock.advance(60)
+            parts.at(25)
+            assert not recycles
+            parts.at(40)  # 30 MB above the start with its crowd gone
+            clock.advance(RECYCLE_HOLD_SECONDS - 0.1)
+            parts.at(40)
+            assert not recycles  # not before the excess has lasted
+            clock.advance(RECYCLE_HOLD_SECONDS + 0.2)
+            parts.at(40)
+            assert recycles == [1]
+            assert parts.guard.snapshot()["recycled"] is True
+            clock.advance(60)
+            parts.at(40)
+            assert recycles == [1]  # once
+        finally:
+            await parts.guard.stop()
+    finally:
+        register_server_root(os.getpid(), 1)
+        box_module._server_root = None
