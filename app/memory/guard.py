@@ -79,6 +79,15 @@ Design decisions (read the reason before "fixing" one):
     max-requests: its few streams end with a jittered ``retry:`` and resume
     exactly on the other workers, and the master starts a fresh worker.
     ``python -m app`` has no master to restart it and only trims.
+12. A shed client is pushed back, not let straight in. A reader that stalled
+    comes back after its ``retry:`` (3 s by default), replays, stalls again and
+    holds as much as before within a fraction of a second: under a busy
+    channel of large events a crowd of them cycles faster than shedding
+    gives back. So for :data:`SHED_BACKOFF_SECONDS` a client (its address) that
+    was shed is deferred like any refused stream (a browser gets a 200 with a
+    jittered ``retry:``) while the box is still past the warning line; below
+    it, or after that time, it is welcome. The table is bounded
+    (:data:`SHED_BACKOFF_MAX_CLIENTS`, oldest forgotten first).
 """
 
 from __future__ import annotations
@@ -90,7 +99,7 @@ import logging
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from app.core.config import Settings
@@ -147,6 +156,11 @@ ADMISSION_ESTIMATE_BYTES = 32 * 1024
 """What one admitted stream is counted as until the next sample shows its real cost (an
 idle stream in the worker and its socket in the kernel, rounded up)."""
 FULL_GC_GENERATION = 2
+SHED_BACKOFF_SECONDS = 10.0
+"""How long a shed client is deferred if it returns while the box is still past the warning
+line (design note 12)."""
+SHED_BACKOFF_MAX_CLIENTS = 10_000
+"""Shed clients remembered at once (about 100 B each); the oldest are forgotten first."""
 RECYCLE_CROWD_LEFT_SHARE = 0.1
 """Open streams at or under this share of the worker's peak: its crowd has left."""
 RECYCLE_HOLD_SECONDS = 5.0
@@ -201,6 +215,10 @@ class MemoryGuard:
             max_samples=TREND_MAX_SAMPLES,
         )
         self._check_refusal = self.refusal  # one bound method, so stop() can remove it
+        self._check_backoff = self.backoff
+        # Clients shed a moment ago, oldest first, with when they may come back.
+        self._shed_clients: OrderedDict[str, float] = OrderedDict()
+        self.backed_off = 0
         self._task: asyncio.Task[None] | None = None
         self._refusing = False
         self._leak_reported = False
@@ -242,6 +260,7 @@ class MemoryGuard:
 
     async def start(self) -> None:
         self.hub.admission_checks.append(self._check_refusal)
+        self.hub.client_checks.append(self._check_backoff)
         self.responses.admission_checks.append(self._check_refusal)
         logger.info(
             "memory guard: limit %s (%s), the box read from %s, warning at %g%%,"
@@ -272,6 +291,8 @@ class MemoryGuard:
         for checks in (self.hub.admission_checks, self.responses.admission_checks):
             with contextlib.suppress(ValueError):
                 checks.remove(self._check_refusal)
+        with contextlib.suppress(ValueError):
+            self.hub.client_checks.remove(self._check_backoff)
 
     async def _sample_forever(self) -> None:
         while True:
@@ -340,6 +361,14 @@ class MemoryGuard:
             return 0
         chosen = set(plan.streams)
         cut = self.hub.close_where(chosen.__contains__, CloseReason.MEMORY)
+        until = self._clock() + SHED_BACKOFF_SECONDS
+        shed_clients = self._shed_clients
+        for connection in plan.streams:
+            if connection.client:
+                shed_clients[connection.client] = until
+                shed_clients.move_to_end(connection.client)
+        while len(shed_clients) > SHED_BACKOFF_MAX_CLIENTS:
+            shed_clients.popitem(last=False)
         self.shed_streams += cut
         self.shed_bytes += plan.held_bytes
         logger.warning(
@@ -490,6 +519,18 @@ class MemoryGuard:
         self.refused += 1
         return StreamRefusedError(REFUSAL_DETAIL, retry_after=MEMORY_RETRY_AFTER_SECONDS)
 
+    def backoff(self, client: str) -> StreamRefusedError | None:
+        """Client admission check: a client shed a moment ago waits before it comes back
+        (design note 12)."""
+        until = self._shed_clients.get(client)
+        if until is None:
+            return None
+        if self._clock() >= until or self.percent < self.settings.memory_warning_percent:
+            del self._shed_clients[client]
+            return None
+        self.backed_off += 1
+        return StreamRefusedError(REFUSAL_DETAIL, retry_after=MEMORY_RETRY_AFTER_SECONDS)
+
     def trend_report(self) -> TrendReport:
         return self._trend.report()
 
@@ -520,6 +561,7 @@ class MemoryGuard:
             "shed": {"streams": self.shed_streams, "bytes": self.shed_bytes},
             "trims": self.trims,
             "recycled": self.recycled,
+            "backed_off": self.backed_off,
             "early_checks": self.early_checks,
             "health_score": self.health_score(),
             "thresholds": {

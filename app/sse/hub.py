@@ -240,8 +240,10 @@ class Hub:
         self.page_limit = PageLimit(
             events=settings.sse_replay_page_events, bytes=settings.sse_replay_page_kb * 1024
         )
-        # Admission checks beyond the connection cap (the memory guard adds one).
+        # Admission checks beyond the connection cap (the memory guard adds one), and those
+        # that ask who is coming (the guard's back-off for the clients it just shed).
         self.admission_checks: list[Callable[[], StreamRefusedError | None]] = []
+        self.client_checks: list[Callable[[str], StreamRefusedError | None]] = []
 
     # --- lifecycle -------------------------------------------------------
 
@@ -455,7 +457,7 @@ class Hub:
         check = (lambda name: name) if validated else validate_channel
         names = tuple(dict.fromkeys(check(name) for name in channels))
         stream_patterns = tuple(dict.fromkeys(patterns))
-        self._admit()
+        self._admit(client)
         lease = await self._lease(client)
         try:
             settings = self.settings
@@ -543,12 +545,16 @@ class Hub:
         async with self.open(channels, client, private_channels) as connection:
             yield connection, await self.catch_up(connection, last_event_id)
 
-    def _admit(self) -> None:
+    def _admit(self, client: str) -> None:
         limit = self.settings.sse_max_connections
         if len(self._connections) >= limit:
             raise StreamRefusedError(f"too many open streams (limit {limit}); retry later")
         for check in self.admission_checks:
             refusal = check()
+            if refusal is not None:
+                raise refusal
+        for client_check in self.client_checks:
+            refusal = client_check(client)
             if refusal is not None:
                 raise refusal
 

@@ -23,6 +23,7 @@ from app.memory.guard import (
     MEMORY_RETRY_AFTER_SECONDS,
     RECYCLE_HOLD_SECONDS,
     REFUSAL_DETAIL,
+    SHED_BACKOFF_SECONDS,
     TREND_WARMUP_SECONDS,
     TRIM_CROWD_MIN_STREAMS,
     MemoryGuard,
@@ -674,3 +675,31 @@ async def test_a_worker_that_stays_bloated_after_its_crowd_left_is_recycled(
     finally:
         register_server_root(os.getpid(), 1)
         box_module._server_root = None
+
+
+async def test_a_shed_client_is_pushed_back_while_the_box_is_still_full(
+    make_parts: MakeParts, clock: FakeClock
+) -> None:
+    parts = await make_parts(sse_queue_size=1000, sse_queue_max_mb=64)
+    await parts.guard.start()
+    blob = "x" * 60_000
+    try:
+        async with parts.hub.subscribe(["busy"], client="198.51.100.7") as (stalled, _):
+            for _ in range(300):  # ~18 MB this reader is not taking
+                await parts.hub.publish("busy", blob)
+            parts.at(80)
+            assert stalled.close_reason is CloseReason.MEMORY
+        # It comes back after its retry: while the box is still past the warning line.
+        with pytest.raises(StreamRefusedError) as deferred:
+            async with parts.hub.subscribe(["busy"], client="198.51.100.7"):
+                pass
+        assert deferred.value.status_code == 503  # a browser gets it as a deferral
+        assert parts.guard.backed_off == 1
+        async with parts.hub.subscribe(["busy"], client="198.51.100.8") as (other, _):
+            assert not other.closed  # anyone else is welcome
+        clock.advance(SHED_BACKOFF_SECONDS)
+        async with parts.hub.subscribe(["busy"], client="198.51.100.7") as (back, _):
+            assert not back.closed  # its time is up
+    finally:
+        await parts.guard.stop()
+    assert parts.hub.client_checks == []
