@@ -9,7 +9,8 @@ The rows fall in three parts:
 1. **Reserved**: what the box holds whatever its crowd does: the processes at
    idle, and each structure with a byte bound of its own (queued events, the
    response cache and runs, replay pages in flight, in-process history,
-   conversations, Redis connections), at its worst, once per worker.
+   conversations, Mercure subscription lists being gathered, Redis
+   connections), at its worst, once per worker.
 2. **Open streams at their idle cost**: admitted until the box reaches the
    critical line (the guard refuses past it), so however many
    ``SSE_MAX_CONNECTIONS`` allows, they take at most the room between the
@@ -104,6 +105,12 @@ def memory_budget(
             settings.sse_queue_max_bytes,
         ),
         BudgetRow("response cache", "CACHE_MAX_MB", settings.cache_max_bytes),
+        BudgetRow(
+            "replay pages in flight",
+            "SSE_REPLAY_CONCURRENCY x SSE_REPLAY_PAGE_KB",
+            settings.sse_replay_concurrency
+            * (settings.sse_replay_page_kb * KB + settings.max_event_bytes),
+        ),
         BudgetRow(
             "response runs (text stored twice: deltas and done)",
             "RESPONSE_MAX_RUNS x RESPONSE_MAX_KB",
