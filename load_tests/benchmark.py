@@ -67,6 +67,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
+from load_tests import box as box_test
 from load_tests import publish_rate
 from load_tests.generator import raise_open_file_limit
 from load_tests.stalled import VARIANTS, measure_stalled
@@ -126,6 +127,7 @@ class Options:
     box_memory_mb: int
     box_max_connections: int
     stalled_streams: int
+    box_test_seconds: float
     stalled_events: int
     stalled_event_bytes: int
     settle_seconds: float
@@ -531,6 +533,49 @@ def measure_box(kind: str, options: Options, placement: Placement) -> dict[str, 
     }
 
 
+def measure_box_test(seconds: float) -> dict[str, Any] | None:
+    """render.yaml's deployment in a real memory cgroup under the box test's default mix
+    (``load_tests/box.py``); None where no cgroup can be made here."""
+    try:
+        figures = box_test.run(box_test.parse_args(["--duration", str(seconds)]))
+    except box_test.BoxError as exc:
+        print(f"[herald] box test skipped: {exc}", file=sys.stderr)
+        return None
+    memory = figures["memory"]
+    idle = figures["crowds"]["idle"]
+    stalled = figures["crowds"]["stalled"]
+    return {
+        "oom_kills": figures["oom_kills"],
+        "worker_deaths": figures["worker_deaths"],
+        "limit_bytes": figures["limit_bytes"],
+        "peak_total_bytes": memory["peak_total_bytes"],
+        "peak_socket_bytes": memory["peak_socket_bytes"],
+        "after_minus_idle_bytes": memory["after_minus_idle_bytes"],
+        "idle_browsers": idle["browsers"],
+        "idle_fed_at_end": idle["fed_now"],
+        "stalled_browsers": stalled["browsers"],
+        "stalled_resumes": stalled["resumes"],
+        "passed": figures["passed"],
+    }
+
+
+def box_test_lines(results: dict[str, Any]) -> list[str]:
+    box = _get(results, "herald", "box_test")
+    if not box:
+        return []
+    return [
+        "",
+        "the box test (render.yaml's deployment in a real memory cgroup, the default mix):",
+        f"  OOM kills {box['oom_kills']}, worker deaths {box['worker_deaths']};"
+        f" idle browsers open and fed at the end {box['idle_fed_at_end']:,} of"
+        f" {box['idle_browsers']:,}; {box['stalled_browsers']:,} stalled readers resumed"
+        f" {box['stalled_resumes']:,} times",
+        f"  peak working set + sockets {_mib(box['peak_total_bytes']):.1f} of"
+        f" {_mib(box['limit_bytes']):.1f} MiB (sockets {_mib(box['peak_socket_bytes']):.1f} MiB);"
+        f" 20 s after the crowd left {_mib(box['after_minus_idle_bytes']):+.1f} MiB over idle",
+    ]
+
+
 def measure_publish(options: Options) -> dict[str, Any]:
     """Issue 15's step: every publish target in one run (see ``load_tests/publish_rate.py``)."""
     rounds, seconds, pin = options.publish_rounds, options.publish_seconds, options.pin
@@ -731,6 +776,12 @@ def targets(results: dict[str, Any], options: Options) -> dict[str, dict[str, An
         held = _get(results, "herald", "box", "held")
         total = _get(results, "herald", "box", "total_rss_bytes")
     box_target = f"{TARGET_BOX_CONNECTIONS:,} streams held, total RSS < {TARGET_BOX_RSS // MIB} MiB"
+    box = _get(results, "herald", "box_test")
+    checks["box_test_default_mix"] = {
+        "target": "0 OOM kills and every box test target met",
+        "value": None if not box else {"oom_kills": box["oom_kills"], "passed": box["passed"]},
+        "met": None if not box else (box["oom_kills"] == 0 and box["passed"]),
+    }
     checks["box_16k_two_workers"] = {
         "target": box_target,
         "value": None if total is None else {"held": held, "total_rss_bytes": total},
@@ -822,6 +873,7 @@ def render(report: dict[str, Any], options: Options) -> str:
             )
         )
     lines += stalled_lines(report["results"])
+    lines += box_test_lines(report["results"])
     publish = report.get("publish")
     if publish:
         lines += ["", "publishing (issue 15), one worker, no subscribers, 64-byte events:"]
@@ -974,6 +1026,9 @@ def run(options: Options) -> dict[str, Any]:
                 options.stalled_events,
                 options.stalled_event_bytes,
             )
+        if options.box_test_seconds and kind == "herald":
+            print("[herald] the box test, default mix", file=sys.stderr)
+            result["box_test"] = measure_box_test(options.box_test_seconds)
         results[kind] = result
     publish = None
     if options.publish_rounds:
@@ -1049,6 +1104,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--stalled-event-bytes", type=int, default=1000)
     parser.add_argument(
+        "--box-test-seconds",
+        type=float,
+        default=45.0,
+        help="the box test's default mix for this long (load_tests/box.py; root and a memory"
+        " cgroup; 0 skips)",
+    )
+    parser.add_argument(
         "--settle-seconds", type=float, default=10.0, help="longest wait for RSS to settle"
     )
     parser.add_argument(
@@ -1088,6 +1150,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         box_memory_mb=args.box_memory_mb,
         box_max_connections=args.box_max_connections,
         stalled_streams=args.stalled_streams,
+        box_test_seconds=args.box_test_seconds,
         stalled_events=args.stalled_events,
         stalled_event_bytes=args.stalled_event_bytes,
         settle_seconds=args.settle_seconds,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from load_tests.benchmark import box_test_lines
 from tests.support.server import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -38,6 +39,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             *("--box-connections", str(BOX_CONNECTIONS), "--settle-seconds", "2"),
             *("--stalled-streams", str(STALLED), "--stalled-events", str(STALLED_EVENTS)),
             *("--publish-rounds", "0"),  # its tool has a smoke test of its own
+            *("--box-test-seconds", "0"),  # so has the box test (tests/load_tests/test_box.py)
             *("--json", str(json_path)),
         ],
         cwd=REPO_ROOT,
@@ -139,3 +141,24 @@ def test_ratios_targets_and_conditions(report: dict[str, Any]) -> None:
     machine = report["meta"]["machine"]
     assert machine["cpus"] >= 1 and machine["python"].count(".") == 2
     assert report["meta"]["options"]["fanout_subscribers"] == SUBSCRIBERS
+
+
+def test_the_box_test_row() -> None:
+    box = {
+        "oom_kills": 0,
+        "worker_deaths": 0,
+        "limit_bytes": 512 * MIB,
+        "peak_total_bytes": 433 * MIB,
+        "peak_socket_bytes": 34 * MIB,
+        "after_minus_idle_bytes": 1 * MIB,
+        "idle_browsers": 12_000,
+        "idle_fed_at_end": 12_000,
+        "stalled_browsers": 1_500,
+        "stalled_resumes": 3_644,
+        "passed": True,
+    }
+    text = "\n".join(box_test_lines({"herald": {"box_test": box}}))
+    assert "OOM kills 0, worker deaths 0" in text
+    assert "12,000 of 12,000" in text
+    assert "433.0 of 512.0 MiB" in text and "+1.0 MiB over idle" in text
+    assert box_test_lines({"herald": {"box_test": None}}) == []
