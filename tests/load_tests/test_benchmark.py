@@ -131,6 +131,7 @@ def test_ratios_targets_and_conditions(report: dict[str, Any]) -> None:
         "fanout_ratio_2k",
         "p99_latency_2k_20eps",
         "box_16k_two_workers",
+        "box_test_default_mix",
         "publish_vs_bare",
         "publish_vs_baseline",
         "batch_memory",

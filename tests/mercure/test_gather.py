@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import time
 import uuid
@@ -42,9 +43,9 @@ HUB = "/.well-known/mercure"
 SUBSCRIPTIONS = HUB + "/subscriptions"
 WATCHER = {"Authorization": f"Bearer {token(detail(['subscribe'], '*'))}"}
 STREAMS_PER_ROUND = 4
-MAX_STREAMS = 32
-MAX_CONNECTIONS = 40  # tries to reach both workers through the kernel's balancing
-CONNECTIONS_AT_ONCE = 4
+MAX_STREAMS = 64
+MAX_CONNECTIONS = 80  # tries to reach both workers through the kernel's balancing
+TRY_PAUSE_SECONDS = (0.05, 0.3)
 GATHER_TIMEOUT = "1"
 # Long enough that a stopped worker stays listed (3 intervals) while it is asked twice.
 SHARE_SECONDS = 2.0
@@ -61,30 +62,20 @@ async def as_each_worker(
 ) -> dict[str, _T]:
     """``call``'s result as answered by each worker, by worker id. One keep-alive
     connection is served by one worker: the admin metrics on it name that worker. The
-    connections stay open, a few opened at once, so a worker that just answered is busy
-    holding one and the other takes its turn at accepting (on a loaded machine one
-    worker can otherwise win every accept of a sequential run)."""
+    kernel wakes the worker that went to sleep last, which after answering is the one that
+    just answered; a pause between tries lets the other one's timers put it last."""
     results: dict[str, _T] = {}
     async with AsyncExitStack() as held:
-
-        async def ask(client: httpx.AsyncClient) -> str:
-            answer = await client.get("/api/admin/metrics", headers=AUTH)
-            worker: str = answer.json()["worker"]
-            return worker
-
-        for _ in range(MAX_CONNECTIONS // CONNECTIONS_AT_ONCE):
-            clients = [
-                await held.enter_async_context(
-                    httpx.AsyncClient(base_url=server.base_url, timeout=10)
-                )
-                for _ in range(CONNECTIONS_AT_ONCE)
-            ]
-            workers = await asyncio.gather(*(ask(client) for client in clients))
-            for worker, client in zip(workers, clients, strict=True):
-                if worker not in results:
-                    results[worker] = await call(client)
+        for _ in range(MAX_CONNECTIONS):
+            client = await held.enter_async_context(
+                httpx.AsyncClient(base_url=server.base_url, timeout=10)
+            )
+            worker = (await client.get("/api/admin/metrics", headers=AUTH)).json()["worker"]
+            if worker not in results:
+                results[worker] = await call(client)
             if len(results) == 2:
                 return results
+            await asyncio.sleep(random.uniform(*TRY_PAUSE_SECONDS))
     raise AssertionError(f"only {sorted(results)} answered in {MAX_CONNECTIONS} connections")
 
 
@@ -128,12 +119,27 @@ async def test_either_worker_lists_every_workers_subscriptions(
         streams: dict[str, EventStream] = {}
         per_worker: dict[str, int] = {}
         while len(streams) < MAX_STREAMS:
-            for _ in range(STREAMS_PER_ROUND):
-                match = f"https://example.com/g/{uuid.uuid4().hex[:10]}"
-                member = token(detail(["subscribe"], match, payload={"of": match}))
-                path = HUB + "?" + urlencode({"match": match})
-                stream = open_stream(server.base_url, path, {"Authorization": f"Bearer {member}"})
-                streams[match] = await stack.enter_async_context(stream)
+            # A round's streams open at once, then a pause (as_each_worker says why).
+            matches_now = [
+                f"https://example.com/g/{uuid.uuid4().hex[:10]}" for _ in range(STREAMS_PER_ROUND)
+            ]
+            opened = await asyncio.gather(
+                *(
+                    stack.enter_async_context(
+                        open_stream(
+                            server.base_url,
+                            HUB + "?" + urlencode({"match": match}),
+                            {
+                                "Authorization": "Bearer "
+                                + token(detail(["subscribe"], match, payload={"of": match}))
+                            },
+                        )
+                    )
+                    for match in matches_now
+                )
+            )
+            streams.update(zip(matches_now, opened, strict=True))
+            await asyncio.sleep(random.uniform(*TRY_PAUSE_SECONDS))
             settled = await wait_for(
                 lambda: admin_metrics(server),
                 lambda d: d["total"]["connections"] == len(streams),

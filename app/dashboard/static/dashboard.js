@@ -50,7 +50,9 @@
       const response = await fetch(url, {
         signal: controller.signal,
         cache: "no-store",
-        headers: { Accept: "text/event-stream" },
+        // As an API client: a refused stream then answers 503 with its reason, where a
+        // browser's EventSource gets a 200 that only says when to come back.
+        headers: { Accept: "application/json" },
       });
       if (response.status === 200) {
         controller.abort();
@@ -454,6 +456,12 @@
         const from = subscription.lastId ? ` (sending Last-Event-ID ${subscription.lastId})` : "";
         setState(subscribeState, "reconnecting",
           `connection lost — the browser is reconnecting${from}…`);
+        // A stream the server deferred (full, or low on memory) ends at once; say why.
+        const { status, detail, retryAfter } = await probe(url);
+        if (subscription.source === source && status === 503) {
+          setState(subscribeState, "refused", `refused by the server (503): ${detail}`
+            + ` — the browser is trying again in ${retryAfter || 3} s or more`);
+        }
         return;
       }
       const retryUrl = subscription.lastId
