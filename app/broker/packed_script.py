@@ -1,9 +1,9 @@
 """A Lua script call with its command packed in C.
 
 redis-py's asyncio connection packs every command in Python, one argument at a
-time: on a 1,000-event batch (about 8,000 script arguments) that packing was 41 %
-of the worker's CPU (py-spy, issue 15). hiredis, already installed as the reply
-parser, packs the same RESP bytes in C, and the call then goes straight to a pooled
+time: on a 1,000-event batch (about 8,000 script arguments) that packing is a large
+share of the worker's CPU (docs/performance.md, "Publishing"). hiredis, already
+installed as the reply parser, packs the same RESP bytes in C, and the call then goes straight to a pooled
 connection, skipping the per-call retry and command-name machinery that a single
 publish paid for as well.
 

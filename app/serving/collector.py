@@ -1,8 +1,8 @@
 """The garbage collector tuned for a process that parses batches and keeps a hub.
 
-Measured (issue 15, ``load_tests.publish_rate`` batch targets, 1,000-event batches on
-``memory://``): with CPython's defaults the cyclic collector took a fifth of a
-worker's CPU. Two causes, two decisions:
+Measured with ``load_tests.publish_rate``'s batch targets (1,000-event batches on
+``memory://``; figures in docs/performance.md, "Publishing"): with CPython's defaults
+the cyclic collector takes a large share of a worker's CPU. Two causes, two decisions:
 
 1. A batch holds a few thousand live containers at once (the parsed items, their
    drafts and events), so the default young-generation threshold of 700 ran several

@@ -30,7 +30,8 @@ Design decisions (read before changing):
    chooses the framing itself); its streams keep the ASGI path.
 5. One ``send()`` per small response (httptools): uvicorn writes a response's
    head and its body with two ``transport.write`` calls, two system calls that
-   were a quarter of a publish's CPU (issue 15, py-spy). Each cycle writes
+   are a large share of a small publish's CPU (docs/performance.md, "Publishing").
+   Each cycle writes
    through a :class:`_HeadHoldingTransport`: a head that carries a
    ``content-length`` (its body follows in the same task) is kept until the
    cycle's next write and both go out with one ``writelines``; a close sends it

@@ -34,9 +34,10 @@ Design decisions (read before changing):
    that gets events gets no pings (an event keeps a proxy's idle timer alive as
    well as a comment does), and the pings of streams opened at different times
    go out at different ticks instead of all at once: pinging 2,000 streams in
-   one pass every 15 s held every event behind it by that pass and moved the
-   latency p99 (issue 16). A ping is written directly where an event would be
-   (``Connection.request_ping``), so it wakes no writer task.
+   one pass every 15 s would hold every event behind that pass and raise the
+   latency tail (docs/performance.md, "Heartbeats only for quiet streams"). A
+   ping is written directly where an event would be (``Connection.request_ping``),
+   so it wakes no writer task.
 5. ``open`` is an async context manager whose ``finally`` unregisters,
    releases queued events, tells the broker and logs the end exactly once,
    whatever ended the stream.
@@ -80,8 +81,9 @@ Design decisions (read before changing):
     take it at once — live, nothing queued, its writer parked, a direct transport
     neither paused nor closing — with one ``transport.write`` of the chunk framed
     once for all (``Connection.push_now``). No queue, no budget, no pass: per
-    stream, what the raw floor hub pays plus a handful of checks (issue 16: the
-    queue-then-pass route cost 1.3-1.5x the floor per stream). Any stream that
+    stream, what the raw floor hub pays plus a handful of checks (the
+    queue-then-pass route costs well above the floor per stream: docs/performance.md,
+    "Latency against a raw floor"). Any stream that
     cannot take it is queued as before, and a hub that is behind queues
     everything, so coalescing is unchanged where it matters. The fan-out's writes
     count as a pass for the next event's test, with one difference: events that
