@@ -4,8 +4,8 @@ redis-py's asyncio connection packs every command in Python, one argument at a
 time: on a 1,000-event batch (about 8,000 script arguments) that packing is a large
 share of the worker's CPU (docs/performance.md, "Publishing"). hiredis, already
 installed as the reply parser, packs the same RESP bytes in C, and the call then
-goes straight to a pooled connection, skipping the per-call retry and command-name machinery that a single
-publish paid for as well.
+goes straight to a pooled connection, skipping the per-call retry and command-name
+machinery that a single publish pays for as well.
 
 Errors behave as redis-py's own call does: a connection that failed or was cut in
 the middle of a reply is disconnected before it returns to the pool, a script that
