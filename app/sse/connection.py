@@ -33,7 +33,12 @@ Design decisions (read before changing):
    (``ABORTED_CLOSES``) also aborts the stream's transport, when it has one:
    RST, with what the transport and the kernel still hold discarded, so a
    client that stopped reading cannot keep a send buffer alive
-   (:mod:`app.sse.stream_socket`). Other closes end the body gracefully.
+   (:mod:`app.sse.stream_socket`). Other closes end the body gracefully,
+   unless the transport still buffers bytes: its socket is full, so the client
+   is not reading and would never see a farewell, while a graceful close would
+   keep the transport and the kernel's send queue alive until it reads or the
+   server gives up (a draining worker would hold its memory through a reload).
+   Such a close aborts too; the client resumes with its last id.
 """
 
 from __future__ import annotations
@@ -355,10 +360,13 @@ class Connection:
         if self.close_reason is not None:
             return
         self.close_reason = reason
-        if reason in ABORTED_CLOSES and self.transport is not None:
+        transport = self.transport
+        if transport is not None and (
+            reason in ABORTED_CLOSES or transport.get_write_buffer_size()
+        ):
             # Before waking the writer: by the time it runs, the server knows the
             # client is gone and its last write returns at once.
-            abort_transport(self.transport)
+            abort_transport(transport)
         self._wake()
         if self.sending and self.writer is not None:
             self.writer.cancel()

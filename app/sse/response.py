@@ -30,9 +30,13 @@ Design decisions (read before changing):
    instant (an operator's close or drain, ``app.admin``, sets its own jittered
    value).
    If the client stopped reading, that last write is bounded by
-   ``FINAL_WRITE_TIMEOUT_SECONDS`` rather than awaited forever. Overflow and
-   idle closes abort the connection instead (``Connection.close``): the
-   browser reconnects after a reset just as after a clean end.
+   ``FINAL_WRITE_TIMEOUT_SECONDS`` rather than awaited forever, and a last
+   write the socket could not take (it stays in the transport's buffer) ends
+   in an abort: uvicorn's close would wait for that buffer to drain, and a
+   draining worker would hold its memory, and the box, until the client
+   reads. Overflow and idle closes abort the connection at once
+   (``Connection.close``): the browser reconnects after a reset just as
+   after a clean end.
 6. At stream open the socket's send buffer and the transport's write buffer
    are capped (:mod:`app.sse.stream_socket`), before the first byte is sent.
 7. A resume replays in pages (:mod:`app.sse.replays`): it waits for a turn
@@ -86,7 +90,7 @@ from app.sse.event import Event
 from app.sse.event_id import MAX_EVENT_ID_LENGTH
 from app.sse.hub import Hub, StreamRefusedError
 from app.sse.patterns import TopicPattern
-from app.sse.stream_socket import open_stream_transport
+from app.sse.stream_socket import abort_transport, open_stream_transport
 
 __all__ = [
     "DEFERRED_HEADER",
@@ -462,6 +466,9 @@ class HeraldStreamResponse(EventSourceResponse):
         # If the client stopped reading this times out; uvicorn closes the socket when we return.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(final, FINAL_WRITE_TIMEOUT_SECONDS)
+        transport = connection.transport
+        if transport is not None and transport.get_write_buffer_size():
+            abort_transport(transport)
 
     @staticmethod
     async def _watch_disconnect(connection: Connection, receive: Receive) -> None:

@@ -114,7 +114,7 @@ async def test_a_paged_replay_is_complete_in_order_and_once_with_live_events_aft
 ) -> None:
     granted = frozenset({"b"})
     published = await publish(hub, drafts(120))
-    await settled(hub, published[-1])
+    await settled(hub, in_order(published)[-1])
     cursor = published[9]
     patterns = (Prefix(""),) if pattern else ()
     async with hub.open(["a", "b"], private_channels=granted, patterns=patterns) as connection:
@@ -145,7 +145,9 @@ async def test_a_paged_replay_is_complete_in_order_and_once_with_live_events_aft
 
 async def settled(hub: Hub, newest: Event) -> None:
     """Wait until a replay's head covers ``newest``: on a cluster the head waits for every
-    shard's log to pass it (app.broker.redis_cluster, note 8); elsewhere it already does."""
+    shard's log to pass it (app.broker.redis_cluster, note 8); elsewhere it already does.
+    Pass the highest id (``in_order(...)[-1]``): a cluster's shards number independently,
+    so the last event published is not always the newest."""
     deadline = time.monotonic() + 10
     while (parse_event_id((await hub.broker.replay([], None)).head) or (0, 0)) < newest.key:
         assert time.monotonic() < deadline, "the head never passed the newest event"
@@ -163,7 +165,7 @@ async def test_a_page_is_bounded_in_events_and_bytes(hub: Hub) -> None:
     published = await publish(hub, [Draft(("a",), BODY) for _ in range(40)])
     big = (await hub.publish_drafts([Draft(("a",), b"data: " + b"y" * 2000 + b"\n")]))[0]
     published += [big, *await publish(hub, [Draft(("a",), BODY) for _ in range(5)])]
-    await settled(hub, published[-1])
+    await settled(hub, in_order(published)[-1])
     limit = PageLimit(events=6, bytes=300)
     replay = await hub.broker.replay(["a"], published[0].id, page=limit)
     pages = [replay.events]
@@ -178,7 +180,7 @@ async def test_a_page_is_bounded_in_events_and_bytes(hub: Hub) -> None:
 
 async def test_a_replay_without_page_is_whole(hub: Hub) -> None:
     published = await publish(hub, drafts(30))
-    await settled(hub, published[-1])
+    await settled(hub, in_order(published)[-1])
     replay: Replay = await hub.broker.replay(["a", "b"], published[0].id)
     assert replay.rest is None
     after = [e for e in in_order(published) if e.key > published[0].key]

@@ -273,3 +273,44 @@ def test_a_client_gone_before_the_stream_opens_is_no_error() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(opened_then_closed())
+
+
+@pytest.mark.integration
+async def test_shutdown_resets_a_client_that_stopped_reading_and_the_worker_exits() -> None:
+    # A graceful end would wait behind bytes the client never takes, and the worker would
+    # hold its memory until gunicorn's graceful timeout (25 s) while its successor boots.
+    server = gunicorn({"SSE_QUEUE_SIZE": "1000", "WEB_CONCURRENCY": "1"})
+    publisher = KeepAliveClient(HOST, server.port)
+    stalled = await open_sse(HOST, server.port, "/events/full", receive_buffer=SMALL_RECEIVE_BUFFER)
+    reader = await open_sse(HOST, server.port, "/events/quiet")
+    try:
+        while await open_connections(publisher) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        body = b"x" * 4000
+        for _ in range(200):  # 800 KB: past the socket's and the transport's caps
+            response = await publisher.post_text("/events/full", body)
+            assert response.status == 202, response.body
+        await reader.read_until(b"retry:")
+        await publisher.aclose()
+        assert server.process is not None
+        stopping = time.monotonic()
+        server.signal(signal.SIGTERM)
+        while "shutdown: closing 2 open streams" not in server.logs():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        assert await ends_with_reset(stalled), "a stalled stream must be reset at shutdown"
+        while not reader.body.finished:
+            try:
+                await reader.next_messages(timeout=10)
+            except EOFError:
+                break
+        assert reader.body.finished, "a reading stream still ends with its last chunk"
+        server.process.wait(10)
+        exited_after = time.monotonic() - stopping
+        reasons = close_reasons(server)
+    finally:
+        stalled.reset()
+        await reader.close()
+        server.close()
+    print(f"\nSIGTERM to exit with a stalled stream: {exited_after:.2f} s")
+    assert exited_after < 10
+    assert reasons["shutdown"] == 2
