@@ -229,6 +229,10 @@ class Hub:
         self._patterns_of: dict[Connection, tuple[TopicPattern, ...]] = {}
         self._connections: set[Connection] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Set once the server drains: a stream that registers later (it was opening when
+        # the shutdown's close swept the hub) is closed at once, or it would hold the
+        # process until the client leaves.
+        self._shutting_down = False
         # Connections with events to write directly, flushed once per loop iteration
         # (each at most once: Connection.flush_pending); bounded by the connections.
         self._to_flush: list[Connection] = []
@@ -261,6 +265,7 @@ class Hub:
         ]
 
     async def stop(self) -> None:
+        self._shutting_down = True
         self.close_all(CloseReason.SHUTDOWN)
         for task in self._tasks:
             task.cancel()
@@ -285,6 +290,7 @@ class Hub:
             await asyncio.sleep(SHUTDOWN_POLL_SECONDS)
         if self._connections:
             logger.info("shutdown: closing %d open streams", len(self._connections))
+        self._shutting_down = True
         self.close_all(CloseReason.SHUTDOWN)
 
     # --- publishing ------------------------------------------------------
@@ -474,6 +480,8 @@ class Hub:
                 on_ready=self._schedule_flush,
             )
             self._register(connection, stream_patterns)
+            if self._shutting_down:
+                connection.close(CloseReason.SHUTDOWN)
             subscribed: list[str] = []
             watching = False
             try:

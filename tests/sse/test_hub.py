@@ -259,6 +259,24 @@ async def test_admission_check_refusal_is_raised(make_hub: MakeHub) -> None:
         assert hub.connection_count == 1
 
 
+async def test_a_stream_opened_while_the_server_drains_is_closed_at_once(
+    make_hub: MakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was opening when shutdown swept the hub; left open it would hold the process.
+    draining = False
+    monkeypatch.setattr("app.sse.hub.shutdown_requested", lambda: draining)
+    hub = await make_hub()
+    async with hub.subscribe(["a"]) as (before, _):
+        draining = True
+        deadline = time.monotonic() + 5
+        while before.close_reason is None:
+            assert time.monotonic() < deadline, "the shutdown sweep never closed the stream"
+            await asyncio.sleep(0.02)
+        async with hub.subscribe(["a"]) as (late, _):
+            assert late.close_reason is CloseReason.SHUTDOWN
+    assert before.close_reason is CloseReason.SHUTDOWN
+
+
 # --- housekeeping ------------------------------------------------------------------
 
 
