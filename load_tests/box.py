@@ -50,7 +50,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -70,6 +70,7 @@ from load_tests.box_clients import (
 
 # chaos.py's helpers: SIGTERM unwinds like Ctrl-C, and render.yaml's gunicorn from this venv.
 from load_tests.chaos import _gunicorn, _terminate_as_exit
+from load_tests.checkout import checkout
 from load_tests.generator import raise_open_file_limit
 
 # raw_http's head parser is private to it but exactly what a tried-once publish needs.
@@ -143,6 +144,7 @@ class Options:
     env: tuple[tuple[str, str], ...] = ()
     json_path: str | None = None
     keep_log: str | None = None
+    before: str | None = None  # a commit to run the same mix against first
 
 
 MIXES: dict[str, dict[str, Any]] = {
@@ -860,8 +862,9 @@ def _mib(value: int | float) -> str:
     return f"{value / MIB:.1f} MiB"
 
 
-def run(options: Options) -> dict[str, Any]:
-    """Set the box up, drive the crowds, take everything down; the figures."""
+def run(options: Options, *, serve_from: Path = REPO_ROOT) -> dict[str, Any]:
+    """Set the box up, drive the crowds, take everything down; the figures. ``serve_from``:
+    the checkout whose code (and gunicorn.conf.py) serves, with this checkout's blueprint."""
     if REDIS_SERVER is None:
         raise BoxError("redis-server is not installed")
     raise_open_file_limit()
@@ -883,7 +886,9 @@ def run(options: Options) -> dict[str, Any]:
         except CgroupError as exc:
             raise BoxError(str(exc)) from None
         stack.callback(group.remove)
-        server = ServerProcess(env, argv=[*_gunicorn(), "app.main:app"], preexec_fn=group.join_self)
+        server = ServerProcess(
+            env, argv=[*_gunicorn(), "app.main:app"], preexec_fn=group.join_self, cwd=serve_from
+        )
         stack.callback(server.close)
         try:
             server.start()
@@ -939,7 +944,9 @@ def summary(run: Run) -> dict[str, Any]:
         "load_average": list(run.load_average),
         "mix": options.mix,
         "options": {
-            **{k: v for k, v in vars_of(options).items() if k not in ("env", "json_path")},
+            **{
+                k: v for k, v in vars_of(options).items() if k not in ("env", "json_path", "before")
+            },
             "env_overrides": dict(options.env),
         },
         "cgroup_version": run.cgroup_version,
@@ -1247,13 +1254,24 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON ('-': stdout)")
     parser.add_argument("--keep-log", metavar="PATH", help="copy gunicorn's log here")
+    parser.add_argument(
+        "--before",
+        metavar="COMMIT",
+        help="first run the same mix served from COMMIT (this checkout's blueprint), then "
+        "this checkout, and print both with a before/after table",
+    )
     args = parser.parse_args(argv)
     options = replace(Options(mix=args.mix), **MIXES[args.mix])
     explicit = {
         name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name) is not None
     }
     options = replace(
-        options, **explicit, env=tuple(args.env), json_path=args.json, keep_log=args.keep_log
+        options,
+        **explicit,
+        env=tuple(args.env),
+        json_path=args.json,
+        keep_log=args.keep_log,
+        before=args.before,
     )
     if options.duration <= 0 or options.limit_mb <= 0 or options.steady_rate <= 0:
         parser.error("--duration, --limit-mb and --steady-rate must be positive")
@@ -1268,18 +1286,56 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return options
 
 
+COMPARED: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("OOM kills", lambda f: f"{f['oom_kills']}"),
+    ("worker deaths", lambda f: f"{f['worker_deaths']}"),
+    ("peak ws + sockets", lambda f: _mib(f["memory"]["peak_total_bytes"])),
+    ("idle open and fed", lambda f: _fed(f["crowds"].get("idle"))),
+    (
+        "/health within 3 s",
+        lambda f: f"{f['health']['answered_in_time']} of {f['health']['probes']}",
+    ),
+    ("after - idle", lambda f: _mib(f["memory"]["after_minus_idle_bytes"] or 0)),
+    ("targets met", lambda f: f"{sum(t['met'] for t in f['targets'])} of {len(f['targets'])}"),
+)
+"""The rows of the before/after table: a name and how to read it from a run's figures."""
+
+
+def _fed(idle: dict[str, Any] | None) -> str:
+    if not idle or not idle["browsers"]:
+        return "no idle crowd"
+    return f"{idle['fed_now']:,} ({idle['fed_now'] / idle['browsers']:.1%})"
+
+
+def format_comparison(before: dict[str, Any], after: dict[str, Any], commit: str) -> str:
+    lines = [f"before ({commit}) / after (this checkout), same mix, one run after the other:"]
+    for name, read in COMPARED:
+        lines.append(f"  {name:<22}{read(before):>18}{read(after):>18}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     try:
         with _terminate_as_exit():
+            before = None
+            if options.before is not None:
+                with checkout(options.before) as directory:
+                    before = run(replace(options, keep_log=None), serve_from=directory)
             figures = run(options)
     except BoxError as exc:
         print(f"box: {exc}", file=sys.stderr)
         return 2
+    if before is not None:
+        figures["before"] = {"commit": options.before, **before}
     if options.json_path == "-":
         print(json.dumps(figures, indent=2))
     else:
+        if before is not None:
+            print(format_report(before), end="\n\n")
         print(format_report(figures))
+        if before is not None:
+            print(format_comparison(before, figures, str(options.before)))
         if options.json_path:
             Path(options.json_path).write_text(json.dumps(figures, indent=2) + "\n")
     return 0 if figures["passed"] else 1
