@@ -153,7 +153,10 @@ MIXES: dict[str, dict[str, Any]] = {
     "storm": {"storm": "term"},
     # The same through a gunicorn reload: every worker replaced at once.
     "reload": {"storm": "hup"},
-    "big-events": {"busy_event_bytes": 60_000, "busy_rate": 50.0},
+    # 64 KB events at 5/s: more bytes per second per reader than the default mix, in events
+    # each larger than a socket's send buffer. (At 50/s the fan-out outruns two cores
+    # before it troubles memory: docs/performance.md, "Box".)
+    "big-events": {"busy_event_bytes": 64_000, "busy_rate": 5.0},
     "responses": {"responders": 300},
     "mercure": {"mercure": 2000},
     "all": {"storm": "term", "responders": 300, "mercure": 2000},
@@ -1223,7 +1226,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         choices=sorted(MIXES),
         default="default",
         help="storm: SIGTERM the busiest worker halfway; reload: HUP the master halfway; "
-        "big-events: 60 KB events on the busy channel at 50/s; responses: 300 clients running "
+        "big-events: 64 KB events on the busy channel at 5/s; responses: 300 clients running "
         "echo responses at MAX_INPUT_CHARS; mercure: 2,000 Mercure subscribers; all: "
         "storm + responses + mercure. Options given explicitly override the mix's.",
     )
