@@ -111,7 +111,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Container, Iterable, Sequence
 from dataclasses import dataclass
 
-from app.broker.base import Broker, Draft, PageLimit, Replay, ReplayPages
+from app.broker.base import (
+    Broker,
+    BrokerUnavailableError,
+    Draft,
+    PageLimit,
+    Replay,
+    ReplayPages,
+)
 from app.core.config import Settings
 from app.limits import ClientLimits, LimitExceededError, LocalClientLimits, StreamLease
 from app.sse.chunked_write import frame_chunk
@@ -343,6 +350,27 @@ class Hub:
         ``private`` event reaches only subscribers granted one of its channels."""
         published = await self.publish_drafts([self.draft(channels, data, event, private=private)])
         return published[0].id
+
+    # --- positions, for the fronts ----------------------------------------
+
+    async def head_id(self) -> str | None:
+        """The newest position of the sequence (what a new stream goes live after), or None
+        while the broker cannot answer."""
+        try:
+            return (await self.broker.replay([], None)).head
+        except BrokerUnavailableError:
+            return None
+
+    async def can_resume_after(self, event_id: str) -> bool | None:
+        """Whether a stream can resume exactly after ``event_id``: a position this broker
+        issued, or a publisher's own id while its event is retained. False when such a
+        stream would be told ``reset`` instead (an unknown id, history gone); None while the
+        broker cannot answer (the stream resolves the id itself once it can)."""
+        try:
+            replay = await self.broker.replay([], event_id)
+        except BrokerUnavailableError:
+            return None
+        return not replay.reset
 
     def subscriber_count(self, channels: str | Sequence[str]) -> int:
         """Local streams subscribed to ``channels`` (a stream on several counts once)."""
@@ -680,6 +708,10 @@ class Hub:
     @property
     def channel_count(self) -> int:
         return len(self._channels)
+
+    def broker_stats(self) -> dict[str, object]:
+        """The broker's own figures: its URL (credentials redacted) and ``state``."""
+        return self.broker.stats()
 
     def stats(self) -> dict[str, object]:
         counters = self.counters

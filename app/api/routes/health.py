@@ -17,6 +17,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import DrainStateDep, HubDep, MemoryGuardDep
+from app.sse.hub import DEFAULT_RETRY_AFTER_SECONDS
 
 __all__ = ["router"]
 
@@ -25,7 +26,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", responses={503: {"description": "The broker is unreachable"}})
 async def health(hub: HubDep, guard: MemoryGuardDep, drain: DrainStateDep) -> JSONResponse:
-    broker = hub.broker.stats()
+    broker = hub.broker_stats()
     ok = broker.get("state") == "ok"
     body = {
         "status": "ok" if ok else "degraded",
@@ -40,4 +41,6 @@ async def health(hub: HubDep, guard: MemoryGuardDep, drain: DrainStateDep) -> JS
     if ok:
         return JSONResponse(body)
     body["detail"] = f"the broker is unavailable (state: {broker.get('state')})"
-    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(
+        body, status_code=503, headers={"Retry-After": str(DEFAULT_RETRY_AFTER_SECONDS)}
+    )
