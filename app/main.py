@@ -1,4 +1,5 @@
-"""Wiring only: settings → broker → hub → responses → memory guard → cluster view → routes.
+"""Wiring only: settings → broker → hub → publish service → responses → memory guard →
+cluster view → routes.
 
 ``app`` is the ASGI entry point."""
 
@@ -46,6 +47,7 @@ from app.mercure.subscriptions import SubscriptionRegistry
 from app.middleware.memory_headers import MemoryHeadersMiddleware
 from app.middleware.publish_fast_path import HeraldApp, PublishFastPath, wrap_user_middleware
 from app.middleware.stream_fast_path import StreamFastPath
+from app.publishing import PublishService
 from app.responses.producers.base import Producer
 from app.responses.service import ResponseService, build_producers
 from app.serving.collector import tune_collector
@@ -114,8 +116,10 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         bus_handler = HandlerRouter(actions.answer)
         bus_handler.add(SUBSCRIPTIONS_KIND, gather.answer)
         app.state.hub = hub
+        publish_service = PublishService(settings, hub)
+        app.state.publish_service = publish_service
         assert isinstance(app, HeraldApp)  # built below; Starlette types the argument wider
-        app.publishing = PublishContext(settings, hub, app.state.proxies, tokens)
+        app.publishing = PublishContext(settings, publish_service, app.state.proxies, tokens)
         app.state.responses = service
         app.state.memory = guard
         app.state.cluster = cluster

@@ -7,8 +7,9 @@ Publishers present ``PUBLISH_TOKEN`` (the simple mode) or a JWT with publish
 grants, by ``Authorization: Bearer`` only.
 
 A publisher is checked in two steps, so a request naming many channels (a
-batch) verifies its token once: ``publisher_grants`` (who it is: 401, or 403
-for a wrong simple token) and ``check_publish`` per channel (403).
+batch) verifies its token once: ``publisher_grants`` here (who it is: 401, or
+403 for a wrong simple token), then the publish service's grant check per
+channel (403, :mod:`app.publishing`), which the Mercure hub's publish shares.
 
 Failures map to one status each: 401 for a missing-when-required, malformed,
 expired or badly signed token; 403 for a valid token that does not grant the
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from fastapi import HTTPException, Request
 
@@ -33,7 +34,6 @@ __all__ = [
     "authorize_subscriber",
     "bearer_from_header",
     "bearer_token",
-    "check_publish",
     "is_loopback",
     "publisher_grants",
     "subscriber_token",
@@ -107,7 +107,7 @@ def publisher_grants(
 ) -> Grants | None:
     """Who is publishing: None when it may publish on every channel (the publish token,
     or loopback while no publish credential is configured), else its JWT's grants for
-    ``check_publish``. Raises 401/403."""
+    the publish service's grant check. Raises 401/403."""
     simple = settings.publish_token
     if token is None:
         if simple is None and not verifier.enabled:
@@ -127,13 +127,3 @@ def publisher_grants(
     if not verifier.enabled:
         raise HTTPException(403, "invalid publish token")
     return _verify(verifier, token)
-
-
-def check_publish(grants: Grants | None, channels: Iterable[str], where: str = "") -> None:
-    """403 unless ``grants`` (from ``publisher_grants``) cover every one of ``channels``;
-    ``where`` prefixes the detail (a batch names the item)."""
-    if grants is None:
-        return
-    for channel in channels:
-        if not grants.can_publish(channel):
-            raise HTTPException(403, f"{where}token does not grant publishing to {channel!r}")

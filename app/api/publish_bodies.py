@@ -1,10 +1,12 @@
-"""Reading a publish request's body: one event, or a batch of them (who may publish is
-``app.auth.requests``; what happens next is ``app.api.publish_handler``).
+"""Herald's publish bodies: one event, or a batch of them, as ``PublishItem``s for the
+publish service (:mod:`app.publishing`, which also reads the body; who may publish is
+``app.auth.requests``).
 
 Pure functions of the bytes and headers, no framework objects, so the ASGI fast
 path and the FastAPI route share them and every rule can be tested directly.
-Each failure maps to exactly one status: 413 for size, 415 for an unsupported
-content type, 422 for anything malformed — in a batch, naming the item's index.
+Each failure maps to exactly one status: 413 for a batch of too many events, 415
+for an unsupported content type, 422 for anything malformed — in a batch, naming
+the item's index.
 Nothing is published unless every check passed.
 
 Bodies:
@@ -19,74 +21,19 @@ Bodies:
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from fastapi import HTTPException
 
-__all__ = [
-    "ClientGoneError",
-    "PublishItem",
-    "is_json",
-    "parse_batch",
-    "parse_single",
-    "read_body",
-]
+from app.publishing import PublishItem
+
+__all__ = ["is_json", "parse_batch", "parse_single"]
 
 SINGLE_FIELDS = frozenset({"data", "event", "private", "channels"})
 ITEM_FIELDS = SINGLE_FIELDS | {"channel"}
 _SINGLE_SHAPE = '{"data": ..., "event": "name"}'
 _ITEM_SHAPE = '{"channel": "name", "data": ...}'
 _MISSING = object()
-
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-
-
-class ClientGoneError(Exception):
-    """The client disconnected before its body arrived: nothing to publish, nobody to answer."""
-
-
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs per field
-class PublishItem:
-    """One event as the client asked for it; channels are checked by the hub."""
-
-    channels: list[str]
-    data: object
-    event: str | None = None
-    private: bool = False
-
-
-async def read_body(receive: Receive, declared: bytes | None, limit: int, setting: str) -> bytes:
-    """The whole request body, or 413 as soon as it is known to exceed ``limit``."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit, setting)
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if message["type"] != "http.request":
-        raise ClientGoneError
-    if not message.get("more_body", False):  # the usual case: one message
-        if len(body) > limit:
-            raise _too_large(limit, setting)
-        return body
-    buffer = bytearray(body)
-    while True:
-        if len(buffer) > limit:
-            raise _too_large(limit, setting)
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientGoneError
-        buffer += message.get("body", b"")
-        if not message.get("more_body", False):
-            break
-    if len(buffer) > limit:
-        raise _too_large(limit, setting)
-    return bytes(buffer)
-
-
-def _too_large(limit: int, setting: str) -> HTTPException:
-    return HTTPException(413, f"body larger than {setting} ({limit} bytes)")
 
 
 def is_json(media_type: str) -> bool:
@@ -109,10 +56,10 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _json(body: bytes) -> object:
-    # orjson parses a batch in a fifth of the stdlib's time. It is strict RFC 8259, so it
-    # accepts nothing the stdlib decoder below refuses; what it refuses goes to that decoder,
-    # which either takes it (integers past 64 bits, lone surrogate escapes) or names the
-    # problem in the 422 exactly as before.
+    # orjson parses a batch several times faster than the stdlib (docs/performance.md). It is
+    # strict RFC 8259, so it accepts nothing the stdlib decoder below refuses; what it refuses
+    # goes to that decoder, which either takes it (integers past 64 bits, lone surrogate
+    # escapes) or names the problem in the 422.
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
