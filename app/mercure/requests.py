@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -60,6 +60,8 @@ class Presented:
     grants: MercureGrants
     by_cookie: bool
     expires_at: float | None  # the token's exp (seconds since the epoch)
+    # The token itself, for the publisher's rate bucket (hashed there); never shown.
+    token: str | None = field(default=None, repr=False)
 
     @property
     def anonymous(self) -> bool:
@@ -112,7 +114,7 @@ def authenticate(request: Request, settings: Settings, verifier: TokenVerifier) 
         raise MercureRefusal(
             401, f"invalid token: {exc}", "invalid_token", challenge=True
         ) from None
-    return Presented(grants, by_cookie, float(expires))
+    return Presented(grants, by_cookie, float(expires), token)
 
 
 def same_origin(request: Request) -> bool:

@@ -4,7 +4,9 @@ subscription API under it, and the protected resource metadata (RFC 9728).
 One hub underneath: a Mercure topic is a Herald channel of the same name, so a
 Mercure update and a Herald event are the same event in the same sequence, with
 the same history, backplane, limits, memory guard and metrics. Topics here follow
-Mercure's rules (``app.mercure.topics``), not Herald's channel-name pattern.
+Mercure's rules (``app.mercure.topics``), not Herald's channel-name pattern. A publish
+goes through the publish service of Herald's own (``app.publishing``): one rate per
+publisher, the same grant check, the same broker call and the same 503.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import client_address
-from app.broker.base import BrokerUnavailableError
 from app.mercure.gather import GatherBusy, SubscriptionGather, SubscriptionQuery
 from app.mercure.grants import AUTHORIZATION_DETAIL_TYPE, ReadGrant
 from app.mercure.matchers import (
@@ -44,6 +45,14 @@ from app.mercure.subscriptions import (
     new_subscriber_id,
 )
 from app.mercure.topics import EARLIEST, HUB_PATH, forbidden_character
+from app.publishing import (
+    ClientGoneError,
+    PublishForbiddenError,
+    PublishRefusedError,
+    PublishService,
+    read_body,
+)
+from app.sse.hub import DEFAULT_RETRY_AFTER_SECONDS
 
 __all__ = ["router"]
 
@@ -116,11 +125,9 @@ async def _resume_point(request: Request, requested: str) -> str:
     Also the value of the ``Mercure-Last-Event-ID`` response header."""
     if requested == EARLIEST:
         return EARLIEST
-    try:
-        probe = await request.app.state.hub.broker.replay([], requested)
-    except BrokerUnavailableError:
-        return requested  # the stream waits for the broker and resolves it then
-    return EARLIEST if probe.reset else requested
+    # None: the broker cannot answer now; the stream waits for it and resolves the id then.
+    resumable = await request.app.state.hub.can_resume_after(requested)
+    return EARLIEST if resumable is False else requested
 
 
 @router.get(HUB_PATH, summary="Subscribe (Mercure)", response_model=None)
@@ -153,7 +160,11 @@ async def subscribe(request: Request) -> Response:
     try:
         registry.check_room(len(subscriptions))
     except SubscriptionsFull as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(
+            {"detail": str(exc)},
+            status_code=503,
+            headers={"Retry-After": str(DEFAULT_RETRY_AFTER_SECONDS)},
+        )
     exact = tuple(dict.fromkeys(m.source for _, m in matchers if m.is_exact))
     patterns = tuple(dict.fromkeys(m for _, m in matchers if not m.is_exact))
     return MercureStreamResponse(
@@ -170,21 +181,13 @@ async def subscribe(request: Request) -> Response:
     )
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PublishTooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @router.post(HUB_PATH, summary="Publish (Mercure)", response_model=None)
 async def publish(request: Request) -> Response:
+    # Who may publish and the form are Mercure's; the rate, the grants, the broker and their
+    # order are the publish service's (app.publishing), as for Herald's own publish.
     state = request.app.state
     settings = state.settings
+    service: PublishService = state.publish_service
     try:
         presented = authenticate(request, settings, state.tokens)
         if presented.anonymous:
@@ -193,35 +196,43 @@ async def publish(request: Request) -> Response:
             raise MercureRefusal(
                 403, "a publish authorized by cookie must come from this origin", challenge=False
             )
+        await service.check_rate(presented.token, client_address(request))
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise _bad("the body must be application/x-www-form-urlencoded")
+        declared = request.headers.get("content-length")
+        body = await read_body(
+            request.receive,
+            None if declared is None else declared.encode("latin-1"),
+            settings.mercure_max_body_bytes,
+            "MERCURE_MAX_BODY_BYTES",
+        )
         update = parse_update(
-            await _body(request, settings.mercure_max_body_bytes),
+            body,
             hub_url=hub_url(settings),
             max_topics=settings.mercure_max_topics,
             max_field_length=settings.mercure_max_matcher_length,
         )
-        if not all(presented.grants.can_publish(topic) for topic in update.topics):
-            raise MercureRefusal(
-                403,
-                "the token does not grant publishing to every topic",
-                "insufficient_scope",
-                challenge=True,
-            )
+        draft = service.encoded_draft(
+            update.topics, encode_update(update), private=update.private, event_id=update.id
+        )
+        service.check_grants(presented.grants, [draft])
+        (event,) = await service.publish([draft])
     except MercureRefusal as refusal:
         return _refused(request, refusal)
+    except PublishForbiddenError as exc:
+        forbidden = MercureRefusal(403, exc.detail, "insufficient_scope", challenge=True)
+        return _refused(request, forbidden)
+    except PublishRefusedError as exc:
+        retry = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=retry)
     except PublishRejected as exc:
         return JSONResponse({"detail": str(exc)}, status_code=400)
     except PublishTooLarge as exc:
         return JSONResponse({"detail": str(exc)}, status_code=413)
-    try:
-        event_id = await state.hub.publish_frame(
-            update.topics, encode_update(update), private=update.private, event_id=update.id
-        )
-    except BrokerUnavailableError as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
-    return Response(event_id, media_type="text/plain; charset=utf-8")
+    except ClientGoneError:  # the client went away before its body arrived: nobody reads this
+        return Response(status_code=400)
+    return Response(event.id, media_type="text/plain; charset=utf-8")
 
 
 @router.get(METADATA_PATH, summary="Protected resource metadata (RFC 9728)")
@@ -239,11 +250,8 @@ async def metadata(request: Request) -> dict[str, Any]:
 
 
 async def _head_id(request: Request) -> str:
-    try:
-        head = (await request.app.state.hub.broker.replay([], None)).head
-    except BrokerUnavailableError:
-        return EARLIEST
-    return str(head)
+    head: str | None = await request.app.state.hub.head_id()
+    return EARLIEST if head is None else head
 
 
 @router.get(SUBSCRIPTIONS_PATH, summary="Active subscriptions (Mercure)", response_model=None)
