@@ -1,7 +1,7 @@
 """Wiring only: settings → broker → hub → publish service → responses → memory guard →
 cluster view → routes.
 
-``app`` is the ASGI entry point."""
+``app`` is the ASGI entry point, a :class:`app.asgi.HeraldApp`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from app.api.routes import (
     metrics,
     responses,
 )
+from app.asgi import HeraldApp
 from app.auth.client_address import TrustedProxies
 from app.auth.tokens import TokenVerifier
 from app.broker import create_broker
@@ -45,8 +46,6 @@ from app.mercure import routes as mercure
 from app.mercure.gather import SUBSCRIPTIONS_KIND, SubscriptionGather
 from app.mercure.subscriptions import SubscriptionRegistry
 from app.middleware.memory_headers import MemoryHeadersMiddleware
-from app.middleware.publish_fast_path import HeraldApp, PublishFastPath, wrap_user_middleware
-from app.middleware.stream_fast_path import StreamFastPath
 from app.publishing import PublishService
 from app.responses.producers.base import Producer
 from app.responses.service import ResponseService, build_producers
@@ -153,15 +152,8 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
             await service.stop()
             await hub.stop()
 
-    app = HeraldApp(title="Herald", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.tokens = tokens
-    app.state.proxies = TrustedProxies(settings.trusted_proxies)
-    app.state.admin_streams = admin_stream.StreamSlots(settings.admin_stream_max_connections)
-    app.state.mercure_subscriptions = SubscriptionRegistry(settings.mercure_subscriptions_max)
-    # Outermost first. Streams: added first, so StreamFastPath is the innermost middleware
-    # and CORS and the rest still wrap it. Publishes: answered in front of the whole stack
-    # by PublishFastPath inside the same user middleware (app.middleware.publish_fast_path).
+    # Outermost first. HeraldApp wraps both of its doors in these: FastAPI's stack and the
+    # fast path for /events (app.asgi).
     user_middleware: list[Middleware] = []
     if settings.memory_headers:
         user_middleware.append(Middleware(MemoryHeadersMiddleware))
@@ -177,10 +169,12 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
                 expose_headers=["Link", "Mercure-Last-Event-ID"],
             )
         )
-    app.add_middleware(StreamFastPath)
-    for cls, args, kwargs in reversed(user_middleware):
-        app.add_middleware(cls, *args, **kwargs)
-    app.publish_front = wrap_user_middleware(PublishFastPath(), user_middleware)
+    app = HeraldApp(title="Herald", version="0.1.0", lifespan=lifespan, middleware=user_middleware)
+    app.state.settings = settings
+    app.state.tokens = tokens
+    app.state.proxies = TrustedProxies(settings.trusted_proxies)
+    app.state.admin_streams = admin_stream.StreamSlots(settings.admin_stream_max_connections)
+    app.state.mercure_subscriptions = SubscriptionRegistry(settings.mercure_subscriptions_max)
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(responses.router)

@@ -1,13 +1,13 @@
 """Herald's publish front: one ``POST /events…`` request, from the ASGI scope to the answer.
 
-:class:`app.middleware.publish_fast_path.PublishFastPath` answers every publish with
-:func:`handle_publish` before FastAPI sees it; the documented routes in
-``app.api.routes.events`` call the same function (they are what the OpenAPI schema
-shows, and what answers if the fast path is not installed). So the rules, status
-codes and ``{"detail": ...}`` bodies cannot drift apart. What this front does itself
-is read who is publishing (Herald's publish token or JWT) and its JSON body
-(:mod:`app.api.publish_bodies`); the rules after that, and their order, are the
-publish service's (:mod:`app.publishing`), which the Mercure hub's publish follows too.
+:class:`app.asgi.EventsFastPath` answers every publish with :func:`handle_publish`
+before FastAPI sees it; the documented routes in ``app.api.routes.events`` call the
+same function (they are what the OpenAPI schema shows, and what answers if the fast
+path is not installed). So the rules, status codes and ``{"detail": ...}`` bodies
+cannot drift apart. What this front does itself is read who is publishing (Herald's
+publish token or JWT) and its JSON body (:mod:`app.api.publish_bodies`); the rules
+after that, and their order, are the publish service's (:mod:`app.publishing`), which
+the Mercure hub's publish follows too.
 
 Design decisions (read before changing):
 

@@ -1,8 +1,8 @@
 """Opening a subscriber stream from a request: channels, grants, resume point.
 
 One function serves both doors to ``GET /events``: the documented FastAPI routes
-(which also answer ``HEAD``) and :class:`app.middleware.stream_fast_path.StreamFastPath`,
-which opens the endless ``GET`` streams without FastAPI's per-request machinery.
+(which also answer ``HEAD``) and :class:`app.asgi.EventsFastPath`, which opens the
+endless ``GET`` streams without FastAPI's per-request machinery.
 Refusals are ``HTTPException`` so both doors answer them the same way.
 """
 

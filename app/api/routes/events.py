@@ -78,7 +78,7 @@ async def subscribe_many(
 ) -> HeraldStreamResponse:
     """Stream several channels in one connection; one ``Last-Event-ID`` resumes them all.
 
-    ``GET`` is answered by ``StreamFastPath`` before it reaches this route (same
+    ``GET`` is answered by ``EventsFastPath`` before it reaches this route (same
     rules, less memory per open stream); this route documents it and answers ``HEAD``."""
     return open_stream(request, channel, last_event_id)
 
@@ -96,7 +96,7 @@ async def subscribe(
     last_event_id: Annotated[str | None, Query(max_length=MAX_LAST_EVENT_ID_QUERY)] = None,
 ) -> HeraldStreamResponse:
     """Stream one channel. Resume with the ``Last-Event-ID`` header or ``?last_event_id=``.
-    (``GET`` is served by ``StreamFastPath``, as for ``/events``.)"""
+    (``GET`` is served by ``EventsFastPath``, as for ``/events``.)"""
     return open_stream(request, [channel], last_event_id)
 
 
@@ -119,7 +119,7 @@ async def publish(channel: str, request: Request) -> Response:
     "event": "name", "private": false, "channels": [...]}`` or a ``text/plain`` body. A
     private event reaches only subscribers granted one of its channels.
 
-    Answered by ``PublishFastPath`` before it reaches this route (same function, same
+    Answered by ``EventsFastPath`` before it reaches this route (same function, same
     rules); this route documents it."""
     return _as_response(
         await handle_publish(request.app.publishing, request.scope, request.receive, channel)
@@ -137,7 +137,7 @@ async def publish_batch(request: Request) -> Response:
     ``"channels": [...]``) plus the single-publish fields, up to ``PUBLISH_BATCH_MAX``
     events and ``MAX_BATCH_BYTES``. All or nothing: any invalid item is a 422 naming its
     index; ids come back in request order. A single JSON object publishes one event.
-    (Answered by ``PublishFastPath``, as for single publishes.)"""
+    (Answered by ``EventsFastPath``, as for single publishes.)"""
     return _as_response(
         await handle_publish(request.app.publishing, request.scope, request.receive, None)
     )
