@@ -35,7 +35,7 @@ from redis.utils import str_if_bytes
 
 from app.broker.base import BrokerUnavailableError
 from app.broker.cluster_url import ClusterURL
-from app.broker.redis_entries import (
+from app.broker.redis_connections import (
     COMMAND_TIMEOUT_SECONDS,
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_MAX_CONNECTIONS,

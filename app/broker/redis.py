@@ -54,16 +54,7 @@ Design decisions (read before changing):
 
 9. Publishing is one script call for many events: a batch (``POST /events``)
    is one call, numbered with one ``INCRBY``, and single publishes from
-   concurrent requests share calls too — each publish joins a queue, and a
-   flusher task sends everything queued as one call, with at most
-   ``PUBLISH_CALLS_IN_FLIGHT`` calls in flight (no timer: an idle broker sends
-   at once, a busy one sends bigger calls). Calls may run concurrently
-   because Redis numbers the events, not we: each call is atomic, and the
-   reader delivers in log order whatever order the answers come back in.
-   A request's events are contiguous in one call, so a batch
-   stays all or none and in order. The queue is bounded by the requests in
-   flight (each bounded by ``MAX_BATCH_BYTES``); a call carries at most
-   ``PUBLISH_CALL_EVENTS`` events unless one request alone has more.
+   concurrent requests share calls too (``app.broker.publish_queue``).
 10. An event on several channels is one log entry whose channel field lists
    them (newline-separated: no channel or topic holds a control character), appended to each
    channel's stream under its one id; channel entries carry the list too (only
@@ -92,13 +83,13 @@ import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from app.broker.base import (
     UNBOUNDED_PAGE,
-    Broker,
     BrokerUnavailableError,
     Draft,
     EventListener,
@@ -109,30 +100,28 @@ from app.broker.base import (
 )
 from app.broker.packed_script import call_script
 from app.broker.pages import ReadSize, cut_page
-from app.broker.redis_entries import (
+from app.broker.publish_queue import CallResult
+from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
+from app.broker.redis_base import RedisBrokerBase
+from app.broker.redis_connections import (
     BACKOFF_INITIAL_SECONDS,
     BACKOFF_MAX_SECONDS,
-    CHANNEL_FIELD,
     COMMAND_TIMEOUT_SECONDS,
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_MAX_CONNECTIONS,
-    NUMBER_FIELD,
-    PREVIOUS_FIELD,
-    PUBLISH_CALLS_IN_FLIGHT,
-    PUBLISH_SCRIPT,
     READ_BLOCK_MS,
     READ_COUNT,
     READER_SOCKET_TIMEOUT_SECONDS,
     READER_STOP_SECONDS,
-    UNAVAILABLE,
-    LocalInterest,
-    PendingPublish,
+)
+from app.broker.redis_entries import (
+    CHANNEL_FIELD,
+    NUMBER_FIELD,
+    channel_lost,
     channels_of,
     entry_event,
     key_of,
-    next_call,
-    publish_arguments,
-    redact_url,
+    log_lost,
 )
 from app.sse.encoding import encode_frame
 from app.sse.event import Event
@@ -144,9 +133,21 @@ logger = logging.getLogger("herald.broker")
 
 DEFAULT_KEY_PREFIX = "herald"
 DEFAULT_LOG_SIZE = 10_000
+UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
 
 
-class RedisBroker(LocalInterest, Broker):
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs and stats."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisBroker(RedisBrokerBase):
     def __init__(
         self,
         url: str,
@@ -158,21 +159,20 @@ class RedisBroker(LocalInterest, Broker):
         block_ms: int = READ_BLOCK_MS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
-        self.url = url
-        self.max_connections = max_connections
-        self.history_size = max(1, history_size)
-        self.log_size = max(1, log_size)
-        self.channel_ttl_ms = int(channel_ttl_seconds * 1000)
-        self.key_prefix = key_prefix
+        super().__init__(
+            url,
+            history_size=history_size,
+            channel_ttl_seconds=channel_ttl_seconds,
+            key_prefix=key_prefix,
+            log_size=log_size,
+            block_ms=block_ms,
+            max_connections=max_connections,
+            name="redis",
+            where=f"redis at {redact_url(url)}",
+            unavailable=UNAVAILABLE,
+        )
         self.log_key = f"{key_prefix}:log"
         self.counter_key = f"{key_prefix}:log:n"
-        self.block_ms = block_ms
-        self.state = "disconnected"
-        self.reconnects = 0
-        self.read_errors = 0
-        self.resyncs = 0
-        self._listener: EventListener | None = None
-        self._resync: ResyncListener | None = None
         self._commands: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
         self._publish: Any = None  # redis-py's Script (EVALSHA, reloaded after a restart)
@@ -181,13 +181,7 @@ class RedisBroker(LocalInterest, Broker):
         self._position: bytes | None = None
         self._number = 0
         self._verify_after_error = False
-        LocalInterest.__init__(self)
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        # Publishes waiting for the next script call, and the task sending them (note 9).
-        self._pending: list[PendingPublish] = []
-        self._flushers: set[asyncio.Task[None]] = set()
-        self.publish_calls = 0
 
     # --- keys ------------------------------------------------------------
 
@@ -252,13 +246,7 @@ class RedisBroker(LocalInterest, Broker):
 
     async def disconnect(self) -> None:
         self._closing = True
-        if self._flushers:
-            # Publishes in flight get their answer (or 503) before the pool closes.
-            await asyncio.wait(set(self._flushers), timeout=READER_STOP_SECONDS)
-        for pending in self._pending:
-            if not pending.future.done():
-                pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
-        self._pending = []
+        await self._publishing.close(READER_STOP_SECONDS)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -282,13 +270,7 @@ class RedisBroker(LocalInterest, Broker):
         assert self._publish is not None, "connect() first"
         if not drafts:
             return []
-        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        self._pending.append(PendingPublish(drafts, future))
-        if len(self._flushers) < PUBLISH_CALLS_IN_FLIGHT:
-            flusher = asyncio.create_task(self._flush_publishes(), name="herald publish")
-            self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
-        entry_ids = await future
+        entry_ids = await self._publishing.publish(drafts)
         # What entry_event would make of the entries just written, built from the drafts
         # without the entries' field maps (this runs once per published event).
         events = []
@@ -297,13 +279,6 @@ class RedisBroker(LocalInterest, Broker):
             frame = encode_frame(event_id, draft.body)
             events.append(Event(key_of(entry_id), event_id, draft.channels, frame, draft.private))
         return events
-
-    async def _flush_publishes(self) -> None:
-        """Send what is queued as one script call, again and again until nothing is."""
-        while self._pending:
-            taken = next_call(self._pending)
-            call, self._pending = self._pending[:taken], self._pending[taken:]
-            await self._send_call(call)
 
     def script_arguments(self, drafts: Iterable[Draft]) -> tuple[list[Any], list[Any]]:
         """The keys and arguments of one ``PUBLISH_SCRIPT`` call publishing ``drafts``."""
@@ -319,33 +294,15 @@ class RedisBroker(LocalInterest, Broker):
         )
         return publish_arguments(self.log_key, self.counter_key, sizes, parts)
 
-    async def _send_call(self, call: list[PendingPublish]) -> None:
-        keys, args = self.script_arguments(draft for pending in call for draft in pending.drafts)
+    async def _write_call(self, drafts: list[Draft]) -> CallResult:
+        keys, args = self.script_arguments(drafts)
+        assert self._publish is not None and self._commands is not None
         try:
-            assert self._publish is not None and self._commands is not None
             reply = await call_script(self._commands, self._publish, keys, args)
-            entry_ids = cast(list[bytes], reply)
-            self.publish_calls += 1
         except (RedisError, OSError) as exc:
             self._mark_down(exc)
-            for pending in call:
-                if not pending.future.done():
-                    pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
-            return
-        except BaseException as exc:  # a bug or a cancellation: nobody may wait forever
-            for pending in call:
-                if not pending.future.done():
-                    pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            logger.exception("publish script call failed")
-            return
-        start = 0
-        for pending in call:
-            end = start + len(pending.drafts)
-            if not pending.future.done():  # its request may have gone meanwhile
-                pending.future.set_result(entry_ids[start:end])
-            start = end
+            raise BrokerUnavailableError(UNAVAILABLE) from None
+        return cast(list[bytes], reply), set()
 
     # --- the reader ------------------------------------------------------
 
@@ -403,35 +360,14 @@ class RedisBroker(LocalInterest, Broker):
 
     def _deliver(self, entries: list[Any]) -> None:
         listener = self._listener
-        interest = self._interest
         for entry_id, fields in entries:
             number = int(fields[NUMBER_FIELD])
             if number != self._number + 1:
                 self._skipped(f"events {self._number + 1} to {number - 1} left the log unread")
             self._number = number
             self._position = entry_id
-            if listener is None:
-                continue
-            raw = fields[CHANNEL_FIELD]
-            if b"\n" not in raw:
-                channel = raw.decode()
-                if channel in interest or self._every_channel:
-                    listener(entry_event(entry_id, (channel,), fields))
-                continue
-            channels = channels_of(raw)
-            if self._every_channel or any(name in interest for name in channels):
-                listener(entry_event(entry_id, channels, fields))
-
-    def _skipped(self, why: str) -> None:
-        self.resyncs += 1
-        logger.warning("redis live feed skipped events (%s): streams resume from history", why)
-        if self._resync is not None:
-            self._resync(why)
-
-    def _mark_down(self, exc: BaseException) -> None:
-        if self.state == "ok":
-            logger.warning("redis unavailable at %s: %s", redact_url(self.url), exc)
-        self.state = "down"
+            if listener is not None:
+                self._offer(listener, entry_id, fields)
 
     # --- replay ----------------------------------------------------------
 
@@ -516,47 +452,11 @@ class RedisBroker(LocalInterest, Broker):
             raise BrokerUnavailableError(UNAVAILABLE) from None
         return key_of(found) if found else None
 
-    @staticmethod
-    def _log_lost(after: EventKey, first_entry: Any) -> bool:
-        """Whether the log (trimmed to REDIS_LOG_SIZE) may lack an event after ``after``:
-        its oldest entry (``first_entry``) is newer than ``after`` and is not the first
-        event ever."""
-        if not first_entry:
-            return False
-        first_id, fields = first_entry
-        return key_of(first_id) > after and int(fields.get(NUMBER_FIELD, 1)) > 1
-
-    def _lost(self, after: EventKey, exists: bool, entries: list[Any], now_ms: int) -> bool:
-        """Whether a channel's history may lack an event after ``after`` (design note 8)."""
-        if not exists:  # never published, or expired: its events are older than the TTL
-            return after[0] < now_ms - self.channel_ttl_ms
-        if not entries:  # everything kept is at or before `after`; trimmed ones are older
-            return False
-        first_id, fields = entries[0]
-        previous = fields.get(PREVIOUS_FIELD)
-        if previous is not None:
-            return key_of(previous) > after
-        return after[0] < key_of(first_id)[0] - self.channel_ttl_ms
-
-    # --- housekeeping ----------------------------------------------------
-
-    def sweep(self, now: float) -> int:
-        return 0  # Redis expires idle channel streams itself (PEXPIRE on publish)
-
-    def trim_history(self, keep: int) -> int:
-        return 0  # history lives in Redis, not in this process's memory
-
     def stats(self) -> dict[str, object]:
         return {
             "url": redact_url(self.url),
-            "publish_calls": self.publish_calls,
-            "state": self.state,
-            "channels_read": len(self._interest),
-            "every_channel_readers": self._every_channel,
+            **super().stats(),
             "log_position": self._position.decode() if self._position else None,
-            "reconnects": self.reconnects,
-            "read_errors": self.read_errors,
-            "resyncs": self.resyncs,
         }
 
 
@@ -608,14 +508,16 @@ class _RedisPages(ReplayPages):
             if isinstance(entries, Exception):
                 raise BrokerUnavailableError(UNAVAILABLE)
             if self._every_channel:
-                if exact and broker._log_lost(after, first_entry):
+                if exact and log_lost(after, first_entry):
                     return None
                 run = [
                     entry_event(entry_id, channels_of(fields[CHANNEL_FIELD]), fields)
                     for entry_id, fields in entries
                 ]
             else:
-                if exact and broker._lost(after, bool(exists), entries, now_ms):
+                if exact and channel_lost(
+                    after, bool(exists), entries, now_ms, broker.channel_ttl_ms
+                ):
                     return None
                 alone = (self._channels[index],)
                 run = []

@@ -124,6 +124,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import heapq
 import logging
 import time
@@ -131,6 +132,7 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -143,7 +145,6 @@ from redis.exceptions import (
 
 from app.broker.base import (
     UNBOUNDED_PAGE,
-    Broker,
     BrokerUnavailableError,
     Draft,
     EventListener,
@@ -155,27 +156,27 @@ from app.broker.base import (
 from app.broker.cluster_nodes import ClusterNodes, Node
 from app.broker.cluster_url import ClusterURL, parse_cluster_url
 from app.broker.pages import ReadSize
-from app.broker.redis_entries import (
+from app.broker.publish_queue import CallResult
+from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
+from app.broker.redis_base import RedisBrokerBase
+from app.broker.redis_connections import (
     BACKOFF_INITIAL_SECONDS,
     BACKOFF_MAX_SECONDS,
-    CHANNEL_FIELD,
     DEFAULT_MAX_CONNECTIONS,
-    NUMBER_FIELD,
-    PREVIOUS_FIELD,
-    PUBLISH_CALLS_IN_FLIGHT,
-    PUBLISH_SCRIPT,
     READ_COUNT,
     READER_STOP_SECONDS,
+)
+from app.broker.redis_entries import (
+    CHANNEL_FIELD,
+    NUMBER_FIELD,
     REFERENCE_FIELD,
     TICK_FIELD,
-    LocalInterest,
-    PendingPublish,
+    channel_lost,
     channels_of,
     draft_fields,
     entry_event,
     key_of,
-    next_call,
-    publish_arguments,
+    log_lost,
 )
 from app.sse.event import Event
 from app.sse.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
@@ -224,6 +225,9 @@ end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 't', '1', 'n', number)
 """
 
+PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
+TICK_SHA = hashlib.sha1(TICK_SCRIPT.encode()).hexdigest()
+
 
 def shard_of(channel: str, shards: int) -> int:
     return zlib.crc32(channel.encode()) % shards
@@ -261,7 +265,7 @@ class _Shard:
         return f"{self.tag}:log:n"
 
 
-class RedisClusterBroker(LocalInterest, Broker):
+class RedisClusterBroker(RedisBrokerBase):
     def __init__(
         self,
         url: str,
@@ -277,35 +281,35 @@ class RedisClusterBroker(LocalInterest, Broker):
         block_ms: int = READ_BLOCK_MS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
-        self.max_connections = max_connections
-        self.url = url
         self.parsed: ClusterURL = parse_cluster_url(url)
-        self.history_size = max(1, history_size)
-        self.log_size = max(1, log_size)
-        self.channel_ttl_ms = int(channel_ttl_seconds * 1000)
-        self.key_prefix = key_prefix
+        super().__init__(
+            url,
+            history_size=history_size,
+            channel_ttl_seconds=channel_ttl_seconds,
+            key_prefix=key_prefix,
+            log_size=log_size,
+            block_ms=block_ms,
+            max_connections=max_connections,
+            name="cluster",
+            where=f"redis cluster at {self.parsed.redacted()}",
+            unavailable=UNAVAILABLE,
+        )
         self.shard_count = max(1, shards)
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.held_limit = held_events
-        self.block_ms = block_ms
         self.shards = [
             _Shard(k, tag, key_slot(tag.encode()))
             for k in range(self.shard_count)
             for tag in [f"{{{key_prefix}:s{k}}}"]
         ]
-        self.state = "disconnected"
-        self.reconnects = self.read_errors = self.resyncs = 0
-        self.publish_calls = self.ticks = 0
-        self._listener: EventListener | None = None
-        self._resync: ResyncListener | None = None
+        self.ticks = 0
         self.nodes = ClusterNodes(
             self.parsed, {shard.slot for shard in self.shards}, self.max_connections
         )
         self._positioning = asyncio.Lock()
         # The newest position this worker's publishes got: the next ones go above it.
         self._floor: EventKey = (0, 0)
-        LocalInterest.__init__(self)
         # Entries held back until every frontier is past them (note 2): (frontier, order,
         # shard, entry id, fields, wanted when read); how many were wanted; the newest
         # position given up past the bound (note 5).
@@ -314,11 +318,6 @@ class RedisClusterBroker(LocalInterest, Broker):
         self._held_wanted = 0
         self._held_newest: EventKey = (0, 0)  # the largest frontier among them
         self._dropped_upto: EventKey | None = None
-        self._closing = False
-        self._pending: list[PendingPublish] = []
-        self._flushers: set[asyncio.Task[None]] = set()
-        self._publish_sha: str | None = None
-        self._tick_sha: str | None = None
 
     # --- keys and positions ----------------------------------------------
 
@@ -385,12 +384,7 @@ class RedisClusterBroker(LocalInterest, Broker):
 
     async def disconnect(self) -> None:
         self._closing = True
-        if self._flushers:
-            await asyncio.wait(set(self._flushers), timeout=READER_STOP_SECONDS)
-        for pending in self._pending:
-            if not pending.future.done():
-                pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
-        self._pending = []
+        await self._publishing.close(READER_STOP_SECONDS)
         tasks = {s.task for s in self.shards if s.task is not None}
         tasks |= {s.tick_task for s in self.shards if s.tick_task is not None}
         for task in tasks:
@@ -411,25 +405,13 @@ class RedisClusterBroker(LocalInterest, Broker):
             return []
         if self._closing or self._listener is None:
             raise BrokerUnavailableError(UNAVAILABLE)
-        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        self._pending.append(PendingPublish(drafts, future))
-        if len(self._flushers) < PUBLISH_CALLS_IN_FLIGHT:
-            flusher = asyncio.create_task(self._flush_publishes(), name="herald cluster publish")
-            self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
-        entry_ids = await future
+        entry_ids = await self._publishing.publish(drafts)
         events = []
         for entry_id, draft in zip(entry_ids, drafts, strict=True):
             home = self.shard_of(draft.channels[0])
             key = self.position(home, entry_id)
             events.append(entry_event(entry_id, draft.channels, draft_fields(draft), key))
         return events
-
-    async def _flush_publishes(self) -> None:
-        while self._pending:
-            taken = next_call(self._pending)
-            call, self._pending = self._pending[:taken], self._pending[taken:]
-            await self._send_call(call)
 
     def shard_parts(
         self, drafts: Sequence[Draft]
@@ -454,37 +436,12 @@ class RedisClusterBroker(LocalInterest, Broker):
             homes.setdefault(home, []).append(_Part(index, draft, by_shard[home], aliases, ""))
         return homes, references
 
-    async def _send_call(self, call: list[PendingPublish]) -> None:
-        """One call for every queued request; a request is answered with its home entry
-        ids if every shard its events touch took its part, else 503 — a shard that fails
-        fails only the requests that touch it."""
-        drafts = [draft for pending in call for draft in pending.drafts]
-        try:
-            home_ids, failed = await self._write(drafts)
-        except BaseException as exc:
-            for pending in call:
-                if not pending.future.done():
-                    pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            logger.exception("cluster publish failed")
-            return
-        self.publish_calls += 1
-        start = 0
-        for pending in call:
-            end = start + len(pending.drafts)
-            if pending.future.done():
-                pass  # its request has gone meanwhile
-            elif failed.isdisjoint(range(start, end)):
-                pending.future.set_result(home_ids[start:end])
-            else:
-                pending.future.set_exception(BrokerUnavailableError(UNAVAILABLE))
-            start = end
-
-    async def _write(self, drafts: list[Draft]) -> tuple[list[bytes], set[int]]:
+    async def _write_call(self, drafts: list[Draft]) -> CallResult:
         """References first, then the events on their home shards: each phase one round
         trip per shard involved, concurrently (note 7). The home entry ids in order, and
-        the indexes of the drafts that failed."""
+        the indexes of the drafts that failed: a request is answered with its ids if every
+        shard its events touch took its part, else 503, so a shard that fails fails only
+        the requests that touch it."""
         homes, references = self.shard_parts(drafts)
         failed: set[int] = set()
         started = time.monotonic()
@@ -546,30 +503,22 @@ class RedisClusterBroker(LocalInterest, Broker):
             ((p.draft, p.channel_keys, p.aliases, p.reference) for p in part),
             (self.shard_count, shard.index, *self._floor),
         )
-        sha = self._publish_script_sha()
-        commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
+        commands: list[tuple[Any, ...]] = [("EVALSHA", PUBLISH_SHA, len(keys), *keys, *args)]
         if self.wait_replicas:
             commands.append(("WAIT", self.wait_replicas, self.wait_timeout_ms))
-        results = await self.nodes.on_master(shard.slot, commands, (sha, PUBLISH_SCRIPT))
+        results = await self.nodes.on_master(shard.slot, commands, (PUBLISH_SHA, PUBLISH_SCRIPT))
         if self.wait_replicas and int(results[1]) < self.wait_replicas:
             # Written on the master only: a failover could lose it, so not acknowledged.
             raise BrokerUnavailableError(UNAVAILABLE)
         return cast(list[bytes], results[0])
 
-    def _publish_script_sha(self) -> str:
-        if self._publish_sha is None:
-            self._publish_sha = _sha1(PUBLISH_SCRIPT)
-        return self._publish_sha
-
     # --- ticks -----------------------------------------------------------
 
     async def _tick(self, shard: _Shard, past: EventKey) -> None:
-        if self._tick_sha is None:
-            self._tick_sha = _sha1(TICK_SCRIPT)
-        command = ("EVALSHA", self._tick_sha, 2, shard.log_key, shard.counter_key)
+        command = ("EVALSHA", TICK_SHA, 2, shard.log_key, shard.counter_key)
         ahead = TICK_AHEAD_MS if past[0] else 1
         args = (self.log_size, self.shard_count, shard.index, past[0], past[1], ahead)
-        await self.nodes.on_master(shard.slot, [(*command, *args)], (self._tick_sha, TICK_SCRIPT))
+        await self.nodes.on_master(shard.slot, [(*command, *args)], (TICK_SHA, TICK_SCRIPT))
         self.ticks += 1
 
     def _want_tick(self, shard: _Shard, past: EventKey, interval: float) -> None:
@@ -665,7 +614,7 @@ class RedisClusterBroker(LocalInterest, Broker):
                     logger.warning("cluster reader %d: unexpected %r", shard.index, exc)
                 self.read_errors += 1
                 shard.verify = shard.position is not None
-                self._mark_down(shard, exc)
+                self._shard_down(shard, exc)
                 await self._drop_reader(shard)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
@@ -742,7 +691,6 @@ class RedisClusterBroker(LocalInterest, Broker):
         subscribes later counts on every event above its replay's head reaching the
         listener after its subscription, and interest is decided at release (note 8)."""
         k = shard.index
-        interest = self._interest
         held = self._held
         for entry_id, fields in entries:
             number = int(fields[NUMBER_FIELD])
@@ -762,12 +710,7 @@ class RedisClusterBroker(LocalInterest, Broker):
             shard.frontier = self._frontier(k, entry_id)
             if tick:
                 continue
-            raw = fields[CHANNEL_FIELD]
-            wanted = bool(self._every_channel) or (
-                raw.decode() in interest
-                if b"\n" not in raw
-                else any(name in interest for name in channels_of(raw))
-            )
+            wanted = self._wants(fields[CHANNEL_FIELD])
             self._held_wanted += wanted
             self._held_order += 1
             heapq.heappush(held, (shard.frontier, self._held_order, k, entry_id, fields, wanted))
@@ -780,24 +723,13 @@ class RedisClusterBroker(LocalInterest, Broker):
             return
         passed = min(shard.frontier for shard in self.shards)
         listener = self._listener
-        interest = self._interest
         shards = self.shard_count
         # Entries are keyed by their frontier, (ms, (n+1)*S + k): the position plus S.
         while held and (held[0][0][0], held[0][0][1] - shards) < passed:
             _, _, k, entry_id, fields, wanted = heapq.heappop(held)
             self._held_wanted -= wanted
-            if listener is None:
-                continue
-            position = self.position(k, entry_id)
-            raw = fields[CHANNEL_FIELD]
-            if b"\n" not in raw:
-                channel = raw.decode()
-                if channel in interest or self._every_channel:
-                    listener(entry_event(entry_id, (channel,), fields, position))
-                continue
-            channels = channels_of(raw)
-            if self._every_channel or any(name in interest for name in channels):
-                listener(entry_event(entry_id, channels, fields, position))
+            if listener is not None:
+                self._offer(listener, entry_id, fields, self.position(k, entry_id))
         if not held:
             return
         if len(held) > self.held_limit:
@@ -819,17 +751,9 @@ class RedisClusterBroker(LocalInterest, Broker):
             if shard.frontier <= oldest:
                 self._want_tick(shard, newest, interval)
 
-    def _skipped(self, why: str) -> None:
-        self.resyncs += 1
-        logger.warning("cluster live feed skipped events (%s): streams resume from history", why)
-        if self._resync is not None:
-            self._resync(why)
-
-    def _mark_down(self, shard: _Shard, exc: BaseException) -> None:
+    def _shard_down(self, shard: _Shard, exc: BaseException) -> None:
         shard.ok = False
-        if self.state == "ok":
-            logger.warning("redis cluster shard %d unavailable: %s", shard.index, exc)
-        self.state = "down"
+        self._mark_down(exc, f"redis cluster shard {shard.index}")
 
     # --- replay ----------------------------------------------------------
 
@@ -934,29 +858,6 @@ class RedisClusterBroker(LocalInterest, Broker):
                 pipe.get(key)
             return cast(list[bytes | None], await pipe.execute())
 
-    def _log_lost(self, shard: int, after: EventKey, first: list[Any]) -> bool:
-        """Whether a shard's log (trimmed) may lack an event after ``after``."""
-        if not first:
-            return False
-        entry_id, fields = first[0]
-        number = int(fields.get(NUMBER_FIELD, 1))
-        before = number if TICK_FIELD in fields else number - 1  # events older than it
-        return self.position(shard, entry_id) > after and before > 0
-
-    def _lost(
-        self, shard: int, after: EventKey, exists: bool, entries: list[Any], now_ms: int
-    ) -> bool:
-        """Whether a channel's history may lack an event after ``after`` (as on redis://)."""
-        if not exists:
-            return after[0] < now_ms - self.channel_ttl_ms
-        if not entries:
-            return False
-        first_id, fields = entries[0]
-        previous = fields.get(PREVIOUS_FIELD)
-        if previous is not None:
-            return self.position(shard, previous) > after
-        return after[0] < key_of(first_id)[0] - self.channel_ttl_ms
-
     async def _resolve(self, supplied_id: str, channels: Sequence[str]) -> EventKey | None:
         """The position of the copy a stream on ``channels`` takes of the event a publisher
         gave this id: the lowest of its channels' shards holding the id, else the smallest
@@ -979,29 +880,15 @@ class RedisClusterBroker(LocalInterest, Broker):
         found = await self.nodes.client(node, readonly).get(self.supplied_id_key(k, supplied_id))
         return cast(bytes | None, found)
 
-    # --- housekeeping ----------------------------------------------------
-
-    def sweep(self, now: float) -> int:
-        return 0  # Redis expires idle channel streams itself
-
-    def trim_history(self, keep: int) -> int:
-        return 0  # history lives in Redis
-
     def stats(self) -> dict[str, object]:
         return {
             "url": self.parsed.redacted(),
-            "state": self.state,
+            **super().stats(),
             "shards": self.shard_count,
             "shards_ok": sum(1 for s in self.shards if s.ok),
             "held_events": len(self._held),
             "ticks": self.ticks,
-            "publish_calls": self.publish_calls,
             "slot_map_refreshes": self.nodes.refreshes,
-            "channels_read": len(self._interest),
-            "every_channel_readers": self._every_channel,
-            "reconnects": self.reconnects,
-            "read_errors": self.read_errors,
-            "resyncs": self.resyncs,
         }
 
 
@@ -1027,12 +914,6 @@ class _Reference:
     token: str
     channels: tuple[str, ...]
     fields: dict[bytes, bytes]
-
-
-def _sha1(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(text.encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -1137,10 +1018,14 @@ class _ClusterPages(ReplayPages):
         entries = results[-1]
         checked = self._from if source.last is None else max(self._from, source.last)
         if self._exact or source.last is not None:
+            position_of = partial(broker.position, k)
             if source.channel is None:
-                if broker._log_lost(k, checked, results[2]):
+                oldest = results[2][0] if results[2] else None
+                if log_lost(checked, oldest, position_of):
                     return True
-            elif broker._lost(k, checked, bool(results[1]), entries, now_ms):
+            elif channel_lost(
+                checked, bool(results[1]), entries, now_ms, broker.channel_ttl_ms, position_of
+            ):
                 return True
         found: list[Event] = []
         references: list[_Reference] = []

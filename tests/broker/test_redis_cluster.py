@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from app.broker.base import BrokerUnavailableError, Draft
+from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
 from app.broker.redis_cluster import RedisClusterBroker
-from app.broker.redis_entries import PUBLISH_SCRIPT, publish_arguments
 from app.sse.event import Event
 from app.sse.event_id import parse_event_id
 from tests.support.publishing import assert_serves_degraded, publish_one

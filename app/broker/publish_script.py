@@ -1,0 +1,169 @@
+"""The Lua script both Redis brokers publish with, and the arguments of one call.
+
+One call appends a batch of events to one log and to their channels' streams,
+numbering them as it goes: Redis runs scripts one at a time, so a call is atomic and
+its events are consecutive in the log. ``redis+cluster://``
+runs the same script on each log shard's keys, with a floor that keeps a worker's
+publishes in order across shards, and writes references for events homed on another
+shard (``app.broker.redis_cluster.publishing``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from app.broker.base import Draft
+from app.broker.redis_entries import CHANNEL_SEPARATOR, flag
+
+__all__ = ["PUBLISH_SCRIPT", "publish_arguments"]
+
+# KEYS: log, counter, then every channel stream of the call and every alias key (each
+# once). ARGV: log size, history size, channel TTL (ms), event count, shard count S, this
+# log's shard k, and a floor position (ms, seq; 0 0 for none): the call's first event gets
+# an entry id whose position (ms, n*S + k) is above it (``redis+cluster://`` keeps a
+# worker's publishes in order across shards so), then per event: its
+# channel names (the log's channel field), body, private flag, the publisher's own id (''
+# for none), a reference token ('' for none), alias count m and m indexes into KEYS,
+# channel count k and k indexes into KEYS. An alias key (a supplied id's, a reference
+# token's) maps to the event's entry id, set only by the first event that carries it and
+# expiring with the channel TTL. An event with a reference token is not an event of this
+# log but a *reference* to one written elsewhere (``redis+cluster://``): its channel
+# entries carry the token (``r``), and the log gets a tick (``t``, numbered like the
+# event before it) whose id they share, so channel ids stay log ids.
+# Returns the entry ids in order. `previous` remembers each stream's newest entry, so a
+# call of many events on one channel reads it once.
+PUBLISH_SCRIPT = """
+local count = tonumber(ARGV[4])
+local S, shard = tonumber(ARGV[5]), tonumber(ARGV[6])
+local floor_ms, floor_seq = tonumber(ARGV[7]), tonumber(ARGV[8])
+local n = tonumber(redis.call('GET', KEYS[2]) or '0')
+local previous = {}
+local ids = {}
+local a = 9
+local function log_id()
+  if floor_ms == 0 then return '*' end
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > floor_ms then return '*' end
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  local lms, ln = -1, -1
+  if last then
+    local dash = string.find(last[1], '-', 1, true)
+    lms = tonumber(string.sub(last[1], 1, dash - 1))
+    ln = tonumber(string.sub(last[1], dash + 1))
+  end
+  if lms > floor_ms then return '*' end
+  local next_n = math.max(0, math.floor((floor_seq - shard) / S) + 1)
+  if lms == floor_ms and ln + 1 > next_n then next_n = ln + 1 end
+  return string.format('%d-%d', floor_ms, next_n)
+end
+-- Appends an event's optional fields (the private flag, a supplied id) to an entry's.
+local function optional(fields, private, supplied)
+  if private ~= '' then
+    fields[#fields + 1] = 'p'
+    fields[#fields + 1] = private
+  end
+  if supplied ~= '' then
+    fields[#fields + 1] = 'i'
+    fields[#fields + 1] = supplied
+  end
+  return fields
+end
+for e = 1, count do
+  local names, body, private, supplied = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local ref = ARGV[a + 4]
+  local m = tonumber(ARGV[a + 5])
+  local k = tonumber(ARGV[a + 6 + m])
+  -- The usual event (public, no supplied id, not a reference) is most of the traffic:
+  -- its fields spelled out, no table built and unpacked, no empty private flag.
+  local plain = private == '' and supplied == '' and ref == ''
+  local several = string.find(names, '\\n', 1, true)
+  local id
+  if plain then
+    n = n + 1
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], log_id(),
+      'n', n, 'c', names, 'b', body)
+    floor_ms = 0  -- the call's next events follow this one in the log
+  elseif ref == '' then
+    n = n + 1
+    local log_fields = optional({'n', n, 'c', names, 'b', body}, private, supplied)
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], log_id(), unpack(log_fields))
+    floor_ms = 0  -- the call's next events follow this one in the log
+  else
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', '1', 'n', n)
+  end
+  ids[e] = id
+  for j = 1, k do
+    local key = KEYS[tonumber(ARGV[a + 6 + m + j])]
+    local before = previous[key]
+    if before == nil then
+      local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+      before = last and last[1] or false
+    end
+    if plain and before and not several then
+      redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, 'b', body, 'v', before)
+    else
+      local fields = optional({'b', body}, private, supplied)
+      if several then
+        fields[#fields + 1] = 'c'
+        fields[#fields + 1] = names
+      end
+      if before then
+        fields[#fields + 1] = 'v'
+        fields[#fields + 1] = before
+      end
+      if ref ~= '' then
+        fields[#fields + 1] = 'r'
+        fields[#fields + 1] = ref
+      end
+      redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, unpack(fields))
+    end
+    previous[key] = id
+  end
+  for j = 1, m do
+    redis.call('SET', KEYS[tonumber(ARGV[a + 5 + j])], id, 'NX', 'PX', ARGV[3])
+  end
+  a = a + 7 + m + k
+end
+redis.call('SET', KEYS[2], n)
+for i = 3, #KEYS do
+  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+end
+return ids
+"""
+
+
+def publish_arguments(
+    log_key: str,
+    counter_key: str,
+    sizes: tuple[int, int, int],
+    parts: Iterable[tuple[Draft, Sequence[str], Sequence[str], str]],
+    floor: tuple[int, int, int, int] = (1, 0, 0, 0),
+) -> tuple[list[Any], list[Any]]:
+    """The keys and arguments of one ``PUBLISH_SCRIPT`` call. ``sizes``: log size, history
+    size, channel TTL (ms). Each part: a draft, the keys of the channel streams this call
+    writes it to, its alias keys (a supplied id's, a reference token's) and its reference
+    token ('' for an event of this log). ``floor``: shard count, shard, and the position
+    the first event must be above ((0, 0): none)."""
+    keys: list[Any] = [log_key, counter_key]
+    index: dict[str, int] = {}
+    args: list[Any] = [*sizes, 0, *floor]
+    count = 0
+    for draft, channel_keys, alias_keys, reference in parts:
+        args += [CHANNEL_SEPARATOR.join(draft.channels), draft.body, flag(draft)]
+        args += [draft.event_id or "", reference, len(alias_keys)]
+        args += [_key_index(key, keys, index) for key in alias_keys]
+        args.append(len(channel_keys))
+        args += [_key_index(key, keys, index) for key in channel_keys]
+        count += 1
+    args[3] = count
+    return keys, args
+
+
+def _key_index(key: str, keys: list[Any], index: dict[str, int]) -> int:
+    """``key``'s place in the script's KEYS (Lua counts from 1), added once."""
+    position = index.get(key)
+    if position is None:
+        keys.append(key)
+        position = index[key] = len(keys)
+    return position

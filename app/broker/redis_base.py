@@ -1,0 +1,159 @@
+"""What the two Redis brokers (``app.broker.redis``, ``app.broker.redis_cluster``) share:
+their settings, their state and counters, the channels this process has subscribers on,
+the publish queue, and how a failure is reported.
+
+Subscribing is local: the readers read every event and keep the ones a local
+subscriber wants, so ``subscribe`` only counts. Unreachable Redis is a state, not a
+crash: ``state`` is "down" from the first failure (logged once) until a reader reads
+again. History lives in Redis, which expires idle channel streams itself (``PEXPIRE``
+on every publish), so the reaper's ``sweep`` and the memory guard's ``trim_history``
+have nothing to do in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+
+from app.broker.base import Broker, Draft, EventListener, ResyncListener
+from app.broker.publish_queue import CallResult, PublishQueue
+from app.broker.redis_entries import CHANNEL_FIELD, channels_of, entry_event
+from app.sse.event_id import EventKey
+
+__all__ = ["RedisBrokerBase"]
+
+logger = logging.getLogger("herald.broker")
+
+
+class RedisBrokerBase(Broker):
+    """A Redis broker's shared part. A subclass writes one publish call (``_write_call``),
+    reads and replays. ``name`` and ``where`` name it in logs ("redis", "redis at <url>")."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int,
+        channel_ttl_seconds: float,
+        key_prefix: str,
+        log_size: int,
+        block_ms: int,
+        max_connections: int,
+        name: str,
+        where: str,
+        unavailable: str,
+    ) -> None:
+        self.url = url
+        self.max_connections = max_connections
+        self.history_size = max(1, history_size)
+        self.log_size = max(1, log_size)
+        self.channel_ttl_ms = int(channel_ttl_seconds * 1000)
+        self.key_prefix = key_prefix
+        self.block_ms = block_ms
+        self.name = name
+        self.where = where
+        self.unavailable = unavailable
+        self.state = "disconnected"
+        self.reconnects = 0
+        self.read_errors = 0
+        self.resyncs = 0
+        self._listener: EventListener | None = None
+        self._resync: ResyncListener | None = None
+        self._closing = False
+        self._interest: dict[str, int] = {}
+        # Local subscribers that may want any channel (patterns): the readers keep all.
+        self._every_channel = 0
+        self._publishing = PublishQueue(
+            self._write_call, unavailable=unavailable, task_name=f"herald {name} publish"
+        )
+
+    @abstractmethod
+    async def _write_call(self, drafts: list[Draft]) -> CallResult:
+        """One publish call for ``drafts`` (``PublishQueue``'s ``send``)."""
+
+    @property
+    def publish_calls(self) -> int:
+        return self._publishing.calls
+
+    # --- local interest ------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        self._interest[channel] = self._interest.get(channel, 0) + 1
+
+    async def unsubscribe(self, channel: str) -> None:
+        count = self._interest.get(channel, 0) - 1
+        if count > 0:
+            self._interest[channel] = count
+        else:
+            self._interest.pop(channel, None)
+
+    async def watch_every_channel(self) -> None:
+        self._every_channel += 1
+
+    async def unwatch_every_channel(self) -> None:
+        self._every_channel = max(0, self._every_channel - 1)
+
+    def _wants(self, raw: bytes) -> bool:
+        """Whether a local subscriber wants an event whose channel field is ``raw``."""
+        if self._every_channel:
+            return True
+        if b"\n" not in raw:
+            return raw.decode() in self._interest
+        interest = self._interest
+        return any(name in interest for name in channels_of(raw))
+
+    def _offer(
+        self,
+        listener: EventListener,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        position: EventKey | None = None,
+    ) -> None:
+        """Pass a log entry to ``listener`` as an Event if a local subscriber wants it (an
+        Event is built only then: most entries are for channels nobody here watches)."""
+        raw = fields[CHANNEL_FIELD]
+        if b"\n" not in raw:
+            channel = raw.decode()
+            if channel in self._interest or self._every_channel:
+                listener(entry_event(entry_id, (channel,), fields, position))
+            return
+        channels = channels_of(raw)
+        if self._every_channel or any(name in self._interest for name in channels):
+            listener(entry_event(entry_id, channels, fields, position))
+
+    # --- failures ------------------------------------------------------------
+
+    def _skipped(self, why: str) -> None:
+        """The live feed may have skipped events: the hub closes every stream, and clients
+        resume from history (contract item 5 of ``app.broker.base``)."""
+        self.resyncs += 1
+        logger.warning(
+            "%s live feed skipped events (%s): streams resume from history", self.name, why
+        )
+        if self._resync is not None:
+            self._resync(why)
+
+    def _mark_down(self, exc: BaseException, where: str | None = None) -> None:
+        """A command failed: ``state`` is "down" until a reader reads again."""
+        if self.state == "ok":
+            logger.warning("%s unavailable: %s", where or self.where, exc)
+        self.state = "down"
+
+    # --- housekeeping --------------------------------------------------------
+
+    def sweep(self, now: float) -> int:
+        return 0  # Redis expires idle channel streams itself (PEXPIRE on publish)
+
+    def trim_history(self, keep: int) -> int:
+        return 0  # history lives in Redis, not in this process's memory
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "publish_calls": self.publish_calls,
+            "channels_read": len(self._interest),
+            "every_channel_readers": self._every_channel,
+            "reconnects": self.reconnects,
+            "read_errors": self.read_errors,
+            "resyncs": self.resyncs,
+        }
