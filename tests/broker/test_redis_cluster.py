@@ -325,7 +325,7 @@ async def test_a_workers_publishes_keep_their_order_across_shards(
 ) -> None:
     """Shard j's ids run 5 s ahead (as a tick puts an idle shard ahead, larger): an event
     published on another shard right after one on j must still come after it (the floor)."""
-    from app.broker.redis_cluster import TICK_SCRIPT
+    from app.broker.redis_cluster.merge import TICK_SCRIPT
 
     quiet = await Worker(new_broker(redis_cluster)).start([])
     broker = quiet.broker

@@ -196,7 +196,7 @@ class ClusterNodes:
         self, slot: int, commands: list[tuple[Any, ...]], script: tuple[str, str] | None
     ) -> list[Any]:
         """Run ``commands`` in one pipeline on ``slot``'s master, following MOVED and ASK
-        and waiting out TRYAGAIN / CLUSTERDOWN (``app.broker.redis_cluster`` note 9).
+        and waiting out TRYAGAIN / CLUSTERDOWN (``app.broker.redis_cluster.broker``).
         ``script``: (sha, text) of an EVALSHA among them, loaded on a NOSCRIPT. Raises
         RedisError / OSError."""
         deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
