@@ -98,6 +98,7 @@ from app.broker.base import (
     ReplayPages,
     ResyncListener,
 )
+from app.broker.capabilities import RedisAccess
 from app.broker.packed_script import call_script
 from app.broker.pages import ReadSize, cut_page
 from app.broker.publish_queue import CallResult
@@ -147,7 +148,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class RedisBroker(RedisBrokerBase):
+class RedisBroker(RedisBrokerBase, RedisAccess):
     def __init__(
         self,
         url: str,

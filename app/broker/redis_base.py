@@ -16,6 +16,7 @@ import logging
 from abc import abstractmethod
 
 from app.broker.base import Broker, Draft, EventListener, ResyncListener
+from app.broker.capabilities import BrokerHealth
 from app.broker.publish_queue import CallResult, PublishQueue
 from app.broker.redis_entries import CHANNEL_FIELD, channels_of, entry_event
 from app.sse.event_id import EventKey
@@ -25,7 +26,7 @@ __all__ = ["RedisBrokerBase"]
 logger = logging.getLogger("herald.broker")
 
 
-class RedisBrokerBase(Broker):
+class RedisBrokerBase(Broker, BrokerHealth):
     """A Redis broker's shared part. A subclass writes one publish call (``_write_call``),
     reads and replays. ``name`` and ``where`` name it in logs ("redis", "redis at <url>")."""
 

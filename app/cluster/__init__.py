@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 from app.broker.base import Broker
+from app.broker.capabilities import lends_redis
 from app.cluster.base import ExchangeUnavailableError, StatsExchange
 from app.cluster.snapshot import WorkerSnapshot, take_snapshot, worker_id
 from app.cluster.view import TTL_INTERVALS, ClusterReading, ClusterView
@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 STATS_DIR_VARIABLE = "HERALD_STATS_DIR"
-_REDIS_SCHEMES = ("redis", "rediss")
 
 
 def create_exchange(
@@ -52,12 +51,9 @@ def create_exchange(
 ) -> StatsExchange:
     ttl_seconds = settings.metrics_share_seconds * TTL_INTERVALS
     stats_dir = environ.get(STATS_DIR_VARIABLE, "").strip()
-    if urlsplit(settings.broker_url).scheme in _REDIS_SCHEMES:
-        from app.broker.redis import RedisBroker
+    if lends_redis(broker):
         from app.cluster.redis import RedisExchange
 
-        if not isinstance(broker, RedisBroker):
-            raise TypeError(f"BROKER_URL is redis but the broker is {type(broker).__name__}")
         return RedisExchange(broker, worker, ttl_seconds)
     if stats_dir:
         from app.cluster.files import FileExchange

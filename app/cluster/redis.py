@@ -30,7 +30,7 @@ from typing import cast
 
 from redis.exceptions import RedisError
 
-from app.broker.redis import RedisBroker
+from app.broker.capabilities import RedisAccess
 from app.cluster.base import ExchangeUnavailableError, StatsExchange
 from app.cluster.snapshot import WorkerSnapshot, decode_snapshot, encode_snapshot
 
@@ -44,7 +44,7 @@ _MS = 1000
 class RedisExchange(StatsExchange):
     kind = "redis"
 
-    def __init__(self, broker: RedisBroker, worker: str, ttl_seconds: float) -> None:
+    def __init__(self, broker: RedisAccess, worker: str, ttl_seconds: float) -> None:
         super().__init__(worker, ttl_seconds)
         self.broker = broker
         self.index_key = f"{broker.key_prefix}:workers"

@@ -3,9 +3,8 @@ shared through Redis with ``redis://`` (imported lazily, like the brokers)."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from app.broker.base import Broker
+from app.broker.capabilities import lends_redis
 from app.core.config import Settings
 from app.limits.base import (
     ClientLimits,
@@ -26,12 +25,9 @@ __all__ = [
 
 
 def create_client_limits(settings: Settings, broker: Broker, worker: str) -> ClientLimits:
-    """Counts shared through the broker's Redis when there is one, else this process's own."""
-    if urlsplit(settings.broker_url).scheme in ("redis", "rediss"):
-        from app.broker.redis import RedisBroker
+    """Counts shared through the broker's Redis when it lends one, else this process's own."""
+    if lends_redis(broker):
         from app.limits.redis import RedisClientLimits
 
-        if not isinstance(broker, RedisBroker):
-            raise TypeError("a redis:// BROKER_URL must come with a RedisBroker")
         return RedisClientLimits(settings, broker, worker)
     return LocalClientLimits(settings)

@@ -39,7 +39,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from app.broker.redis import RedisBroker
+from app.broker.capabilities import RedisAccess
 from app.core.config import Settings
 from app.limits.base import LocalClientLimits, StreamLease
 
@@ -109,7 +109,7 @@ class RedisClientLimits(LocalClientLimits):
     def __init__(
         self,
         settings: Settings,
-        broker: RedisBroker,
+        broker: RedisAccess,
         worker: str,
         *,
         lease_seconds: float = STREAM_LEASE_SECONDS,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+from app.broker.capabilities import ClusterTopology
 from app.broker.cluster_url import ClusterURL, parse_cluster_url
 from app.broker.redis_base import RedisBrokerBase
 from app.broker.redis_cluster.nodes import ClusterNodes, Node
@@ -84,7 +85,7 @@ class Shard:
         return f"{self.tag}:log:n"
 
 
-class ShardedBroker(RedisBrokerBase):
+class ShardedBroker(RedisBrokerBase, ClusterTopology):
     """The settings, the shards, the nodes and the state of the merge, and the keys and
     positions of the shards: what ``publishing``, ``merge`` and ``replay`` build on."""
 

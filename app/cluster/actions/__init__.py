@@ -15,28 +15,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 from app.broker.base import Broker
+from app.broker.capabilities import lends_redis
 from app.cluster import STATS_DIR_VARIABLE
 from app.cluster.actions.base import ActionBus, ActionBusError, Answer, Handler, Request
 from app.core.config import Settings
 
 __all__ = ["ActionBus", "ActionBusError", "Answer", "Handler", "Request", "create_bus"]
 
-_REDIS_SCHEMES = ("redis", "rediss")
-
 
 def create_bus(
     settings: Settings, broker: Broker, worker: str, *, environ: Mapping[str, str] = os.environ
 ) -> ActionBus:
     stats_dir = environ.get(STATS_DIR_VARIABLE, "").strip()
-    if urlsplit(settings.broker_url).scheme in _REDIS_SCHEMES:
-        from app.broker.redis import RedisBroker
+    if lends_redis(broker):
         from app.cluster.actions.redis import RedisBus
 
-        if not isinstance(broker, RedisBroker):
-            raise TypeError(f"BROKER_URL is redis but the broker is {type(broker).__name__}")
         return RedisBus(broker, worker)
     if stats_dir:
         from app.cluster.actions.sockets import SocketBus

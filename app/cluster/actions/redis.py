@@ -38,7 +38,7 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError
 
-from app.broker.redis import RedisBroker
+from app.broker.capabilities import RedisAccess
 from app.cluster.actions.base import (
     REQUEST_ID,
     SENDER,
@@ -65,7 +65,7 @@ _WORKER = "worker"
 class RedisBus(ActionBus):
     kind = "redis"
 
-    def __init__(self, broker: RedisBroker, worker: str) -> None:
+    def __init__(self, broker: RedisAccess, worker: str) -> None:
         super().__init__(worker)
         self.broker = broker
         self.channel = f"{broker.key_prefix}:admin:actions"
