@@ -3,12 +3,23 @@ dependencies are needed only when it is used)."""
 
 from __future__ import annotations
 
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 from app.broker.base import Broker, BrokerUnavailableError, EventListener, Replay
 from app.core.config import Settings
 
 __all__ = ["Broker", "BrokerUnavailableError", "EventListener", "Replay", "create_broker"]
+
+
+class _RedisOptions(TypedDict):
+    """The settings both Redis brokers take."""
+
+    history_size: int
+    channel_ttl_seconds: float
+    key_prefix: str
+    log_size: int
+    max_connections: int
 
 
 def create_broker(settings: Settings) -> Broker:
@@ -22,30 +33,26 @@ def create_broker(settings: Settings) -> Broker:
             history_max_channels=settings.sse_history_max_channels,
             channel_ttl_seconds=settings.sse_channel_ttl_seconds,
         )
+    redis: _RedisOptions = {
+        "history_size": settings.sse_history_size,
+        "channel_ttl_seconds": settings.sse_channel_ttl_seconds,
+        "key_prefix": settings.redis_key_prefix,
+        "log_size": settings.redis_log_size,
+        "max_connections": settings.redis_max_connections,
+    }
     if scheme in ("redis", "rediss"):
         from app.broker.redis import RedisBroker
 
-        return RedisBroker(
-            settings.broker_url,
-            history_size=settings.sse_history_size,
-            channel_ttl_seconds=settings.sse_channel_ttl_seconds,
-            key_prefix=settings.redis_key_prefix,
-            log_size=settings.redis_log_size,
-            max_connections=settings.redis_max_connections,
-        )
+        return RedisBroker(settings.broker_url, **redis)
     if scheme in ("redis+cluster", "rediss+cluster"):
         from app.broker.redis_cluster import RedisClusterBroker
 
         return RedisClusterBroker(
             settings.broker_url,
-            history_size=settings.sse_history_size,
-            channel_ttl_seconds=settings.sse_channel_ttl_seconds,
-            key_prefix=settings.redis_key_prefix,
-            log_size=settings.redis_log_size,
+            **redis,
             shards=settings.redis_cluster_shards,
             wait_replicas=settings.redis_cluster_wait_replicas,
             wait_timeout_ms=settings.redis_cluster_wait_timeout_ms,
             held_events=settings.redis_cluster_held_events,
-            max_connections=settings.redis_max_connections,
         )
     raise ValueError(f"BROKER_URL: unsupported scheme {scheme!r}")

@@ -168,8 +168,8 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
             log_size=log_size,
             block_ms=block_ms,
             max_connections=max_connections,
-            name="redis",
-            where=f"redis at {redact_url(url)}",
+            kind="redis",
+            redacted_url=redact_url(url),
             unavailable=UNAVAILABLE,
         )
         self.log_key = f"{key_prefix}:log"
@@ -228,21 +228,15 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
             **options,
         )
         self._publish = self._commands.register_script(PUBLISH_SCRIPT)
+        failure: BaseException | None = None
         try:
             await self._commands.ping()
             # Now rather than in the reader: a stream opened right after start-up
             # must not have to wait for the reader's first round trip.
             await self._find_position()
         except (RedisError, OSError) as exc:
-            # Transient by nature: serve degraded and let the reader reconnect.
-            logger.warning(
-                "redis unreachable at %s: %s; serving degraded until it is back",
-                redact_url(self.url),
-                exc,
-            )
-            self.state = "down"
-        else:
-            self.state = "ok"
+            failure = exc  # transient by nature: the reader reconnects
+        self._connected(failure)
         self._task = asyncio.create_task(self._read_loop(), name="herald redis reader")
 
     async def disconnect(self) -> None:
@@ -335,9 +329,7 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
                 continue
             if self.state != "ok":
-                logger.info("redis reader reconnected to %s", redact_url(self.url))
-                self.reconnects += 1
-                self.state = "ok"
+                self._reading_again()
             backoff = BACKOFF_INITIAL_SECONDS
             if response:
                 self._deliver(cast(list[Any], response)[0][1])
@@ -455,7 +447,7 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
 
     def stats(self) -> dict[str, object]:
         return {
-            "url": redact_url(self.url),
+            "url": self.redacted_url,
             **super().stats(),
             "log_position": self._position.decode() if self._position else None,
         }

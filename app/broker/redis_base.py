@@ -28,7 +28,7 @@ logger = logging.getLogger("herald.broker")
 
 class RedisBrokerBase(Broker, BrokerHealth):
     """A Redis broker's shared part. A subclass writes one publish call (``_write_call``),
-    reads and replays. ``name`` and ``where`` name it in logs ("redis", "redis at <url>")."""
+    reads and replays. ``kind`` and ``redacted_url`` name it in logs."""
 
     def __init__(
         self,
@@ -40,8 +40,8 @@ class RedisBrokerBase(Broker, BrokerHealth):
         log_size: int,
         block_ms: int,
         max_connections: int,
-        name: str,
-        where: str,
+        kind: str,
+        redacted_url: str,
         unavailable: str,
     ) -> None:
         self.url = url
@@ -51,8 +51,8 @@ class RedisBrokerBase(Broker, BrokerHealth):
         self.channel_ttl_ms = int(channel_ttl_seconds * 1000)
         self.key_prefix = key_prefix
         self.block_ms = block_ms
-        self.name = name
-        self.where = where
+        self.kind = kind
+        self.redacted_url = redacted_url
         self.unavailable = unavailable
         self.state = "disconnected"
         self.reconnects = 0
@@ -65,7 +65,7 @@ class RedisBrokerBase(Broker, BrokerHealth):
         # Local subscribers that may want any channel (patterns): the readers keep all.
         self._every_channel = 0
         self._publishing = PublishQueue(
-            self._write_call, unavailable=unavailable, task_name=f"herald {name} publish"
+            self._write_call, unavailable=unavailable, task_name=f"herald {kind} publish"
         )
 
     @abstractmethod
@@ -129,16 +129,37 @@ class RedisBrokerBase(Broker, BrokerHealth):
         resume from history (contract item 5 of ``app.broker.base``)."""
         self.resyncs += 1
         logger.warning(
-            "%s live feed skipped events (%s): streams resume from history", self.name, why
+            "%s live feed skipped events (%s): streams resume from history", self.kind, why
         )
         if self._resync is not None:
             self._resync(why)
 
-    def _mark_down(self, exc: BaseException, where: str | None = None) -> None:
-        """A command failed: ``state`` is "down" until a reader reads again."""
-        if self.state == "ok":
-            logger.warning("%s unavailable: %s", where or self.where, exc)
+    def _connected(self, failure: BaseException | None) -> None:
+        """How ``connect`` went: "ok", or "down" and serving degraded (``connect`` never
+        fails for a broker that is merely unreachable: the readers reconnect)."""
+        if failure is None:
+            self.state = "ok"
+            return
+        logger.warning(
+            "%s unreachable at %s: %s; serving degraded until it is back",
+            self.kind,
+            self.redacted_url,
+            failure,
+        )
         self.state = "down"
+
+    def _mark_down(self, exc: BaseException, part: str = "") -> None:
+        """A command failed (on ``part``, if only part of the backplane): ``state`` is
+        "down" until the readers read again."""
+        if self.state == "ok":
+            logger.warning("%s unavailable at %s%s: %s", self.kind, self.redacted_url, part, exc)
+        self.state = "down"
+
+    def _reading_again(self) -> None:
+        """The readers read again after a failure: ``state`` is "ok"."""
+        logger.info("%s reader reconnected to %s", self.kind, self.redacted_url)
+        self.reconnects += 1
+        self.state = "ok"
 
     # --- housekeeping --------------------------------------------------------
 

@@ -38,19 +38,14 @@ class RedisClusterBroker(ClusterPublishing, ClusterMerge, ClusterReplay):
             self.nodes = ClusterNodes(
                 self.parsed, {shard.slot for shard in self.shards}, self.max_connections
             )
+        failure: BaseException | None = None
         try:
             await self.nodes.refresh(force=True)
             await asyncio.gather(*(self._tick(shard, (0, 0)) for shard in self.shards))
             await self._position_all()
         except (RedisError, OSError, BrokerUnavailableError) as exc:
-            logger.warning(
-                "redis cluster unreachable at %s: %s; serving degraded until it is back",
-                self.parsed.redacted(),
-                exc,
-            )
-            self.state = "down"
-        else:
-            self.state = "ok"
+            failure = exc
+        self._connected(failure)
         for shard in self.shards:
             shard.task = asyncio.create_task(
                 self._read_loop(shard), name=f"herald cluster reader {shard.index}"
@@ -74,7 +69,7 @@ class RedisClusterBroker(ClusterPublishing, ClusterMerge, ClusterReplay):
 
     def stats(self) -> dict[str, object]:
         return {
-            "url": self.parsed.redacted(),
+            "url": self.redacted_url,
             **super().stats(),
             "shards": self.shard_count,
             "shards_ok": sum(1 for s in self.shards if s.ok),

@@ -215,9 +215,7 @@ class ClusterMerge(ShardedBroker):
             if not shard.ok:
                 shard.ok = True
                 if all(s.ok for s in self.shards) and self.state != "ok":
-                    logger.info("redis cluster reader reconnected to %s", self.parsed.redacted())
-                    self.reconnects += 1
-                    self.state = "ok"
+                    self._reading_again()
             backoff = BACKOFF_INITIAL_SECONDS
             if response:
                 self._take(shard, cast(list[Any], response)[0][1])

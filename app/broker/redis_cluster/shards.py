@@ -113,8 +113,8 @@ class ShardedBroker(RedisBrokerBase, ClusterTopology):
             log_size=log_size,
             block_ms=block_ms,
             max_connections=max_connections,
-            name="cluster",
-            where=f"redis cluster at {self.parsed.redacted()}",
+            kind="redis cluster",
+            redacted_url=self.parsed.redacted(),
             unavailable=UNAVAILABLE,
         )
         self.shard_count = max(1, shards)
@@ -189,4 +189,4 @@ class ShardedBroker(RedisBrokerBase, ClusterTopology):
 
     def _shard_down(self, shard: Shard, exc: BaseException) -> None:
         shard.ok = False
-        self._mark_down(exc, f"redis cluster shard {shard.index}")
+        self._mark_down(exc, f" (shard {shard.index})")
