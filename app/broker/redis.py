@@ -111,7 +111,6 @@ from app.broker.redis_connections import (
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_MAX_CONNECTIONS,
     READ_BLOCK_MS,
-    READ_COUNT,
     READER_SOCKET_TIMEOUT_SECONDS,
     READER_STOP_SECONDS,
 )
@@ -308,11 +307,8 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
                 assert self._reader is not None
                 if self._position is None or self._verify_after_error:
                     await self._find_position()
-                response = await self._reader.xread(
-                    {self.log_key: self._position},  # type: ignore[dict-item, unused-ignore]
-                    count=READ_COUNT,
-                    block=self.block_ms,
-                )
+                assert self._position is not None
+                entries = await self._read_log(self._reader, self.log_key, self._position)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -331,23 +327,19 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
             if self.state != "ok":
                 self._reading_again()
             backoff = BACKOFF_INITIAL_SECONDS
-            if response:
-                self._deliver(cast(list[Any], response)[0][1])
+            if entries:
+                self._deliver(entries)
 
     async def _find_position(self) -> None:
         """Start at the log's head, or check the log is still the one we were reading."""
         assert self._reader is not None
-        async with self._reader.pipeline(transaction=True) as pipe:
-            pipe.xrevrange(self.log_key, count=1)
-            pipe.get(self.counter_key)
-            newest, counter = await pipe.execute()
-        number = int(counter or 0)
+        newest, number = await self._log_head(self._reader, self.log_key, self.counter_key)
         if self._position is not None and number < self._number:
             # The counter went back: Redis lost its data (restart without persistence).
             self._skipped(f"redis lost its data (event {number} after {self._number})")
             self._position = None
         if self._position is None:
-            self._position = cast(bytes, newest[0][0]) if newest else b"0-0"
+            self._position = newest or b"0-0"
             self._number = number
         self._verify_after_error = False
 

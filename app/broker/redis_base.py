@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
+from typing import Any, cast
+
+import redis.asyncio as aioredis
 
 from app.broker.base import Broker, Draft, EventListener, ResyncListener
 from app.broker.capabilities import BrokerHealth
 from app.broker.publish_queue import CallResult, PublishQueue
+from app.broker.redis_connections import READ_COUNT
 from app.broker.redis_entries import CHANNEL_FIELD, channels_of, entry_event
 from app.sse.event_id import EventKey
 
@@ -121,6 +125,33 @@ class RedisBrokerBase(Broker, BrokerHealth):
         channels = channels_of(raw)
         if self._every_channel or any(name in self._interest for name in channels):
             listener(entry_event(entry_id, channels, fields, position))
+
+    # --- reading ---------------------------------------------------------------
+
+    async def _read_log(
+        self, reader: aioredis.Redis, log_key: str, position: bytes
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The entries of ``log_key`` after ``position`` (at most ``READ_COUNT``), waiting
+        up to ``block_ms`` for one; [] if none came."""
+        response = await reader.xread(
+            {log_key: position},  # type: ignore[dict-item, unused-ignore]
+            count=READ_COUNT,
+            block=self.block_ms,
+        )
+        if not response:
+            return []
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = cast(list[Any], response)[0][1]
+        return entries
+
+    async def _log_head(
+        self, reader: aioredis.Redis, log_key: str, counter_key: str
+    ) -> tuple[bytes | None, int]:
+        """A log's newest entry id (None for an empty log) and its counter, read together."""
+        async with reader.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(log_key, count=1)
+            pipe.get(counter_key)
+            newest, counter = await pipe.execute()
+        return (cast(bytes, newest[0][0]) if newest else None), int(counter or 0)
 
     # --- failures ------------------------------------------------------------
 

@@ -53,7 +53,7 @@ import hashlib
 import heapq
 import logging
 import time
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import AskError, MovedError, RedisError
@@ -63,7 +63,6 @@ from app.broker.redis_cluster.shards import DEFAULT_READ_BLOCK_MS, Shard, Sharde
 from app.broker.redis_connections import (
     BACKOFF_INITIAL_SECONDS,
     BACKOFF_MAX_SECONDS,
-    READ_COUNT,
 )
 from app.broker.redis_entries import CHANNEL_FIELD, NUMBER_FIELD, TICK_FIELD
 from app.sse.event_id import EventKey
@@ -184,12 +183,9 @@ class ClusterMerge(ShardedBroker):
                     await self._position_all()
                 elif shard.verify:
                     await self._find_position(shard)
+                assert shard.position is not None
                 reader = await self._reader_for(shard)
-                response = await reader.xread(
-                    {shard.log_key: shard.position},  # type: ignore[dict-item, unused-ignore]
-                    count=READ_COUNT,
-                    block=self.block_ms,
-                )
+                entries = await self._read_log(reader, shard.log_key, shard.position)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -217,19 +213,16 @@ class ClusterMerge(ShardedBroker):
                 if all(s.ok for s in self.shards) and self.state != "ok":
                     self._reading_again()
             backoff = BACKOFF_INITIAL_SECONDS
-            if response:
-                self._take(shard, cast(list[Any], response)[0][1])
+            if entries:
+                self._take(shard, entries)
 
     async def _find_position(self, shard: Shard) -> None:
         """After a read error: check the shard's log is still the one being read."""
-        async with (await self._reader_for(shard)).pipeline(transaction=True) as pipe:
-            pipe.xrevrange(shard.log_key, count=1)
-            pipe.get(shard.counter_key)
-            newest, counter = await pipe.execute()
-        number = int(counter or 0)
+        reader = await self._reader_for(shard)
+        newest, number = await self._log_head(reader, shard.log_key, shard.counter_key)
         if shard.position is not None and number < shard.number:
             self._skipped(f"shard {shard.index} lost events (event {number} after {shard.number})")
-            shard.position = cast(bytes, newest[0][0]) if newest else b"0-0"
+            shard.position = newest or b"0-0"
             shard.number = number
             shard.frontier = self._frontier(shard.index, shard.position)
         shard.verify = False
@@ -265,13 +258,11 @@ class ClusterMerge(ShardedBroker):
                 shard.ok = True
 
     async def _start_of(self, shard: Shard) -> tuple[EventKey, int]:
-        async with (await self._reader_for(shard)).pipeline(transaction=True) as pipe:
-            pipe.xrevrange(shard.log_key, count=1)
-            pipe.get(shard.counter_key)
-            newest, counter = await pipe.execute()
-        if not newest:
-            return (0, self.shard_count + shard.index), int(counter or 0)
-        return self._frontier(shard.index, cast(bytes, newest[0][0])), int(counter or 0)
+        reader = await self._reader_for(shard)
+        newest, counter = await self._log_head(reader, shard.log_key, shard.counter_key)
+        if newest is None:
+            return (0, self.shard_count + shard.index), counter
+        return self._frontier(shard.index, newest), counter
 
     def _take(self, shard: Shard, entries: list[Any]) -> None:
         """Entries of one shard, in its order: check numbers, move its frontier, hold every
