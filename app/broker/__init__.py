@@ -3,23 +3,16 @@ dependencies are needed only when it is used)."""
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from app.broker.base import Broker, BrokerUnavailableError, EventListener, Replay
 from app.core.config import Settings
 
+if TYPE_CHECKING:
+    from app.broker.redis_base import RedisOptions
+
 __all__ = ["Broker", "BrokerUnavailableError", "EventListener", "Replay", "create_broker"]
-
-
-class _RedisOptions(TypedDict):
-    """The settings both Redis brokers take."""
-
-    history_size: int
-    channel_ttl_seconds: float
-    key_prefix: str
-    log_size: int
-    max_connections: int
 
 
 def create_broker(settings: Settings) -> Broker:
@@ -33,7 +26,7 @@ def create_broker(settings: Settings) -> Broker:
             history_max_channels=settings.sse_history_max_channels,
             channel_ttl_seconds=settings.sse_channel_ttl_seconds,
         )
-    redis: _RedisOptions = {
+    redis: RedisOptions = {
         "history_size": settings.sse_history_size,
         "channel_ttl_seconds": settings.sse_channel_ttl_seconds,
         "key_prefix": settings.redis_key_prefix,

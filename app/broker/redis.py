@@ -82,7 +82,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import Any, Unpack, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -103,13 +103,12 @@ from app.broker.packed_script import call_script
 from app.broker.pages import ReadSize, cut_page
 from app.broker.publish_queue import CallResult
 from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
-from app.broker.redis_base import RedisBrokerBase
+from app.broker.redis_base import RedisBrokerBase, RedisOptions
 from app.broker.redis_connections import (
     BACKOFF_INITIAL_SECONDS,
     BACKOFF_MAX_SECONDS,
     COMMAND_TIMEOUT_SECONDS,
     CONNECT_TIMEOUT_SECONDS,
-    DEFAULT_MAX_CONNECTIONS,
     READ_BLOCK_MS,
     READER_SOCKET_TIMEOUT_SECONDS,
     READER_STOP_SECONDS,
@@ -131,8 +130,6 @@ __all__ = ["PUBLISH_SCRIPT", "RedisBroker", "redact_url"]
 
 logger = logging.getLogger("herald.broker")
 
-DEFAULT_KEY_PREFIX = "herald"
-DEFAULT_LOG_SIZE = 10_000
 UNAVAILABLE = "the event backplane (Redis) is unavailable; retry later"
 
 
@@ -149,30 +146,18 @@ def redact_url(url: str) -> str:
 
 class RedisBroker(RedisBrokerBase, RedisAccess):
     def __init__(
-        self,
-        url: str,
-        *,
-        history_size: int,
-        channel_ttl_seconds: float,
-        key_prefix: str = DEFAULT_KEY_PREFIX,
-        log_size: int = DEFAULT_LOG_SIZE,
-        block_ms: int = READ_BLOCK_MS,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        self, url: str, *, block_ms: int = READ_BLOCK_MS, **options: Unpack[RedisOptions]
     ) -> None:
         super().__init__(
             url,
-            history_size=history_size,
-            channel_ttl_seconds=channel_ttl_seconds,
-            key_prefix=key_prefix,
-            log_size=log_size,
-            block_ms=block_ms,
-            max_connections=max_connections,
             kind="redis",
             redacted_url=redact_url(url),
             unavailable=UNAVAILABLE,
+            block_ms=block_ms,
+            **options,
         )
-        self.log_key = f"{key_prefix}:log"
-        self.counter_key = f"{key_prefix}:log:n"
+        self.log_key = f"{self.key_prefix}:log"
+        self.counter_key = f"{self.key_prefix}:log:n"
         self._commands: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
         self._publish: Any = None  # redis-py's Script (EVALSHA, reloaded after a restart)

@@ -14,20 +14,34 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from typing import Any, cast
+from typing import Any, Required, TypedDict, cast
 
 import redis.asyncio as aioredis
 
 from app.broker.base import Broker, Draft, EventListener, ResyncListener
 from app.broker.capabilities import BrokerHealth
 from app.broker.publish_queue import CallResult, PublishQueue
-from app.broker.redis_connections import READ_COUNT
+from app.broker.redis_connections import DEFAULT_MAX_CONNECTIONS, READ_COUNT
 from app.broker.redis_entries import CHANNEL_FIELD, channels_of, entry_event
 from app.sse.event_id import EventKey
 
-__all__ = ["RedisBrokerBase"]
+__all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_LOG_SIZE", "RedisBrokerBase", "RedisOptions"]
 
 logger = logging.getLogger("herald.broker")
+
+DEFAULT_KEY_PREFIX = "herald"
+DEFAULT_LOG_SIZE = 10_000
+
+
+class RedisOptions(TypedDict, total=False):
+    """The settings both Redis brokers take, by keyword (``app.broker.create_broker`` reads
+    them from ``SSE_HISTORY_SIZE``, ``SSE_CHANNEL_TTL_SECONDS`` and ``REDIS_*``)."""
+
+    history_size: Required[int]
+    channel_ttl_seconds: Required[float]
+    key_prefix: str
+    log_size: int
+    max_connections: int
 
 
 class RedisBrokerBase(Broker, BrokerHealth):
@@ -38,15 +52,15 @@ class RedisBrokerBase(Broker, BrokerHealth):
         self,
         url: str,
         *,
-        history_size: int,
-        channel_ttl_seconds: float,
-        key_prefix: str,
-        log_size: int,
-        block_ms: int,
-        max_connections: int,
         kind: str,
         redacted_url: str,
         unavailable: str,
+        block_ms: int,
+        history_size: int,
+        channel_ttl_seconds: float,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        log_size: int = DEFAULT_LOG_SIZE,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.url = url
         self.max_connections = max_connections

@@ -23,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import zlib
 from dataclasses import dataclass
+from typing import Unpack
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from app.broker.capabilities import ClusterTopology
 from app.broker.cluster_url import ClusterURL, parse_cluster_url
-from app.broker.redis_base import RedisBrokerBase
+from app.broker.redis_base import RedisBrokerBase, RedisOptions
 from app.broker.redis_cluster.nodes import ClusterNodes, Node
-from app.broker.redis_connections import DEFAULT_MAX_CONNECTIONS
 from app.broker.redis_entries import key_of
 from app.sse.event_id import EventKey
 
@@ -93,29 +93,21 @@ class ShardedBroker(RedisBrokerBase, ClusterTopology):
         self,
         url: str,
         *,
-        history_size: int,
-        channel_ttl_seconds: float,
-        key_prefix: str = "herald",
-        log_size: int = 10_000,
         shards: int = DEFAULT_SHARDS,
         wait_replicas: int = 1,
         wait_timeout_ms: int = 1000,
         held_events: int = 10_000,
         block_ms: int = DEFAULT_READ_BLOCK_MS,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        **options: Unpack[RedisOptions],
     ) -> None:
         self.parsed: ClusterURL = parse_cluster_url(url)
         super().__init__(
             url,
-            history_size=history_size,
-            channel_ttl_seconds=channel_ttl_seconds,
-            key_prefix=key_prefix,
-            log_size=log_size,
-            block_ms=block_ms,
-            max_connections=max_connections,
             kind="redis cluster",
             redacted_url=self.parsed.redacted(),
             unavailable=UNAVAILABLE,
+            block_ms=block_ms,
+            **options,
         )
         self.shard_count = max(1, shards)
         self.wait_replicas = wait_replicas
@@ -124,7 +116,7 @@ class ShardedBroker(RedisBrokerBase, ClusterTopology):
         self.shards = [
             Shard(k, tag, key_slot(tag.encode()))
             for k in range(self.shard_count)
-            for tag in [f"{{{key_prefix}:s{k}}}"]
+            for tag in [f"{{{self.key_prefix}:s{k}}}"]
         ]
         self.ticks = 0
         self.nodes = ClusterNodes(
