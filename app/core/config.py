@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # Command connections per worker (per node on a cluster): a burst of stream opens waits
     # for a free one instead of opening one per concurrent command.
     redis_max_connections: int = Field(default=32, ge=2, le=10_000)
-    # redis+cluster:// (app/broker/redis_cluster.py): log shards the events are spread
+    # redis+cluster:// (app/broker/redis_cluster/): log shards the events are spread
     # over (each a hash tag, so a slot, so a master); every worker reads every shard.
     redis_cluster_shards: int = Field(default=16, ge=1, le=1024)
     # A publish is acknowledged once this many replicas of each shard's master have it

@@ -58,7 +58,7 @@ async def test_a_batch_is_published_in_request_order_with_consecutive_ids(
     server: ServerProcess, broker_env: Callable[[], dict[str, str]]
 ) -> None:
     if broker_env()["BROKER_URL"].startswith("redis+cluster"):
-        # Its log shards number their entries apart (app/broker/redis_cluster.py note 7):
+        # Its log shards number their entries apart (app/broker/redis_cluster/publishing.py):
         # request order holds per shard; tests/broker/test_redis_cluster.py checks it.
         pytest.skip("a batch across log shards is not one step of a sequence")
     items = [{"channel": "batch/a" if i % 2 else "batch/b", "data": {"n": i}} for i in range(20)]
@@ -145,7 +145,8 @@ async def test_an_event_on_several_channels_reaches_each_stream_once_live_and_in
     server: ServerProcess, broker_env: Callable[[], dict[str, str]]
 ) -> None:
     # On a cluster a batch's events on different log shards follow their positions, not the
-    # request (app/broker/redis_cluster.py): every stream sees one order, maybe not this one.
+    # request (app/broker/redis_cluster/publishing.py): every stream sees one order, maybe not
+    # this one.
     in_request_order = not broker_env()["BROKER_URL"].startswith("redis+cluster")
     both = "/events?channel=multi/a&channel=multi/b"
     async with httpx.AsyncClient(base_url=server.base_url) as client:

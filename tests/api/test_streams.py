@@ -191,7 +191,7 @@ async def test_too_old_id_gets_reset(
     assert json.loads(reset.data) == {"reason": "history_expired", "last_event_id": ids[0]}
     if broker_env()["BROKER_URL"].startswith("redis+cluster"):
         # The head is a position just below every log shard's frontier, not always an
-        # event's id (app/broker/redis_cluster.py note 8); what is above it arrives live.
+        # event's id (app/broker/redis_cluster/replay.py note 1); what is above it arrives live.
         assert parse_event_id(reset.id) is not None
     else:
         assert reset.id == ids[-1]  # the next resume starts from the newest id

@@ -145,7 +145,7 @@ async def test_a_paged_replay_is_complete_in_order_and_once_with_live_events_aft
 
 async def settled(hub: Hub, newest: Event) -> None:
     """Wait until a replay's head covers ``newest``: on a cluster the head waits for every
-    shard's log to pass it (app.broker.redis_cluster, note 8); elsewhere it already does.
+    shard's log to pass it (app.broker.redis_cluster.replay, note 1); elsewhere it already does.
     Pass the highest id (``in_order(...)[-1]``): a cluster's shards number independently,
     so the last event published is not always the newest."""
     deadline = time.monotonic() + 10
