@@ -71,7 +71,6 @@ class RedisBrokerBase(Broker, BrokerHealth):
         self.block_ms = block_ms
         self.kind = kind
         self.redacted_url = redacted_url
-        self.unavailable = unavailable
         self.state = "disconnected"
         self.reconnects = 0
         self.read_errors = 0
