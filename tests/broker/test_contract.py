@@ -58,9 +58,11 @@ class Backend:
         assert key is not None
         return key
 
-    async def settled(self, newest: Event) -> None:
-        """Until a replay's head covers ``newest``: on a cluster the head waits for every
-        shard's log to pass it; a single log's head is there at once."""
+    async def settled(self, *events: Event) -> None:
+        """Until a replay's head covers ``events``: on a cluster the head waits for every
+        shard's log to pass them; a single log's head is there at once. The highest id
+        counts, not the last published: a batch across shards follows its shards."""
+        newest = max(events, key=lambda event: event.key)
 
         async def covered() -> bool:
             return await self.head() >= newest.key
@@ -182,7 +184,7 @@ async def test_a_new_stream_gets_no_events_and_the_head_it_goes_live_after(
     broker = backend.broker
     await broker.subscribe("a")
     before = await backend.publish("ab")
-    await backend.settled(before[-1])
+    await backend.settled(*before)
     new = await broker.replay(["a"], None)
     assert new.events == [] and not new.reset and new.rest is None
     head = parse_event_id(new.head)
@@ -192,7 +194,7 @@ async def test_a_new_stream_gets_no_events_and_the_head_it_goes_live_after(
     after = await backend.publish("aba")
     # Everything after the head reaches the listener, and a resume from it replays exactly it.
     await wait_until(lambda: after[-1].id in ids(backend.received), what="live delivery")
-    await backend.settled(after[-1])
+    await backend.settled(*after)
     resumed = await broker.replay(["a"], new.head)
     assert ids(resumed.events) == [after[0].id, after[2].id] and not resumed.reset
 
@@ -217,7 +219,7 @@ async def test_replay_from_any_id_is_exact_for_any_set_of_channels(backend: Back
     broker = backend.broker
     start = (await broker.replay(CHANNELS, None)).head
     published = await backend.publish(CHANNELS[(i * 5) % len(CHANNELS)] for i in range(30))
-    await backend.settled(published[-1])
+    await backend.settled(*published)
     order = in_order(published)
     head = await backend.head()
     subsets = [CHANNELS[:1], CHANNELS[:3], CHANNELS[3:9], CHANNELS[::2], CHANNELS]
@@ -268,7 +270,7 @@ async def test_a_trimmed_history_resets_exactly_when_an_unseen_event_was_trimmed
     backend: Backend,
 ) -> None:
     events = await backend.publish("aaaaa")
-    await backend.settled(events[-1])
+    await backend.settled(*events)
     await backend.trim("a", 2)  # events 0-2 are gone
     missed_one = await backend.broker.replay(["a"], events[1].id)
     assert missed_one.reset and missed_one.reason == "history_expired"
@@ -329,7 +331,7 @@ async def test_a_publisher_id_is_the_events_id_and_a_cursor(backend: Backend) ->
     (tagged,) = await broker.publish([Draft(("a",), b"data: tagged\n", event_id=supplied)])
     assert tagged.id == supplied and tagged.frame.startswith(f"id: {supplied}\n".encode())
     later = await backend.publish("aba")
-    await backend.settled(later[-1])
+    await backend.settled(*later)
     replay = await broker.replay(["a", "b"], supplied)
     assert ids(replay.events) == ids(later) and not replay.reset
 
@@ -379,7 +381,7 @@ async def test_a_page_is_bounded_in_events_and_bytes(backend: Backend) -> None:
     published = await backend.publish(["a"] * 40)
     (big,) = await broker.publish([Draft(("a",), b"data: " + b"y" * 2000 + b"\n")])
     published += [big, *await backend.publish(["a"] * 5)]
-    await backend.settled(published[-1])
+    await backend.settled(*published)
     limit = PageLimit(events=6, bytes=300)
     replay = await broker.replay(["a"], published[0].id, page=limit)
     pages = [replay.events]
@@ -399,7 +401,7 @@ async def test_a_replay_without_page_is_whole(backend: Backend) -> None:
     published: list[Event] = []
     for start in range(0, len(drafts), 10):
         published += await broker.publish(drafts[start : start + 10])
-    await backend.settled(max(published, key=lambda event: event.key))
+    await backend.settled(*published)
     cursor = published[0]
     replay = await broker.replay(["a", "b"], cursor.id)
     assert replay.rest is None
@@ -411,7 +413,7 @@ async def test_history_trimmed_under_a_paged_replay_is_reported_not_skipped(
     backend: Backend,
 ) -> None:
     published = await backend.publish(["a"] * 20)
-    await backend.settled(published[-1])
+    await backend.settled(*published)
     replay = await backend.broker.replay(["a"], published[0].id, page=PageLimit(5, 10_000))
     first = ids(replay.events)  # one page: at most 5 events, at least one
     assert 1 <= len(first) <= 5 and first == ids(published[1 : 1 + len(first)])
