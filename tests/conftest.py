@@ -90,3 +90,16 @@ def broker_env(request: pytest.FixtureRequest) -> Callable[[], dict[str, str]]:
     redis: RedisServer = request.getfixturevalue("redis_server")
     # A fresh key prefix per server process: tests share one Redis, not each other's history.
     return lambda: {"BROKER_URL": redis.url, "REDIS_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each broker's URL in turn, for the in-process suites that must hold on all (each
+    test picks its own key prefix)."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    return redis.url

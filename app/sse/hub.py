@@ -63,7 +63,10 @@ Design decisions (read before changing):
    after it ended, at most ``SSE_WRITE_COALESCE_MS``, and carries everything
    published meanwhile in one write per stream — the throughput of a saturated
    hub. The hold never depends on the number of streams alone: 2,000 streams
-   at 20 events/s keep up and are written at once.
+   at 20 events/s keep up and are written at once. Pass times are read on the
+   hub's clock (``Hub(clock=...)``), not the event loop's: uvloop's loop time
+   counts whole milliseconds, which rounds a short pass to nothing or to a
+   millisecond, and a test drives the clock instead of sleeping.
 10. A stream's write in a pass is one ``transport.write`` of a chunk framed once
    per event (:mod:`app.sse.chunked_write`) where the server allows it, else a
    step of its ASGI ``send`` (:mod:`app.sse.direct_write`).
@@ -155,7 +158,7 @@ PING_TICK_SECONDS = 1.0
 COALESCE_COST_FACTOR = 2.0
 """A hub that is behind starts its next pass this many times the last pass's duration
 after that pass ended (capped by SSE_WRITE_COALESCE_MS): passes then take at most about
-a third of the loop's time (design note 7)."""
+a third of the loop's time (design note 9)."""
 
 
 class InvalidChannelError(ValueError):
@@ -244,8 +247,10 @@ class Hub:
         # (each at most once: Connection.flush_pending); bounded by the connections.
         self._to_flush: list[Connection] = []
         self._coalesce_seconds = settings.sse_write_coalesce_ms / 1000
+        # On self.clock, as every time below (design note 9).
         self._last_flush_end = float("-inf")
         self._last_flush_cost = 0.0
+        self._next_pass_at = float("-inf")  # when the scheduled pass runs
         # The last writes were an event's, inside its fan-out (design note 12), not a pass.
         self._last_writes_in_fan_out = False
         # Replays in pages, SSE_REPLAY_CONCURRENCY at once (app.sse.replays).
@@ -398,29 +403,32 @@ class Hub:
         patterns = self._patterns
         if not subscribers and not patterns:
             return
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        clock = self.clock
+        started = clock()
         # Keeping up (design note 12): write now, inside the fan-out, unless a pass is
         # already due or the hub is behind (design note 9), when the event is queued.
         keeping_up = not self._to_flush and started - self._last_flush_end >= self._last_flush_cost
         chunk = frame_chunk(event.frame) if keeping_up else None
         if subscribers:
-            self._push(event, subscribers, chunk)
+            self._push(event, subscribers, chunk, started)
         if patterns:
             for channel in channels:
                 for matched in patterns.subscribers_for(channel):
                     # A stream also subscribed exactly, by two patterns or through two of
                     # the event's channels gets it once: its cursor skips the second push.
-                    self._push(event, matched, chunk)
+                    self._push(event, matched, chunk, started)
         if keeping_up:
             # These writes were a pass: the next event measures itself against their cost.
-            self._last_flush_end = loop.time()
+            self._last_flush_end = clock()
             self._last_flush_cost = self._last_flush_end - started
             self._last_writes_in_fan_out = True
 
-    def _push(self, event: Event, subscribers: set[Connection], chunk: bytes | None) -> None:
+    def _push(
+        self, event: Event, subscribers: set[Connection], chunk: bytes | None, now: float
+    ) -> None:
         """Push ``event`` to ``subscribers``: written at once where each allows it when
-        ``chunk`` (the event's frame as an HTTP chunk) is given, else queued for a pass."""
+        ``chunk`` (the event's frame as an HTTP chunk) is given, else queued for a pass.
+        ``now``: when the fan-out began, the delivery time of what it writes."""
         counters = self.counters
         if event.private:
             # Rare path: the per-subscriber check costs only private events.
@@ -433,7 +441,6 @@ class Hub:
                 elif outcome == OVERFLOWED:
                     counters.overflow_disconnects += 1
             return
-        now = self.clock()
         for connection in subscribers:
             outcome = connection.push_now(event, chunk, now)
             if outcome == DROPPED_OLDEST:
@@ -448,7 +455,7 @@ class Hub:
     def _schedule_flush(self, connection: Connection) -> None:
         if not self._to_flush:
             loop = asyncio.get_running_loop()
-            now = loop.time()
+            now = self.clock()
             # Hold only when behind (design note 9): the loop has been idle for less than
             # the last pass took, so events come faster than passes complete.
             cost = self._last_flush_cost
@@ -456,21 +463,23 @@ class Hub:
             # not a hub falling behind: it goes in one pass at once (design note 12).
             if now - self._last_flush_end < cost and not self._last_writes_in_fan_out:
                 hold = min(self._coalesce_seconds, COALESCE_COST_FACTOR * cost)
-                loop.call_at(self._last_flush_end + hold, self._flush)
+                self._next_pass_at = self._last_flush_end + hold
+                # A delay, not loop.call_at: the deadline is on the hub's clock.
+                loop.call_later(self._next_pass_at - now, self._flush)
             else:
+                self._next_pass_at = now
                 loop.call_soon(self._flush)
         self._to_flush.append(connection)
 
     def _flush(self) -> None:
         connections, self._to_flush = self._to_flush, []
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        now = self.clock()
+        clock = self.clock
+        started = clock()
         # A single event's framed chunk, shared by the streams that get only it.
         chunks: dict[bytes, bytes] = {}
         for connection in connections:
-            connection.flush(now, chunks)
-        self._last_flush_end = loop.time()
+            connection.flush(started, chunks)
+        self._last_flush_end = clock()
         self._last_flush_cost = self._last_flush_end - started
         self._last_writes_in_fan_out = False
 

@@ -59,7 +59,8 @@ async def test_a_batch_is_published_in_request_order_with_consecutive_ids(
 ) -> None:
     if broker_env()["BROKER_URL"].startswith("redis+cluster"):
         # Its log shards number their entries apart (app/broker/redis_cluster/publishing.py):
-        # request order holds per shard; tests/broker/test_redis_cluster.py checks it.
+        # request order holds within a shard; tests/broker/test_contract.py checks it per
+        # channel.
         pytest.skip("a batch across log shards is not one step of a sequence")
     items = [{"channel": "batch/a" if i % 2 else "batch/b", "data": {"n": i}} for i in range(20)]
     async with (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from app.sse.event_id import parse_event_id
 from app.sse.hub import Hub, InvalidChannelError, StreamRefusedError
 from tests.sse.test_direct_write import FakeSend, Flow, chunk_of, read_exactly
 from tests.support.clock import FakeClock
+from tests.support.waiting import wait_until
 
 CHANNEL_TTL = 30.0
 PING_SECONDS = 3.0
@@ -268,10 +268,7 @@ async def test_a_stream_opened_while_the_server_drains_is_closed_at_once(
     hub = await make_hub()
     async with hub.subscribe(["a"]) as (before, _):
         draining = True
-        deadline = time.monotonic() + 5
-        while before.close_reason is None:
-            assert time.monotonic() < deadline, "the shutdown sweep never closed the stream"
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: before.close_reason is not None, what="the shutdown sweep")
         async with hub.subscribe(["a"]) as (late, _):
             assert late.close_reason is CloseReason.SHUTDOWN
     assert before.close_reason is CloseReason.SHUTDOWN
@@ -544,77 +541,89 @@ async def test_the_server_wide_cap_still_answers_503(make_hub: MakeHub) -> None:
     assert refused.value.status_code == 503
 
 
+async def next_iteration() -> None:
+    """Let the loop run what is ready now: a pass scheduled "at once" runs in it, a held
+    one does not."""
+    await asyncio.sleep(0)
+
+
 @pytest.mark.parametrize(("pass_seconds", "held"), [(0.0, False), (0.05, True)])
 async def test_events_soon_after_an_expensive_write_pass_share_the_next_write(
-    make_hub: MakeHub, pass_seconds: float, held: bool
+    make_hub: MakeHub, clock: FakeClock, pass_seconds: float, held: bool
 ) -> None:
     """Coalescing holds events back only when the hub is behind: events that come sooner
-    after a pass than the pass took (here: one slow write) wait about twice its duration,
+    after a pass than the pass took (here: one slow write) wait twice its duration after it,
     and share one write; after a cheap pass nothing waits."""
     hub = await make_hub(sse_write_coalesce_ms=1000)
-    writes: list[tuple[float, bytes]] = []
-    loop = asyncio.get_running_loop()
+    writes: list[bytes] = []
 
     async def send(message: MutableMapping[str, Any]) -> None:
-        time.sleep(pass_seconds)  # noqa: ASYNC251 - a pass over many streams costs CPU
-        writes.append((loop.time(), message["body"]))
+        clock.advance(pass_seconds)  # a pass over many streams takes time
+        writes.append(message["body"])
 
     async with hub.subscribe(["burst"]) as (connection, _):
         connection.send = send  # as the stream's writer does once it is pumping
         writer = asyncio.create_task(connection.wait())
-        await asyncio.sleep(0)
+        await next_iteration()
         await hub.publish("burst", "first")
-        await asyncio.sleep(0.001)
+        await next_iteration()
         assert len(writes) == 1  # an idle hub writes at once
-        first_pass_end = loop.time()
+        first_pass_end = clock()
+        assert hub._last_flush_cost == pytest.approx(pass_seconds)  # on the hub's clock
         await hub.publish("burst", "second")
         await hub.publish("burst", "third")
-        await asyncio.sleep(0.5)
-        assert len(writes) == 2 and writes[1][1].count(b"data: ") == 2
-        waited = writes[1][0] - first_pass_end
-        if held:  # about twice the 50 ms pass, far below the 1 s cap
-            assert 0.08 <= waited - pass_seconds < 0.5
+        await next_iteration()
+        if held:  # twice the pass, far below the 1 s cap
+            assert hub._next_pass_at == pytest.approx(first_pass_end + 2 * pass_seconds)
+            assert len(writes) == 1
+            await wait_until(lambda: len(writes) == 2, what="the held pass")
         else:
-            assert waited < 0.05
+            assert hub._next_pass_at == first_pass_end
+            assert len(writes) == 2
+        assert writes[1].count(b"data: ") == 2  # one write for both
         assert not writer.done()  # all of it written without waking the writer
         connection.close(CloseReason.SHUTDOWN)
         await writer
 
 
+@pytest.mark.parametrize(("idle_passes", "held"), [(1.25, False), (1.0, False), (0.75, True)])
 async def test_a_hub_that_keeps_up_writes_at_once_however_long_its_passes(
-    make_hub: MakeHub,
+    make_hub: MakeHub, clock: FakeClock, idle_passes: float, held: bool
 ) -> None:
-    """An event arriving after the loop was idle longer than the last pass took is written
-    at once, not held for a multiple of that pass (2,000 streams at 20 events/s)."""
-    pass_seconds = 0.2
+    """An event arriving after the loop was idle at least as long as the last pass took is
+    written at once, not held for a multiple of that pass (2,000 streams at 20 events/s);
+    idle for less, the hub is behind and holds it."""
+    pass_seconds = 0.25  # a binary fraction: "exactly as long as the pass" is exact
     hub = await make_hub(sse_write_coalesce_ms=1000)
-    writes: list[float] = []
-    loop = asyncio.get_running_loop()
+    writes: list[bytes] = []
 
     async def send(message: MutableMapping[str, Any]) -> None:
-        time.sleep(pass_seconds)  # noqa: ASYNC251 - a pass over many streams costs CPU
-        writes.append(loop.time())
+        clock.advance(pass_seconds)  # a pass over many streams takes time
+        writes.append(message["body"])
 
     async with hub.subscribe(["steady"]) as (connection, _):
         connection.send = send
         writer = asyncio.create_task(connection.wait())
-        await asyncio.sleep(0)
+        await next_iteration()
         await hub.publish("steady", "first")
-        await asyncio.sleep(0.001)
+        await next_iteration()
         assert len(writes) == 1
-        await asyncio.sleep(1.25 * pass_seconds)  # idle for longer than the pass took
-        published = loop.time()
+        pass_end = clock()
+        clock.advance(idle_passes * pass_seconds)
         await hub.publish("steady", "second")
-        await asyncio.sleep(0.001)
-        # Held (the rule before issue 16), it would wait until 2 x 0.2 s after the pass.
-        assert len(writes) == 2
-        assert writes[1] - pass_seconds - published < 0.1
+        await next_iteration()
+        if held:
+            assert hub._next_pass_at == pytest.approx(pass_end + 2 * pass_seconds)
+            assert len(writes) == 1
+        else:
+            assert hub._next_pass_at == pass_end + idle_passes * pass_seconds
+            assert len(writes) == 2
         connection.close(CloseReason.SHUTDOWN)
         await writer
 
 
 async def test_a_hub_that_keeps_up_writes_inside_the_fan_out_and_queues_when_behind(
-    make_hub: MakeHub, loopback: tuple[asyncio.Transport, socket.socket]
+    make_hub: MakeHub, clock: FakeClock, loopback: tuple[asyncio.Transport, socket.socket]
 ) -> None:
     """Design note 12: keeping up, the publish itself writes the event to the stream's
     transport (no pass scheduled); behind, the event is queued for the next pass."""
@@ -623,7 +632,7 @@ async def test_a_hub_that_keeps_up_writes_inside_the_fan_out_and_queues_when_beh
     async with hub.subscribe(["through"]) as (connection, _):
         connection.send, connection.transport, connection.flow = FakeSend(), transport, Flow()
         writer = asyncio.create_task(connection.wait())
-        await asyncio.sleep(0)
+        await next_iteration()
         event_id = await hub.publish("through", "now")
         # Before the loop has run again: written by the fan-out, nothing left for a pass.
         assert connection.delivered == 1 and connection.queued == 0 and not hub._to_flush
@@ -634,13 +643,16 @@ async def test_a_hub_that_keeps_up_writes_inside_the_fan_out_and_queues_when_beh
         assert connection.queued == 1 and hub._to_flush == [connection]
         assert connection.delivered == 1
         # What arrived during one event's writes is a burst: its pass runs at once, not
-        # two minutes (twice the last writes) later.
-        await asyncio.sleep(0.05)
+        # held (up to the 1 s cap, twice the last writes).
+        assert hub._next_pass_at == clock()
+        await next_iteration()
         assert connection.delivered == 2 and connection.queued == 0
-        # After a pass, the same hurry is a hub falling behind: held (design note 9).
+        # After a pass, the same hurry is a hub falling behind: held (design note 9), here
+        # up to the cap.
         hub._last_flush_cost = 60.0
         await hub.publish("through", "held")
-        await asyncio.sleep(0.05)
+        assert hub._next_pass_at == hub._last_flush_end + 1.0
+        await next_iteration()
         assert connection.delivered == 2 and connection.queued == 1
         assert not writer.done()
         connection.close(CloseReason.SHUTDOWN)

@@ -1,8 +1,8 @@
-"""Replays in pages (app.sse.replays, contract item 6 of app.broker.base): one contract over
-every broker — a replay of many pages across channels, private events and a pattern arrives
-complete, in order and once, with what is published meanwhile coming live after the head —
-pages bounded in events and bytes, the turns of the gate, and a real server where a crowd
-resumes at once under the cap."""
+"""Replays in pages through the hub (app.sse.replays; the broker's side, contract item 6 of
+app.broker.base, is in tests/broker/test_contract.py), over every broker: a replay of many
+pages across channels, private events and a pattern arrives complete, in order and once,
+with what is published meanwhile coming live after the head; the turns of the gate; and a
+real server where a crowd resumes at once under the cap."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.broker import create_broker
-from app.broker.base import Draft, PageLimit, Replay
+from app.broker.base import Draft, PageLimit
 from app.core.config import load_settings
 from app.sse.connection import Connection
 from app.sse.event import Event
@@ -26,9 +26,9 @@ from app.sse.event_id import parse_event_id
 from app.sse.hub import Hub
 from app.sse.replays import ReplayGate
 from tests.leak.raw_http import SseSocket, open_sse
-from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_until
 
 PAGE = PageLimit(events=7, bytes=900)
 BODY = b"data: " + b"x" * 60 + b"\n"
@@ -40,17 +40,6 @@ class Prefix:
 
     def matches(self, topic: str) -> bool:
         return topic.startswith(self.prefix)
-
-
-@pytest.fixture(params=["memory", "redis", "cluster"])
-def broker_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        return cluster.url
-    redis: RedisServer = request.getfixturevalue("redis_server")
-    return redis.url
 
 
 @pytest.fixture
@@ -68,13 +57,6 @@ async def hub(
     await started.start()
     yield started
     await started.stop()
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def drafts(count: int, start: int = 0) -> list[Draft]:
@@ -139,7 +121,7 @@ async def test_a_paged_replay_is_complete_in_order_and_once_with_live_events_aft
         assert len(pages) > 5
         assert all(len(page) <= PAGE.events for page in pages)
         live = [e.id for e in in_order(during) if visible(e, granted, pattern=pattern)]
-        await wait_for(lambda: connection.queued >= len(live))
+        await wait_until(lambda: connection.queued >= len(live), what="the live events")
         assert ids_in(taken(connection)) == live
 
 
@@ -148,10 +130,12 @@ async def settled(hub: Hub, newest: Event) -> None:
     shard's log to pass it (app.broker.redis_cluster.replay, note 1); elsewhere it already does.
     Pass the highest id (``in_order(...)[-1]``): a cluster's shards number independently,
     so the last event published is not always the newest."""
-    deadline = time.monotonic() + 10
-    while (parse_event_id((await hub.broker.replay([], None)).head) or (0, 0)) < newest.key:
-        assert time.monotonic() < deadline, "the head never passed the newest event"
-        await asyncio.sleep(0.02)
+
+    async def covered() -> bool:
+        head = parse_event_id((await hub.broker.replay([], None)).head)
+        return head is not None and head >= newest.key
+
+    await wait_until(covered, what=f"a head at or past {newest.id}")
 
 
 def taken(connection: Connection) -> bytes:
@@ -159,50 +143,6 @@ def taken(connection: Connection) -> bytes:
     while (item := connection.take()) is not None:
         payload += item[0]
     return payload
-
-
-async def test_a_page_is_bounded_in_events_and_bytes(hub: Hub) -> None:
-    published = await publish(hub, [Draft(("a",), BODY) for _ in range(40)])
-    big = (await hub.publish_drafts([Draft(("a",), b"data: " + b"y" * 2000 + b"\n")]))[0]
-    published += [big, *await publish(hub, [Draft(("a",), BODY) for _ in range(5)])]
-    await settled(hub, in_order(published)[-1])
-    limit = PageLimit(events=6, bytes=300)
-    replay = await hub.broker.replay(["a"], published[0].id, page=limit)
-    pages = [replay.events]
-    while replay.rest is not None and (page := await replay.rest.next()):
-        pages.append(page)
-    assert [e.id for page in pages for e in page] == [e.id for e in published[1:]]
-    for page in pages:
-        assert 1 <= len(page) <= limit.events
-        # At most the page's bytes, unless one event alone is larger (it then goes alone).
-        assert sum(len(e.frame) for e in page) <= limit.bytes or [e.id for e in page] == [big.id]
-
-
-async def test_a_replay_without_page_is_whole(hub: Hub) -> None:
-    published = await publish(hub, drafts(30))
-    await settled(hub, in_order(published)[-1])
-    replay: Replay = await hub.broker.replay(["a", "b"], published[0].id)
-    assert replay.rest is None
-    after = [e for e in in_order(published) if e.key > published[0].key]
-    wanted = [e.id for e in after if not {"a", "b"}.isdisjoint(e.channels)]
-    assert [e.id for e in replay.events] == wanted
-
-
-async def test_history_trimmed_under_a_replay_is_reported_not_skipped(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    settings = load_settings(sse_history_size=20)
-    hub = Hub(settings, create_broker(settings))
-    await hub.start()
-    try:
-        published = await publish(hub, [Draft(("a",), BODY) for _ in range(20)])
-        replay = await hub.broker.replay(["a"], published[0].id, page=PageLimit(5, 10_000))
-        assert replay.rest is not None
-        await publish(hub, [Draft(("a",), BODY) for _ in range(20)])  # evicts the unread
-        assert await replay.rest.next() is None
-    finally:
-        await hub.stop()
 
 
 # --- the gate: turns in arrival order ---------------------------------------------------
@@ -338,16 +278,11 @@ async def crowd_resumes(client: httpx.AsyncClient, crowd: list[SseSocket], ids: 
     for got in await readers:
         assert got == ids[1:]  # every event after the cursor, in order, once
     assert peak <= CONCURRENCY
-    await wait_for_async(lambda: replays_of(client), lambda r: r["running"] == 0)
+
+    async def all_done() -> bool:
+        return bool((await replays_of(client))["running"] == 0)
+
+    await wait_until(all_done, what="every replay done")
     final = await replays_of(client)
     assert final["waiting"] == final["page_bytes"] == 0
     assert final["started"] == CROWD and final["waited"] >= CROWD - CONCURRENCY
-
-
-async def wait_for_async(
-    read: Callable[[], Any], condition: Callable[[Any], bool], timeout: float = 10.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition(await read()):
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)

@@ -70,20 +70,27 @@ class RedisCluster:
     # --- lifecycle -------------------------------------------------------
 
     def start(self) -> RedisCluster:
-        for port in self.ports:
-            self.start_node(port)
-        for port in self.ports:
-            self._wait_ping(port)
-        nodes = [f"127.0.0.1:{port}" for port in self.ports]
-        assert REDIS_CLI is not None
-        subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=READY_TIMEOUT_SECONDS,
-        )
-        self.wait_ok()
+        try:
+            for port in self.ports:
+                self.start_node(port)
+            for port in self.ports:
+                self._wait_ping(port)
+            nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            assert REDIS_CLI is not None
+            create = ["--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"]
+            subprocess.run(
+                [REDIS_CLI, *create],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=READY_TIMEOUT_SECONDS,
+            )
+            self.wait_ok()
+        except BaseException:
+            # A fixture that fails before it yields is never torn down: the nodes
+            # already started would outlive the test run.
+            self.close()
+            raise
         return self
 
     def start_node(self, port: int) -> None:
