@@ -79,7 +79,11 @@ Design decisions (read the reason before "fixing" one):
     max-requests: its few streams end with a jittered ``retry:`` and resume
     exactly on the other workers, and the master starts a fresh worker.
     ``python -m app`` has no master to restart it and only trims.
-12. A shed client is pushed back, not let straight in. A reader that stalled
+12. A worker that drains (shutdown, reload, recycle) keeps sampling, so its
+    figures stay true, but acts on nothing: its exit hands back everything at
+    once, while a cleanup's full collection would only stall the loop that is
+    closing its streams, and keep its memory, and the box, up for longer.
+13. A shed client is pushed back, not let straight in. A reader that stalled
     comes back after its ``retry:`` (3 s by default), replays, stalls again and
     holds as much as before within a fraction of a second: under a busy
     channel of large events a crowd of them cycles faster than shedding
@@ -158,7 +162,7 @@ idle stream in the worker and its socket in the kernel, rounded up)."""
 FULL_GC_GENERATION = 2
 SHED_BACKOFF_SECONDS = 10.0
 """How long a shed client is deferred if it returns while the box is still past the warning
-line (design note 12)."""
+line (design note 13)."""
 SHED_BACKOFF_MAX_CLIENTS = 10_000
 """Shed clients remembered at once (about 100 B each); the oldest are forgotten first."""
 RECYCLE_CROWD_LEFT_SHARE = 0.1
@@ -326,6 +330,9 @@ class MemoryGuard:
             self._report_leak()
         previous = self._tracker.level
         level = self._tracker.update(self.percent)
+        if self.hub.draining:
+            # Exiting hands everything back; a collection now only delays the exit.
+            return level
         if level is not None:
             self._enter(previous, level)
         shed = self._shed()
@@ -521,7 +528,7 @@ class MemoryGuard:
 
     def backoff(self, client: str) -> StreamRefusedError | None:
         """Client admission check: a client shed a moment ago waits before it comes back
-        (design note 12)."""
+        (design note 13)."""
         until = self._shed_clients.get(client)
         if until is None:
             return None

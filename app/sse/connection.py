@@ -34,11 +34,13 @@ Design decisions (read before changing):
    RST, with what the transport and the kernel still hold discarded, so a
    client that stopped reading cannot keep a send buffer alive
    (:mod:`app.sse.stream_socket`). Other closes end the body gracefully,
-   unless the transport still buffers bytes: its socket is full, so the client
-   is not reading and would never see a farewell, while a graceful close would
-   keep the transport and the kernel's send queue alive until it reads or the
-   server gives up (a draining worker would hold its memory through a reload).
-   Such a close aborts too; the client resumes with its last id.
+   unless the client is behind: the transport still buffers bytes, or the
+   kernel holds more than :data:`BEHIND_UNSENT_BYTES` it has not taken. Such a
+   client would not see a farewell soon, while a graceful close keeps the
+   transport's buffer alive until it drains (a draining worker cannot exit) and
+   leaves the kernel an orphaned socket holding its send queue, charged to the
+   box, until the client reads or the kernel gives up. Such a close aborts too;
+   the client resumes with its last id.
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ from app.sse.direct_write import HeldWrite, step
 from app.sse.encoding import PING_FRAME
 from app.sse.event import Event
 from app.sse.event_id import EventKey
-from app.sse.stream_socket import abort_transport
+from app.sse.stream_socket import abort_transport, kernel_unsent_bytes
 
 __all__ = [
     "ABORTED_CLOSES",
     "ALREADY_CLOSED",
     "ALREADY_HAD",
+    "BEHIND_UNSENT_BYTES",
     "DROPPED_OLDEST",
     "MAX_BATCH_BYTES",
     "OVERFLOWED",
@@ -99,6 +102,19 @@ class CloseReason(StrEnum):
 ABORTED_CLOSES = frozenset({CloseReason.OVERFLOW, CloseReason.IDLE, CloseReason.MEMORY})
 """Closes that reset the connection instead of ending the body: the client is not taking
 what was sent, and a reset frees what the transport and the kernel still hold at once."""
+
+BEHIND_UNSENT_BYTES = 16 * 1024
+"""Unsent bytes in the kernel past which a client is behind, not just a frame or two in
+flight: a graceful close would leave them to an orphaned socket (design note 6)."""
+
+
+def _behind(transport: asyncio.Transport, reason: CloseReason) -> bool:
+    if reason is CloseReason.CLIENT_GONE:  # the peer is gone: nothing left to decide
+        return False
+    return bool(transport.get_write_buffer_size()) or (
+        kernel_unsent_bytes(transport) > BEHIND_UNSENT_BYTES
+    )
+
 
 PING_CHUNK = frame_chunk(PING_FRAME)
 """A heartbeat as the body chunk a direct write sends (app.sse.chunked_write)."""
@@ -361,9 +377,7 @@ class Connection:
             return
         self.close_reason = reason
         transport = self.transport
-        if transport is not None and (
-            reason in ABORTED_CLOSES or transport.get_write_buffer_size()
-        ):
+        if transport is not None and (reason in ABORTED_CLOSES or _behind(transport, reason)):
             # Before waking the writer: by the time it runs, the server knows the
             # client is gone and its last write returns at once.
             abort_transport(transport)

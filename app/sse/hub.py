@@ -242,7 +242,7 @@ class Hub:
         # Set once the server drains: a stream that registers later (it was opening when
         # the shutdown's close swept the hub) is closed at once, or it would hold the
         # process until the client leaves.
-        self._shutting_down = False
+        self._draining = False
         # Connections with events to write directly, flushed once per loop iteration
         # (each at most once: Connection.flush_pending); bounded by the connections.
         self._to_flush: list[Connection] = []
@@ -277,7 +277,7 @@ class Hub:
         ]
 
     async def stop(self) -> None:
-        self._shutting_down = True
+        self._draining = True
         self.close_all(CloseReason.SHUTDOWN)
         for task in self._tasks:
             task.cancel()
@@ -302,7 +302,7 @@ class Hub:
             await asyncio.sleep(SHUTDOWN_POLL_SECONDS)
         if self._connections:
             logger.info("shutdown: closing %d open streams", len(self._connections))
-        self._shutting_down = True
+        self._draining = True
         self.close_all(CloseReason.SHUTDOWN)
 
     # --- publishing ------------------------------------------------------
@@ -517,7 +517,7 @@ class Hub:
                 on_ready=self._schedule_flush,
             )
             self._register(connection, stream_patterns)
-            if self._shutting_down:
+            if self._draining:
                 connection.close(CloseReason.SHUTDOWN)
             subscribed: list[str] = []
             watching = False
@@ -709,6 +709,11 @@ class Hub:
     def connections(self) -> Collection[Connection]:
         """The open streams, read-only (the memory guard weighs them to shed)."""
         return self._connections
+
+    @property
+    def draining(self) -> bool:
+        """The server is on its way out: every stream has been told to close."""
+        return self._draining
 
     @property
     def connection_count(self) -> int:

@@ -36,6 +36,7 @@ from app.sse.connection import CloseReason
 from app.sse.hub import Hub, StreamRefusedError
 from tests.support.clock import FakeClock
 from tests.support.logs import capture_logs
+from tests.support.waiting import wait_until
 
 MB = 1024 * 1024
 LIMIT = MemoryLimit(bytes=100 * MB, source="setting")
@@ -314,6 +315,21 @@ async def test_entering_critical_runs_the_aggressive_cleanup(
     assert freed["runs_trimmed"] > 0
     assert logged(memory_log, "memory cleanup (critical): freed")
     assert logged(memory_log, "refusing new streams")
+
+
+async def test_a_draining_worker_samples_but_does_nothing(
+    make_parts: MakeParts, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its exit hands everything back; a cleanup would only stall the loop closing streams.
+    parts = await make_parts()
+    await fill(parts, clock)
+    monkeypatch.setattr("app.sse.hub.shutdown_requested", lambda: True)
+    await wait_until(lambda: parts.hub.draining, what="the hub seeing the shutdown")
+    parts.at(95)
+    assert parts.guard.percent == pytest.approx(95)
+    assert parts.guard.cleanups[MemoryLevel.CRITICAL] == 0
+    assert parts.service.cache.items > 0 and parts.history_events == 2 * HISTORY_SIZE
+    assert parts.heap_releases.count == 0
 
 
 async def test_critical_refuses_new_streams_and_responses(make_parts: MakeParts) -> None:

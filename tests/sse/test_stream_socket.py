@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from app.sse.connection import BEHIND_UNSENT_BYTES, CloseReason, Connection, QueueBudget
 from app.sse.stream_socket import (
     TRANSPORT_EXTENSION,
     abort_transport,
@@ -314,3 +315,46 @@ async def test_shutdown_resets_a_client_that_stopped_reading_and_the_worker_exit
     print(f"\nSIGTERM to exit with a stalled stream: {exited_after:.2f} s")
     assert exited_after < 10
     assert reasons["shutdown"] == 2
+
+
+# --- which closes end gracefully ----------------------------------------------------------
+
+
+async def closed_with_reset(client: socket.socket) -> bool:
+    """Drain the client end: True if the server's close was a reset."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(5):
+            while await loop.sock_recv(client, 64 * KB):
+                pass
+    except ConnectionResetError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    ("written", "reset"),
+    [
+        (0, False),  # nothing unsent: the farewell goes out and the body ends
+        (BEHIND_UNSENT_BYTES // 2, False),  # a frame or two in flight
+        (4 * BEHIND_UNSENT_BYTES, True),  # queued in the kernel, the transport empty
+        (2048 * KB, True),  # the transport's buffer too
+    ],
+)
+async def test_a_graceful_close_resets_a_client_that_is_behind(
+    loopback: tuple[asyncio.Transport, socket.socket], written: int, reset: bool
+) -> None:
+    transport, client = loopback
+    prepare_stream_transport(transport, send_buffer_kb=256, transport_buffer_kb=64)
+    connection = Connection(
+        ("c",), maxsize=10, drop_oldest=False, budget=QueueBudget(1 << 30), now=0.0
+    )
+    connection.transport = transport
+    if written:
+        transport.write(b"x" * written)
+        await asyncio.sleep(0.05)  # what the kernel takes, it takes now
+    unsent = kernel_unsent_bytes(transport)
+    connection.close(CloseReason.SHUTDOWN)
+    if not transport.is_closing():
+        transport.close()  # what uvicorn does once the stream's body has ended
+    assert await closed_with_reset(client) is reset, (written, unsent)
