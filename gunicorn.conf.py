@@ -5,8 +5,10 @@ Every value can be overridden by the usual environment variables or flags.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
+import sys
 import tempfile
 
 # Render (and most platforms) give the port in $PORT and expect 0.0.0.0.
@@ -24,6 +26,15 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "50"))
 graceful_timeout = 25
 keepalive = 5
 accesslog = None
+# The app is imported once, in the master, and every worker forks from it: the pages
+# of the imported code and the objects built at import are shared by all workers
+# instead of copied into each (a fresh worker starts at a few MB of its own, not
+# tens), which is also what lets a reload's new workers boot beside the old ones
+# inside the box. The heap is frozen before each fork (pre_fork) so the workers'
+# collections do not write to those objects and copy their pages after all.
+# HUP restarts the workers from the master's copy of the code: deploy new code by
+# restarting the master (a new release does).
+preload_app = True
 # The hub logs one line per stream end itself; access logs would repeat each
 # request's query string, which may carry credentials.
 
@@ -41,19 +52,27 @@ STATS_DIR_OWNER_VARIABLE = "HERALD_STATS_DIR_OWNER"
 # A bad setting is permanent: check it once here, in the master, before any worker
 # forks, and stop the deployment with its message (a worker failing on it would be
 # respawned forever). What is transient (Redis unreachable) stays inside the workers,
-# which serve degraded and recover by themselves (app/broker/redis.py).
+# which serve degraded and recover by themselves (app/broker/redis.py). Building the
+# app checks every setting, and the master builds it anyway (preload_app): here it
+# is built first, so a bad one ends the start with its message and this status.
 BAD_SETTINGS_EXIT_STATUS = 2
+
+
+def _build_the_app() -> None:
+    from app.core.config import SettingsError
+
+    try:
+        import app.main  # noqa: F401
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(BAD_SETTINGS_EXIT_STATUS) from None
+
+
+_build_the_app()
 
 
 def on_starting(server: object) -> None:
     log = getattr(server, "log")  # noqa: B009 - gunicorn's Arbiter, untyped here
-    from app.core.config import SettingsError, load_settings
-
-    try:
-        load_settings()
-    except SettingsError as exc:
-        log.error("%s", exc)
-        raise SystemExit(BAD_SETTINGS_EXIT_STATUS) from None
     inherited_owner = os.environ.get(STATS_DIR_OWNER_VARIABLE)
     if not os.environ.get(STATS_DIR_VARIABLE) or inherited_owner not in (None, str(os.getpid())):
         os.environ[STATS_DIR_VARIABLE] = tempfile.mkdtemp(prefix="herald-stats-")
@@ -72,3 +91,9 @@ def on_starting(server: object) -> None:
 def on_exit(server: object) -> None:
     if os.environ.get(STATS_DIR_OWNER_VARIABLE) == str(os.getpid()):
         shutil.rmtree(os.environ[STATS_DIR_VARIABLE], ignore_errors=True)
+
+
+def pre_fork(server: object, worker: object) -> None:
+    # Everything the master built moves to the permanent generation: a worker's
+    # collections skip it, so its shared pages stay shared (see preload_app above).
+    gc.freeze()

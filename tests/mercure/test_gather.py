@@ -44,7 +44,6 @@ SUBSCRIPTIONS = HUB + "/subscriptions"
 WATCHER = {"Authorization": f"Bearer {token(detail(['subscribe'], '*'))}"}
 STREAMS_PER_ROUND = 4
 MAX_STREAMS = 64
-MAX_CONNECTIONS = 80  # tries to reach both workers through the kernel's balancing
 TRY_PAUSE_SECONDS = (0.05, 0.3)
 GATHER_TIMEOUT = "1"
 # Long enough that a stopped worker stays listed (3 intervals) while it is asked twice.
@@ -60,23 +59,31 @@ def topic_of(match: str, subscriber: str) -> str:
 async def as_each_worker(
     server: ServerProcess, call: Callable[[httpx.AsyncClient], Awaitable[_T]]
 ) -> dict[str, _T]:
-    """``call``'s result as answered by each worker, by worker id. One keep-alive
-    connection is served by one worker: the admin metrics on it name that worker. The
-    kernel wakes the worker that went to sleep last, which after answering is the one that
-    just answered; a pause between tries lets the other one's timers put it last."""
-    results: dict[str, _T] = {}
+    """``call``'s result as answered by each of the two workers, by worker id. One
+    keep-alive connection is served by one worker: the admin metrics on it name that
+    worker (``host:pid``). Which worker accepts a new connection is the kernel's choice,
+    and it often picks the same one; so the first worker found is paused (SIGSTOP) while
+    the next connection is made, which only the other can then accept."""
+    clients: dict[str, httpx.AsyncClient] = {}
     async with AsyncExitStack() as held:
-        for _ in range(MAX_CONNECTIONS):
+
+        async def connect() -> None:
             client = await held.enter_async_context(
                 httpx.AsyncClient(base_url=server.base_url, timeout=10)
             )
             worker = (await client.get("/api/admin/metrics", headers=AUTH)).json()["worker"]
-            if worker not in results:
-                results[worker] = await call(client)
-            if len(results) == 2:
-                return results
-            await asyncio.sleep(random.uniform(*TRY_PAUSE_SECONDS))
-    raise AssertionError(f"only {sorted(results)} answered in {MAX_CONNECTIONS} connections")
+            clients[worker] = client
+
+        await connect()
+        (first,) = clients
+        paused = int(first.rsplit(":", 1)[1])
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            await connect()
+        finally:
+            os.kill(paused, signal.SIGCONT)
+        assert len(clients) == 2, sorted(clients)
+        return {worker: await call(client) for worker, client in clients.items()}
 
 
 async def listing(client: httpx.AsyncClient, path: str = SUBSCRIPTIONS) -> dict[str, Any]:
