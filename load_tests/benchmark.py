@@ -18,18 +18,18 @@ after the other, on free ports of 127.0.0.1:
   with the server pinned to one CPU.
 * **latency**: the same 2,000 subscribers, 20 events per second on a fixed
   schedule; p50 / p99 of publish-to-delivery time over every delivery.
-* **publish** (issue 15): accepted publishes per second of one worker, by
+* **publish**: accepted publishes per second of one worker, by
   ``load_tests/publish_rate.py`` in alternating rounds against a bare ASGI app
   on the same uvicorn, the baseline's ``POST /publish``, Herald on ``memory://``
   and on a ``redis-server`` it starts — single publishes (4 pipelining
   connections; and 64 concurrent publishers for the Redis/memory ratio, where
   concurrent publishes share Redis round trips) and 1,000-event batches.
-* **box**: the deployment shape of issue 9 — gunicorn with two workers
+* **box**: the deployment's shape — gunicorn with two workers
   (Herald: ``gunicorn.conf.py`` with ``MEMORY_LIMIT_MB=512`` and
   ``SSE_MAX_CONNECTIONS=9000`` as in ``render.yaml``, see ``box``; baseline:
   two uvicorn workers) holding 16,000 streams; total RSS of master and workers,
   and how the streams spread over the workers.
-* **stalled clients** (Herald only; issue 14): 2,000 streams whose clients set a
+* **stalled clients** (Herald only): 2,000 streams whose clients set a
   4 KB receive buffer and stop reading, 500 events of 1 KB published to them;
   TCP memory of their connections and server RSS, peak and after, both
   *before* (plain ``uvicorn app.main:app``, ``SSE_SOCKET_SEND_BUFFER_KB=0``: no
@@ -88,7 +88,7 @@ GENERATOR_BUSY = 0.9
 FILE_DESCRIPTOR_MARGIN = 200
 EPHEMERAL_PORT_MARGIN = 2000
 
-# Issue 9's targets, as the benchmark checks them.
+# The memory and speed targets, as the benchmark checks them.
 TARGET_RSS_PER_CONNECTION = 20 * KIB
 TARGET_RSS_CONNECTIONS = 10_000
 TARGET_FANOUT_RATIO = 10.0
@@ -97,7 +97,7 @@ TARGET_P99_MS = 50.0
 TARGET_RATE = 20.0
 TARGET_BOX_CONNECTIONS = 16_000
 TARGET_BOX_RSS = 450 * MIB
-# Issue 15's.
+# The publish targets.
 TARGET_PUBLISH_VS_BARE = 0.5
 TARGET_PUBLISH_VS_BASELINE = 1.0
 TARGET_BATCH_MEMORY = 100_000
@@ -577,7 +577,7 @@ def box_test_lines(results: dict[str, Any]) -> list[str]:
 
 
 def measure_publish(options: Options) -> dict[str, Any]:
-    """Issue 15's step: every publish target in one run (see ``load_tests/publish_rate.py``)."""
+    """The publish step: every publish target in one run (see ``load_tests/publish_rate.py``)."""
     rounds, seconds, pin = options.publish_rounds, options.publish_seconds, options.pin
     pipelined = publish_rate.compare(publish_rate.TARGETS, rounds=rounds, seconds=seconds, pin=pin)
     concurrent = publish_rate.compare(
@@ -736,7 +736,7 @@ def _show(value: Any, unit: str) -> str:
 
 
 def targets(results: dict[str, Any], options: Options) -> dict[str, dict[str, Any]]:
-    """Issue 9's targets, each with its measured value (None: not measured in this run)."""
+    """The memory and speed targets, each with its measured value (None: not measured)."""
     checks: dict[str, dict[str, Any]] = {}
     per = _get(
         results,
@@ -876,7 +876,7 @@ def render(report: dict[str, Any], options: Options) -> str:
     lines += box_test_lines(report["results"])
     publish = report.get("publish")
     if publish:
-        lines += ["", "publishing (issue 15), one worker, no subscribers, 64-byte events:"]
+        lines += ["", "publishing, one worker, no subscribers, 64-byte events:"]
         width = max(len(label) for label, _ in publish_rows(publish))
         lines += [f"  {label.ljust(width)}  {value}" for label, value in publish_rows(publish)]
     lines.append("")
@@ -890,14 +890,14 @@ def render(report: dict[str, Any], options: Options) -> str:
 
 
 def stalled_lines(results: dict[str, Any]) -> list[str]:
-    """The stalled-clients table: before and after issue 14, per stalled stream."""
+    """The stalled-clients table: with the stream socket caps off and on, per stalled stream."""
     stalled = _get(results, "herald", "stalled")
     if not stalled:
         return []
     after = stalled["after"]
     lines = [
         "",
-        f"stalled clients (Herald, issue 14): {after['streams']:,} streams with a 4 KB receive"
+        f"stalled clients (Herald): {after['streams']:,} streams with a 4 KB receive"
         f" buffer that never read, {after['events']:,} events of {after['event_bytes']:,} B;"
         f" TCP memory of their connections from {after['tcp_source']}, per stream",
     ]
@@ -1097,7 +1097,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--stalled-streams",
         type=int,
         default=2000,
-        help="streams whose clients stop reading, before and after issue 14 (0 skips)",
+        help="streams whose clients stop reading, socket caps off and on (0 skips)",
     )
     parser.add_argument(
         "--stalled-events", type=int, default=500, help="events published to the stalled streams"

@@ -1,4 +1,4 @@
-"""Chaos test of Herald's delivery guarantee (issue 13, item 7): real faults, every event counted.
+"""Chaos test of Herald's delivery guarantee: real faults, every event counted.
 
 Usage (from the repository root)::
 

@@ -3,7 +3,7 @@
 Pure bookkeeping, no I/O, so every counter can be checked on synthetic input
 (``tests/load_tests/test_chaos_ledger.py``). ``load_tests/chaos.py`` feeds it.
 
-Definitions (issue 13's, made exact; read before changing a counter):
+Definitions (made exact; read before changing a counter):
 
 1. An event is ``(channel, id)``, not the id alone: the code the test is meant
    to judge can give events of two channels the same id, and those are two

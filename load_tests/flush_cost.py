@@ -1,4 +1,4 @@
-"""What one stream costs in a write pass: µs per stream per pass, before and after issue 16.
+"""What one stream costs in a write pass: µs per stream per pass, against an earlier commit.
 
 Usage (from the repository root)::
 
@@ -72,7 +72,7 @@ async def measure(
     if herald_protocol:
         try:
             from app.serving.protocols import HeraldHttpProtocol
-        except ImportError:  # a checkout from before issue 14 has none
+        except ImportError:  # an older checkout has none
             pass
         else:
             http = HeraldHttpProtocol

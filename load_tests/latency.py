@@ -1,4 +1,4 @@
-"""Delivery latency against a raw floor, and fan-out before/after, in one run (issue 16).
+"""Delivery latency against a raw floor, and fan-out before/after, in one run.
 
 Usage (from the repository root)::
 
@@ -71,7 +71,7 @@ from tests.support.server import REPO_ROOT, ServerProcess
 __all__ = ["TARGET_RATIO", "main", "measure_fanout", "run"]
 
 TARGET_RATIO = 1.25
-"""Issue 16: Herald's p50 and p99 within this factor of the floor's, same run."""
+"""The target: Herald's p50 and p99 within this factor of the floor's, same run."""
 KINDS = ("floor", "herald", "herald-2w")
 LATENCY_PUBLISHERS = 4
 PAYLOAD_BYTES = 100

@@ -2,7 +2,7 @@
 
 ``load_tests/benchmark.py`` runs it twice in one run, on the same machine:
 
-* **before**: Herald as it was before issue 14 -- served by plain uvicorn
+* **before**: Herald without its stream socket caps -- served by plain uvicorn
   (``uvicorn app.main:app``: no transport in the scope, so no send-buffer cap, no
   transport limits, no abort) with ``SSE_SOCKET_SEND_BUFFER_KB=0``;
 * **after**: ``python -m app`` with the defaults (64 KB send buffer, 64 KB

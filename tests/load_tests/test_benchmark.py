@@ -125,7 +125,7 @@ def test_ratios_targets_and_conditions(report: dict[str, Any]) -> None:
     assert len(ratios) == 6  # RSS at 50, fan-out, per CPU-second, p50, p99, box RSS
     assert all(value is None or value > 0 for value in ratios.values())
     assert ratios[f"RSS per idle connection, {CONNECTIONS} connections"] is not None
-    # The sizes here are not issue 9's, so no target is judged on them.
+    # The sizes here are not the targets', so no target is judged on them.
     assert set(report["targets"]) == {
         "rss_per_idle_connection_10k",
         "fanout_ratio_2k",

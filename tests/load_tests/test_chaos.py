@@ -1,4 +1,4 @@
-"""Herald's delivery guarantee under chaos (issue 13): ``python -m load_tests.chaos`` end to end.
+"""Herald's delivery guarantee under chaos: ``python -m load_tests.chaos`` end to end.
 
 Two gunicorn workers recycling every few seconds over a redis-server that is
 SIGKILLed and restarted, subscribers cutting and resuming, slow readers
