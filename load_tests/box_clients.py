@@ -48,7 +48,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from app.sse.parser import SSEMessage
+from app.wire.parser import SSEMessage
 from load_tests.chaos_clients import BrowserCursorParser
 from load_tests.generator import raise_open_file_limit
 from tests.leak.raw_http import KeepAliveClient, SseSocket, open_sse

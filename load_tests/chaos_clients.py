@@ -10,7 +10,7 @@ Design decisions (read before changing):
    from the id buffer when a frame is *dispatched* (at its blank line), whether
    or not the frame has data, and a new stream's id buffer starts from that
    value (as in Chromium). :class:`BrowserCursorParser` adds exactly that to
-   ``app.sse.parser.SSEParser``, which updates its id on the ``id:`` line
+   ``app.wire.parser.SSEParser``, which updates its id on the ``id:`` line
    itself: resuming from an id whose frame was cut before its blank line would
    skip that event, and the tool, not the server, would have lost it.
 2. **A subscriber never resends what it cannot know.** No ``Last-Event-ID``
@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.sse.parser import SSEMessage, SSEParser
+from app.wire.parser import SSEMessage, SSEParser
 from load_tests.chaos_ledger import Ledger, SubscriberRecord
 
 # raw_http's head parser is private to it but exactly what a publish answer needs.

@@ -8,7 +8,7 @@ Definitions (made exact; read before changing a counter):
 1. An event is ``(channel, id)``, not the id alone: the code the test is meant
    to judge can give events of two channels the same id, and those are two
    events, each of which may be lost on its own.
-2. Ids are ``<ms>-<seq>`` (documented in ``app/sse/event_id.py``) and compare
+2. Ids are ``<ms>-<seq>`` (documented in ``app/wire/event_id.py``) and compare
    as integer pairs. This module parses them itself rather than with the
    product's parser: the instrument must not share the code it judges. An id
    that does not parse is counted (``bad_ids``) and fails the run.

@@ -24,7 +24,7 @@ Design decisions (read before changing):
    ``retry:`` frame, ids and ``: ping`` comments hold none, and the payload
    never contains one.
 3. Subscriber 0 also feeds everything it receives to Herald's WHATWG parser
-   (``app/sse/parser.py``); the reports compare the parser's event count and
+   (``app/wire/parser.py``); the reports compare the parser's event count and
    the first event's data with the fast counter, so a counting error shows.
 4. Every published event is a compact JSON object ``{"s": seq, "t": sent, "p":
    padding}``; Herald re-encodes JSON compactly and the baseline sends the body
@@ -58,7 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from app.sse.parser import SSEParser
+from app.wire.parser import SSEParser
 
 __all__ = ["Generator", "SubscriberProtocol", "Target", "main", "percentile"]
 

@@ -65,7 +65,7 @@ from locust.stats import RequestStats
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.sse.parser import SSEMessage, SSEParser
+from app.wire.parser import SSEMessage, SSEParser
 
 __all__ = [
     "AdminUser",

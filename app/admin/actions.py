@@ -38,7 +38,8 @@ from app.memory.cleanup import aggressive_cleanup, light_cleanup
 from app.memory.process import read_rss
 from app.responses.service import ResponseService
 from app.sse.connection import CloseReason, Connection
-from app.sse.hub import CHANNEL_PATTERN, Hub
+from app.sse.hub import Hub
+from app.wire.channels import CHANNEL_PATTERN
 
 __all__ = [
     "ACTION_MODELS",

@@ -46,8 +46,8 @@ from app.publishing import (
     check_channels,
     read_body,
 )
-from app.sse.event import Event
-from app.sse.hub import InvalidChannelError, validate_channel
+from app.wire.channels import InvalidChannelError, validate_channel
+from app.wire.event import Event
 
 __all__ = ["PublishAnswer", "PublishContext", "handle_publish"]
 

@@ -12,8 +12,8 @@ from fastapi import HTTPException, Request
 
 from app.api.deps import client_address
 from app.auth.requests import authorize_subscriber
-from app.sse.hub import InvalidChannelError, validate_channel
 from app.sse.response import HeraldStreamResponse
+from app.wire.channels import InvalidChannelError, validate_channel
 
 __all__ = [
     "EVENTS_PATH",

@@ -43,7 +43,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.sse.event import Event
+from app.wire.event import Event
 
 __all__ = [
     "UNBOUNDED_PAGE",

@@ -39,8 +39,8 @@ from itertools import islice
 
 from app.broker.base import PageLimit
 from app.broker.pages import cut_page
-from app.sse.event import Event
-from app.sse.event_id import EventKey, format_event_id
+from app.wire.event import Event
+from app.wire.event_id import EventKey, format_event_id
 
 __all__ = ["EVENT_OVERHEAD_BYTES", "EXTRA_CHANNEL_OVERHEAD_BYTES", "HistoryStore", "event_cost"]
 

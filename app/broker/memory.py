@@ -29,9 +29,9 @@ from app.broker.base import (
     ResyncListener,
 )
 from app.broker.history import HistoryStore
-from app.sse.encoding import encode_frame
-from app.sse.event import Event
-from app.sse.event_id import (
+from app.wire.encoding import encode_frame
+from app.wire.event import Event
+from app.wire.event_id import (
     EARLIEST,
     EventIdGenerator,
     EventKey,

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from heapq import merge
 
 from app.broker.base import PageLimit
-from app.sse.event import Event
+from app.wire.event import Event
 
 __all__ = ["ReadSize", "cut_page", "merge_runs"]
 

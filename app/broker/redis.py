@@ -122,9 +122,9 @@ from app.broker.redis_entries import (
     key_of,
     log_lost,
 )
-from app.sse.encoding import encode_frame
-from app.sse.event import Event
-from app.sse.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
+from app.wire.encoding import encode_frame
+from app.wire.event import Event
+from app.wire.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
 
 __all__ = ["PUBLISH_SCRIPT", "RedisBroker", "redact_url"]
 

@@ -23,7 +23,7 @@ from app.broker.capabilities import BrokerHealth
 from app.broker.publish_queue import CallResult, PublishQueue
 from app.broker.redis_connections import DEFAULT_MAX_CONNECTIONS, READ_COUNT
 from app.broker.redis_entries import CHANNEL_FIELD, channels_of, entry_event
-from app.sse.event_id import EventKey
+from app.wire.event_id import EventKey
 
 __all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_LOG_SIZE", "RedisBrokerBase", "RedisOptions"]
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.broker.base import Draft
-from app.sse.encoding import encode_frame
-from app.sse.event import Event
-from app.sse.event_id import EventKey, format_event_id
+from app.wire.encoding import encode_frame
+from app.wire.event import Event
+from app.wire.event_id import EventKey, format_event_id
 
 __all__ = [
     "BODY_FIELD",

@@ -33,7 +33,7 @@ from app.mercure.topics import (
     forbidden_character,
     in_reserved_namespace,
 )
-from app.sse.event_id import parse_event_id
+from app.wire.event_id import parse_event_id
 
 __all__ = ["PublishRejected", "PublishTooLarge", "Update", "encode_update", "parse_update"]
 

@@ -39,9 +39,10 @@ from app.broker.base import BrokerUnavailableError, Draft
 from app.core.config import Settings
 from app.limits import LimitExceededError, publisher_key
 from app.publishing.errors import PublishForbiddenError, PublishRefusedError
-from app.sse.encoding import EncodingError, encode_parsed_body
-from app.sse.event import Event
-from app.sse.hub import DEFAULT_RETRY_AFTER_SECONDS, Hub, InvalidChannelError, event_channels
+from app.sse.hub import DEFAULT_RETRY_AFTER_SECONDS, Hub
+from app.wire.channels import InvalidChannelError, event_channels
+from app.wire.encoding import EncodingError, encode_parsed_body
+from app.wire.event import Event
 
 __all__ = ["PublishGrants", "PublishItem", "PublishService", "check_channels", "item_label"]
 

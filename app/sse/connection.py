@@ -53,10 +53,10 @@ from typing import Any
 
 from app.sse.chunked_write import WriteFlow, frame_chunk
 from app.sse.direct_write import HeldWrite, step
-from app.sse.encoding import PING_FRAME
-from app.sse.event import Event
-from app.sse.event_id import EventKey
 from app.sse.stream_socket import abort_transport, kernel_unsent_bytes
+from app.wire.encoding import PING_FRAME
+from app.wire.event import Event
+from app.wire.event_id import EventKey
 
 __all__ = [
     "ABORTED_CLOSES",

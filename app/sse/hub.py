@@ -108,7 +108,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Container, Iterable, Sequence
@@ -132,25 +131,18 @@ from app.sse.connection import (
     Connection,
     QueueBudget,
 )
-from app.sse.encoding import encode_body
-from app.sse.event import Event
-from app.sse.event_id import parse_event_id
 from app.sse.patterns import PatternIndex, TopicPattern
 from app.sse.replays import ReplayGate
 from app.sse.shutdown import shutdown_requested
+from app.wire.channels import event_channels, validate_channel
+from app.wire.encoding import encode_body
+from app.wire.event import Event
+from app.wire.event_id import parse_event_id
 
-__all__ = [
-    "CHANNEL_PATTERN",
-    "Hub",
-    "InvalidChannelError",
-    "StreamRefusedError",
-    "event_channels",
-    "validate_channel",
-]
+__all__ = ["DEFAULT_RETRY_AFTER_SECONDS", "Hub", "StreamRefusedError"]
 
 logger = logging.getLogger("herald.sse")
 
-CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 SHUTDOWN_POLL_SECONDS = 0.1
 DEFAULT_RETRY_AFTER_SECONDS = 5
 PING_TICK_SECONDS = 1.0
@@ -159,10 +151,6 @@ COALESCE_COST_FACTOR = 2.0
 """A hub that is behind starts its next pass this many times the last pass's duration
 after that pass ended (capped by SSE_WRITE_COALESCE_MS): passes then take at most about
 a third of the loop's time (design note 9)."""
-
-
-class InvalidChannelError(ValueError):
-    pass
 
 
 class StreamRefusedError(Exception):
@@ -179,32 +167,6 @@ class StreamRefusedError(Exception):
         self.detail = detail
         self.retry_after = retry_after
         self.status_code = status_code
-
-
-_valid_channel = CHANNEL_PATTERN.fullmatch
-
-
-def validate_channel(channel: str) -> str:
-    if not isinstance(channel, str) or not _valid_channel(channel):
-        raise InvalidChannelError(
-            f"invalid channel name {str(channel)[:140]!r}: use 1-128 letters, digits or ._:/-"
-        )
-    return channel
-
-
-def event_channels(channels: str | Sequence[str], limit: int) -> tuple[str, ...]:
-    """An event's distinct, valid channels in the given order (at least one, at most
-    ``limit``); raises ``InvalidChannelError`` naming what is wrong."""
-    if isinstance(channels, str):
-        return (validate_channel(channels),)
-    if len(channels) == 1:
-        return (validate_channel(channels[0]),)
-    names = tuple(dict.fromkeys(validate_channel(name) for name in channels))
-    if not names:
-        raise InvalidChannelError("an event needs at least one channel")
-    if len(names) > limit:
-        raise InvalidChannelError(f"too many channels for one event (limit {limit})")
-    return names
 
 
 @dataclass

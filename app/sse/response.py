@@ -85,12 +85,12 @@ from app.core.config import Settings
 from app.sse.chunked_write import WriteFlow, chunked_body_flow
 from app.sse.connection import MAX_BATCH_BYTES, CloseReason, Connection
 from app.sse.direct_write import resume
-from app.sse.encoding import PING_FRAME, encode_position, encode_retry
-from app.sse.event import Event
-from app.sse.event_id import MAX_EVENT_ID_LENGTH
 from app.sse.hub import Hub, StreamRefusedError
 from app.sse.patterns import TopicPattern
 from app.sse.stream_socket import abort_transport, open_stream_transport
+from app.wire.encoding import PING_FRAME, encode_position, encode_retry
+from app.wire.event import Event
+from app.wire.event_id import MAX_EVENT_ID_LENGTH
 
 __all__ = [
     "DEFERRED_HEADER",

@@ -14,7 +14,7 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from app.sse.parser import SSEMessage
+from app.wire.parser import SSEMessage
 from tests.responses.producers.fake_upstream import Behaviour, FakeUpstream
 from tests.support.server import ServerProcess
 from tests.support.sse_client import open_stream

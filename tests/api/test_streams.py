@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from app.sse.event_id import parse_event_id
+from app.wire.event_id import parse_event_id
 from tests.conftest import FAST_TIMERS
 from tests.support.server import ServerProcess
 from tests.support.sse_client import open_stream

@@ -25,9 +25,9 @@ import redis.asyncio as aioredis
 from app.broker import create_broker
 from app.broker.base import Broker, Draft, PageLimit, page_bytes
 from app.core.config import load_settings
-from app.sse.encoding import encode_frame
-from app.sse.event import Event
-from app.sse.event_id import EventKey, format_event_id, parse_event_id
+from app.wire.encoding import encode_frame
+from app.wire.event import Event
+from app.wire.event_id import EventKey, format_event_id, parse_event_id
 from tests.support.publishing import publish_one
 from tests.support.redis_cluster import RedisCluster
 from tests.support.waiting import wait_until

@@ -6,9 +6,9 @@ import gc
 import tracemalloc
 
 from app.broker.history import EVENT_OVERHEAD_BYTES, HistoryStore, event_cost
-from app.sse.encoding import encode_body, encode_frame
-from app.sse.event import Event
-from app.sse.event_id import EventIdGenerator, EventKey, format_event_id
+from app.wire.encoding import encode_body, encode_frame
+from app.wire.event import Event
+from app.wire.event_id import EventIdGenerator, EventKey, format_event_id
 
 START: EventKey = (1000, -1)  # the floor a fresh store starts from
 

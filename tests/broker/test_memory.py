@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from app.broker.base import Replay
 from app.broker.memory import MemoryBroker
-from app.sse.encoding import encode_body
-from app.sse.event import Event
-from app.sse.event_id import EventIdGenerator, format_event_id
+from app.wire.encoding import encode_body
+from app.wire.event import Event
+from app.wire.event_id import EventIdGenerator, format_event_id
 from tests.support.clock import FakeClock
 from tests.support.publishing import publish_one
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from app.broker.base import PageLimit
 from app.broker.pages import ReadSize, cut_page
-from app.sse.event import Event
+from app.wire.event import Event
 
 
 def event(seq: int, size: int = 10) -> Event:

@@ -19,7 +19,7 @@ import redis
 from app.broker.base import BrokerUnavailableError, Draft
 from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
 from app.broker.redis_cluster import RedisClusterBroker
-from app.sse.event import Event
+from app.wire.event import Event
 from tests.support.publishing import assert_serves_degraded, publish_one
 from tests.support.redis_cluster import RedisCluster
 from tests.support.waiting import wait_until

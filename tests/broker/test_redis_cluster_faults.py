@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from app.sse.event_id import parse_event_id
+from app.wire.event_id import parse_event_id
 from tests.conftest import FAST_TIMERS
 from tests.support.redis_cluster import NODE_TIMEOUT_MS, REDIS_CLI, RedisCluster
 from tests.support.redis_server import REDIS_SERVER

@@ -27,7 +27,7 @@ from app.cluster.local import LocalExchange
 from app.cluster.redis import INDEX_HORIZON_TTLS, RedisExchange
 from app.cluster.snapshot import WorkerSnapshot
 from app.core.config import load_settings
-from app.sse.event import Event
+from app.wire.event import Event
 from tests.support.clock import FakeClock
 from tests.support.publishing import publish_one
 from tests.support.redis_server import REDIS_SERVER, RedisServer

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page
 
-from app.sse.event_id import parse_event_id
+from app.wire.event_id import parse_event_id
 from tests.e2e.recorder import StreamRecorder, publish
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess

@@ -32,7 +32,7 @@ import socket
 import struct
 from typing import Any
 
-from app.sse.parser import SSEMessage, SSEParser
+from app.wire.parser import SSEMessage, SSEParser
 
 __all__ = ["ChunkedDecoder", "HttpResponse", "KeepAliveClient", "SseSocket", "open_sse"]
 

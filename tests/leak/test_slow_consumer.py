@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from app.sse.parser import SSEMessage
+from app.wire.parser import SSEMessage
 from tests.leak.conftest import FigureSheet, LeakServer
 from tests.leak.probe import MB, AdminProbe, scales
 from tests.leak.raw_http import KeepAliveClient, SseSocket, open_sse

@@ -15,8 +15,8 @@ from app.publishing import (
     PublishService,
     check_channels,
 )
-from app.sse.event import Event
 from app.sse.hub import DEFAULT_RETRY_AFTER_SECONDS
+from app.wire.event import Event
 from tests.publishing.conftest import MakeHub
 
 

@@ -17,9 +17,9 @@ from app.sse.connection import (
     Connection,
     QueueBudget,
 )
-from app.sse.encoding import PING_FRAME, encode_body, encode_frame
-from app.sse.event import Event
-from app.sse.event_id import format_event_id
+from app.wire.encoding import PING_FRAME, encode_body, encode_frame
+from app.wire.event import Event
+from app.wire.event_id import format_event_id
 
 WAKE_TIMEOUT = 1.0
 

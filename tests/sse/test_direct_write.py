@@ -20,7 +20,7 @@ from app.sse.connection import (
     QueueBudget,
 )
 from app.sse.direct_write import resume, step
-from app.sse.encoding import PING_FRAME
+from app.wire.encoding import PING_FRAME
 from tests.sse.test_connection import make_event
 
 Message = MutableMapping[str, Any]

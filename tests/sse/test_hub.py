@@ -15,9 +15,10 @@ from app.broker.base import Draft, PageLimit, Replay
 from app.broker.memory import MemoryBroker
 from app.core.config import load_settings
 from app.sse.connection import CloseReason
-from app.sse.encoding import PING_FRAME, encode_body, encode_frame
-from app.sse.event_id import parse_event_id
-from app.sse.hub import Hub, InvalidChannelError, StreamRefusedError
+from app.sse.hub import Hub, StreamRefusedError
+from app.wire.channels import InvalidChannelError
+from app.wire.encoding import PING_FRAME, encode_body, encode_frame
+from app.wire.event_id import parse_event_id
 from tests.sse.test_direct_write import FakeSend, Flow, chunk_of, read_exactly
 from tests.support.clock import FakeClock
 from tests.support.waiting import wait_until

@@ -21,10 +21,10 @@ from app.broker import create_broker
 from app.broker.base import Draft, PageLimit
 from app.core.config import load_settings
 from app.sse.connection import Connection
-from app.sse.event import Event
-from app.sse.event_id import parse_event_id
 from app.sse.hub import Hub
 from app.sse.replays import ReplayGate
+from app.wire.event import Event
+from app.wire.event_id import parse_event_id
 from tests.leak.raw_http import SseSocket, open_sse
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess

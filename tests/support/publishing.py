@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from app.broker.base import Broker, BrokerUnavailableError, Draft
-from app.sse.event import Event
+from app.wire.event import Event
 
 __all__ = ["assert_serves_degraded", "publish_one"]
 

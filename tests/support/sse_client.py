@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from app.sse.parser import SSEMessage, SSEParser
+from app.wire.parser import SSEMessage, SSEParser
 
 __all__ = ["EventStream", "open_stream"]
 

@@ -59,9 +59,9 @@ from app.core.config import Settings
 from app.dashboard.tickets import TicketError, issue_ticket, verify_ticket
 from app.memory.guard import MemoryGuard
 from app.responses.service import ResponseService
-from app.sse.encoding import encode_body, encode_retry
 from app.sse.hub import Hub
 from app.sse.shutdown import shutdown_requested
+from app.wire.encoding import encode_body, encode_retry
 
 __all__ = [
     "SHUTDOWN_POLL_SECONDS",

@@ -12,8 +12,8 @@ from sse_starlette import EventSourceResponse
 from app.api.deps import HubDep, ResponseServiceDep, SettingsDep
 from app.responses.producers.registry import UnknownProducerError
 from app.responses.runs import Run
-from app.sse.encoding import encode_retry
 from app.sse.hub import StreamRefusedError
+from app.wire.encoding import encode_retry
 
 __all__ = ["router"]
 

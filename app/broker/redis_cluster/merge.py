@@ -65,7 +65,7 @@ from app.broker.redis_connections import (
     BACKOFF_MAX_SECONDS,
 )
 from app.broker.redis_entries import CHANNEL_FIELD, NUMBER_FIELD, TICK_FIELD
-from app.sse.event_id import EventKey
+from app.wire.event_id import EventKey
 
 __all__ = ["TICK_SCRIPT", "ClusterMerge"]
 

@@ -57,7 +57,7 @@ from app.broker.publish_queue import CallResult
 from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
 from app.broker.redis_cluster.shards import UNAVAILABLE, Shard, ShardedBroker
 from app.broker.redis_entries import draft_fields, entry_event
-from app.sse.event import Event
+from app.wire.event import Event
 
 __all__ = ["REFERENCE_WINDOW_MS", "REFERENCE_WRITE_SECONDS", "ClusterPublishing"]
 

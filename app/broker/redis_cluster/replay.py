@@ -67,8 +67,8 @@ from app.broker.redis_entries import (
     entry_event,
     log_lost,
 )
-from app.sse.event import Event
-from app.sse.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
+from app.wire.event import Event
+from app.wire.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
 
 __all__ = ["ClusterReplay"]
 

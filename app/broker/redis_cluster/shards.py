@@ -33,7 +33,7 @@ from app.broker.cluster_url import ClusterURL, parse_cluster_url
 from app.broker.redis_base import RedisBrokerBase, RedisOptions
 from app.broker.redis_cluster.nodes import ClusterNodes, Node
 from app.broker.redis_entries import key_of
-from app.sse.event_id import EventKey
+from app.wire.event_id import EventKey
 
 __all__ = [
     "DEFAULT_READ_BLOCK_MS",

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from app.sse.parser import SSEMessage, SSEParser
+from app.wire.parser import SSEMessage, SSEParser
 
 
 def feed_all(*chunks: bytes) -> tuple[SSEParser, list[SSEMessage]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.sse.encoding import (
+from app.wire.encoding import (
     MAX_EVENT_NAME_LENGTH,
     PING_FRAME,
     EncodingError,
@@ -15,7 +15,7 @@ from app.sse.encoding import (
     encode_retry,
     validate_event_name,
 )
-from app.sse.parser import SSEParser
+from app.wire.parser import SSEParser
 
 # --- exact bytes -------------------------------------------------------------
 

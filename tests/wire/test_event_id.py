@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.sse.event_id import (
+from app.wire.event_id import (
     MAX_EVENT_ID_LENGTH,
     EventIdGenerator,
     format_event_id,

@@ -13,9 +13,9 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.sse.encoding import EncodingError, encode_body, encode_frame
-from app.sse.event_id import parse_event_id
-from app.sse.parser import SSEParser
+from app.wire.encoding import EncodingError, encode_body, encode_frame
+from app.wire.event_id import parse_event_id
+from app.wire.parser import SSEParser
 
 EXAMPLES = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Container
 
-from app.sse.event_id import EventKey
+from app.wire.event_id import EventKey
 
 __all__ = ["Event"]
 
