@@ -12,7 +12,7 @@ from fastapi import HTTPException, Request
 
 from app.api.deps import client_address
 from app.auth.requests import authorize_subscriber
-from app.sse.response import HeraldStreamResponse
+from app.sse.stream_response import HeraldStreamResponse
 from app.wire.channels import InvalidChannelError, validate_channel
 
 __all__ = [

@@ -33,7 +33,7 @@ Design decisions (read before changing):
 5. Unreachable Redis is a state, not a crash, at start-up as while running:
    ``connect`` does not fail, the worker serves; publishes raise
    ``BrokerUnavailableError`` (503), replays raise it too (streams wait, see
-   ``app.sse.response``); the reader retries with capped exponential backoff
+   ``app.sse.stream_response``); the reader retries with capped exponential backoff
    and continues from its position, so nothing still in the log is missed.
    Only a malformed URL fails, and settings validation catches it before any
    worker starts.

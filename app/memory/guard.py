@@ -37,7 +37,7 @@ Design decisions (read the reason before "fixing" one):
 6. A refusal is a ``StreamRefusedError`` from an admission check registered on
    the hub and on the response service. The check only reads a flag, since it
    runs for every new stream. The stream response turns it into what the
-   client survives (:mod:`app.sse.response`): an ``EventSource`` gets a 200
+   client survives (:mod:`app.sse.stream_response`): an ``EventSource`` gets a 200
    with a jittered ``retry:`` and an end, and comes back by itself; anything
    else gets 503 with ``Retry-After``.
 7. A suspected leak is reported (logged once when it starts, and in the admin

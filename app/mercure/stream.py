@@ -26,7 +26,7 @@ from app.mercure.topics import MERCURE_EVENT_TYPE
 from app.sse.connection import CloseReason, Connection
 from app.sse.hub import Hub
 from app.sse.patterns import TopicPattern
-from app.sse.response import HeraldStreamResponse
+from app.sse.stream_response import HeraldStreamResponse
 
 __all__ = ["MercureStreamResponse", "subscription_event_body"]
 

@@ -5,7 +5,7 @@ Design decisions (read before changing):
 1. A resume reads history a page at a time (``SSE_REPLAY_PAGE_EVENTS`` events and
    ``SSE_REPLAY_PAGE_KB`` of frames, at least one event: contract item 6 of
    ``app.broker.base``) and writes each page through the stream's own ``send``
-   before it reads the next (``app.sse.response``). A client that does not read
+   before it reads the next (``app.sse.stream_response``). A client that does not read
    blocks its own replay, paced by the transport's and the socket's caps like
    any other write, and one replay holds one page, not its channels' history.
 2. At most ``SSE_REPLAY_CONCURRENCY`` replays run at once per worker, so the pages

@@ -7,7 +7,7 @@ every channel it carries and no two events share one. That is what lets a single
 exactly: replay every retained event of every channel whose id is greater.
 
 An id is also a *position*: every stream opens with an ``id:`` line naming the
-position it starts after (see ``app.sse.response``), which need not be an event's
+position it starts after (see ``app.sse.stream_response``), which need not be an event's
 id — e.g. ``<start-ms>-0``, the position before this process's first event.
 Clients treat ids as opaque strings.
 

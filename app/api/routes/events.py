@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from app.api.publish_handler import PublishAnswer, handle_publish
 from app.api.streams import MAX_LAST_EVENT_ID_QUERY, open_stream
-from app.sse.response import HeraldStreamResponse
+from app.sse.stream_response import HeraldStreamResponse
 from app.wire.channels import CHANNEL_PATTERN
 
 __all__ = ["router"]
