@@ -40,7 +40,7 @@ preload_app = True
 
 
 # The directory through which this master's workers share their figures
-# (app/cluster/files.py), created before any worker forks so all inherit it.
+# (app/fleet/files.py), created before any worker forks so all inherit it.
 # The owner variable holds the pid of the master that created it: a master
 # re-executed by USR2 inherits both and makes its own, and only the creator
 # removes it (the module's globals do not survive a HUP reload; the

@@ -1,5 +1,5 @@
 """Wiring only: settings → broker → hub → publish service → responses → memory guard →
-cluster view → routes.
+fleet view → routes.
 
 ``app`` is the ASGI entry point, a :class:`app.asgi.HeraldApp`."""
 
@@ -35,11 +35,11 @@ from app.asgi import HeraldApp
 from app.auth.client_address import TrustedProxies
 from app.auth.tokens import TokenVerifier
 from app.broker import create_broker
-from app.cluster import ClusterView, create_exchange, take_snapshot, worker_id
-from app.cluster.actions import create_bus
-from app.cluster.actions.routing import HandlerRouter
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.logging import configure_logging
+from app.fleet import FleetView, create_exchange, take_snapshot, worker_id
+from app.fleet.actions import create_bus
+from app.fleet.actions.routing import HandlerRouter
 from app.limits import create_client_limits
 from app.memory.guard import MemoryGuard, level_tracker
 from app.mercure import routes as mercure
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         service = ResponseService(settings, producer_registry)
         guard = MemoryGuard(settings, hub, service)
         audit = AuditTrail()
-        cluster = ClusterView(
+        fleet = FleetView(
             create_exchange(settings, broker, worker),
             partial(
                 take_snapshot, hub, service, guard, host=host, pid=pid, admin_actions=audit.counts
@@ -101,13 +101,13 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         actions = ActionCoordinator(
             WorkerActions(hub, service, drain),
             bus,
-            cluster,
+            fleet,
             timeout_seconds=settings.admin_action_timeout_seconds,
         )
         # The subscription API asks the other workers over the same bus.
         gather = SubscriptionGather(
             app.state.mercure_subscriptions,
-            cluster,
+            fleet,
             bus,
             timeout_seconds=settings.mercure_subscriptions_timeout_seconds,
             max_bytes=settings.mercure_subscriptions_list_max_kb * 1024,
@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         app.publishing = PublishContext(settings, publish_service, app.state.proxies, tokens)
         app.state.responses = service
         app.state.memory = guard
-        app.state.cluster = cluster
+        app.state.fleet = fleet
         app.state.drain = drain
         app.state.audit = audit
         app.state.actions = actions
@@ -135,10 +135,10 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         await guard.start()
         # After the guard (its first sample is in the first snapshot) and the
         # broker's connection (the Redis exchange uses it).
-        await cluster.start()
+        await fleet.start()
         for checks in (hub.admission_checks, service.admission_checks):
             checks.append(drain.refusal)
-        # After the cluster view: the bus is for workers that others can see.
+        # After the fleet view: the bus is for workers that others can see.
         await actions.start(bus_handler)
         # Last: everything start-up built is now in place to be frozen.
         tune_collector(settings.gc_young_threshold)
@@ -147,7 +147,7 @@ def create_app(settings: Settings | None = None, *, producers: Sequence[Producer
         finally:
             # First: the bus and the snapshot go while the broker is still connected.
             await actions.stop()
-            await cluster.stop()
+            await fleet.stop()
             await guard.stop()
             await service.stop()
             await hub.stop()

@@ -6,5 +6,5 @@
 * :mod:`app.admin.audit` — the log line and counter of every action.
 
 The HTTP door is ``app.api.routes.admin_actions``; the medium between workers
-is ``app.cluster.actions``.
+is ``app.fleet.actions``.
 """

@@ -58,7 +58,7 @@ __all__ = [
 ActionName = Literal["cleanup", "cache_clear", "streams_close", "drain", "undrain"]
 MIN_RETRY_MS = 100
 MAX_RETRY_MS = 600_000
-# As in app.api.routes.responses (conversation ids) and app.cluster.snapshot (worker ids).
+# As in app.api.routes.responses (conversation ids) and app.fleet.snapshot (worker ids).
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 WORKER_PATTERN = r"^[A-Za-z0-9._-]{1,253}:[0-9]{1,10}$"
 HOST_PATTERN = r"^[A-Za-z0-9._-]{1,253}$"

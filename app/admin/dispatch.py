@@ -1,8 +1,8 @@
 """Running an action on every worker it names, and one answer that adds them up.
 
 The worker that received the request coordinates: it reads which workers are
-alive (``app.cluster.view``), sends the action to the others over the bus
-(``app.cluster.actions``), carries it out itself meanwhile, and waits for the
+alive (``app.fleet.view``), sends the action to the others over the bus
+(``app.fleet.actions``), carries it out itself meanwhile, and waits for the
 others' answers up to ``ADMIN_ACTION_TIMEOUT_SECONDS``.
 
 The answer::
@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.admin.actions import TargetedRequest, WorkerActions
-from app.cluster.actions import ActionBus, ActionBusError, Answer, Handler, Request
-from app.cluster.actions.base import REQUEST_ID, SENDER, TARGETS
-from app.cluster.snapshot import WorkerSnapshot
-from app.cluster.view import ClusterView
+from app.fleet.actions import ActionBus, ActionBusError, Answer, Handler, Request
+from app.fleet.actions.base import REQUEST_ID, SENDER, TARGETS
+from app.fleet.snapshot import WorkerSnapshot
+from app.fleet.view import FleetView
 
 __all__ = ["ActionCoordinator", "NoSuchTargetError", "sum_results"]
 
@@ -104,22 +104,22 @@ class ActionCoordinator:
         self,
         actions: WorkerActions,
         bus: ActionBus,
-        cluster: ClusterView,
+        fleet: FleetView,
         *,
         timeout_seconds: float,
     ) -> None:
         self.actions = actions
         self.bus = bus
-        self.cluster = cluster
+        self.fleet = fleet
         self.timeout_seconds = timeout_seconds
 
     @property
     def worker(self) -> str:
-        return self.cluster.worker
+        return self.fleet.worker
 
     async def start(self, handler: Handler | None = None) -> None:
         """Take requests over the bus: with :meth:`answer`, or ``handler`` when the bus is
-        shared with other kinds of request (``app.cluster.actions.routing``)."""
+        shared with other kinds of request (``app.fleet.actions.routing``)."""
         await self.bus.start(handler or self.answer)
 
     async def stop(self) -> None:
@@ -146,7 +146,7 @@ class ActionCoordinator:
 
     async def run(self, action: str, request: TargetedRequest) -> dict[str, Any]:
         """Carry ``action`` out on every worker ``request`` names; raises ``NoSuchTargetError``."""
-        reading = await self.cluster.read()
+        reading = await self.fleet.read()
         targets = _chosen(reading.workers, request)
         params = request.params()
         others = [worker for worker in targets if worker != self.worker]

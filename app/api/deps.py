@@ -16,8 +16,8 @@ from app.admin.dispatch import ActionCoordinator
 from app.admin.drain import DrainState
 from app.auth.client_address import TrustedProxies
 from app.auth.tokens import TokenVerifier
-from app.cluster.view import ClusterView
 from app.core.config import Settings
+from app.fleet.view import FleetView
 from app.memory.guard import MemoryGuard
 from app.responses.service import ResponseService
 from app.sse.hub import Hub
@@ -25,8 +25,8 @@ from app.sse.hub import Hub
 __all__ = [
     "ActionCoordinatorDep",
     "AuditTrailDep",
-    "ClusterViewDep",
     "DrainStateDep",
+    "FleetViewDep",
     "HubDep",
     "MemoryGuardDep",
     "ResponseServiceDep",
@@ -57,7 +57,7 @@ SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]
 HubDep = Annotated[Hub, Depends(_from_state("hub"))]
 ResponseServiceDep = Annotated[ResponseService, Depends(_from_state("responses"))]
 MemoryGuardDep = Annotated[MemoryGuard, Depends(_from_state("memory"))]
-ClusterViewDep = Annotated[ClusterView, Depends(_from_state("cluster"))]
+FleetViewDep = Annotated[FleetView, Depends(_from_state("fleet"))]
 TokenVerifierDep = Annotated[TokenVerifier, Depends(_from_state("tokens"))]
 ActionCoordinatorDep = Annotated[ActionCoordinator, Depends(_from_state("actions"))]
 AuditTrailDep = Annotated[AuditTrail, Depends(_from_state("audit"))]

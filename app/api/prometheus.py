@@ -4,7 +4,7 @@ Design decisions:
 
 * A scrape lands on one worker, but must not pass for the whole service. So
   the collector is fed the snapshots of every live worker (the answering one
-  taken live, the others as last shared, see ``app.cluster``) and every family
+  taken live, the others as last shared, see ``app.fleet``) and every family
   has one sample per worker, labelled ``worker="<hostname>:<pid>"``, plus
   ``herald_workers``: how many workers reported. Whichever worker answers, the
   same series come back. The service is ``sum by () (...)`` over ``worker``.
@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from app.admin.actions import ACTION_MODELS
-from app.cluster.snapshot import WorkerSnapshot
+from app.fleet.snapshot import WorkerSnapshot
 from app.memory.levels import MemoryLevel
 
 __all__ = ["LEVEL_VALUES", "WORKER_LABEL", "HeraldCollector"]

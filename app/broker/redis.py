@@ -180,7 +180,7 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
     @property
     def client(self) -> aioredis.Redis:
         """The command connection pool, for other parts of Herald that keep state in this Redis
-        (``app.cluster.redis``); never the reader's connection, which is blocked in ``XREAD``."""
+        (``app.fleet.redis``); never the reader's connection, which is blocked in ``XREAD``."""
         if self._commands is None:
             raise RuntimeError("the Redis broker is not connected")
         return self._commands

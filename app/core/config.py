@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     metrics_public: bool = False
     memory_headers: bool = False
-    # How often each worker shares its figures with the others (app.cluster);
+    # How often each worker shares its figures with the others (app.fleet);
     # a shared snapshot lives three times this long.
     metrics_share_seconds: float = Field(default=5, ge=0.1, le=3600)
     # The dashboard's live feed (/api/admin/stream): how often it sends the admin

@@ -3,12 +3,12 @@ every worker of the hub, over the bus that carries operator actions.
 
 Each worker keeps its own subscriptions (``app.mercure.subscriptions``); the
 worker that answers an API request asks every other live worker for theirs
-(``app.cluster.actions``: Unix sockets between the workers of one gunicorn
+(``app.fleet.actions``: Unix sockets between the workers of one gunicorn
 master, Redis pub/sub across instances) and merges the answers with its own.
 
 Design decisions (read the reason before "fixing" one):
 
-1. Gathered live per request, not shared on a timer through the cluster view's
+1. Gathered live per request, not shared on a timer through the fleet view's
    snapshots. A snapshot is ~470 bytes rewritten every ``METRICS_SHARE_SECONDS``
    by every worker; a subscription set is up to ``MERCURE_SUBSCRIPTIONS_MAX`` x
    ~400 B (4 MB) per worker, and would still be up to one interval old. Asked
@@ -25,7 +25,7 @@ Design decisions (read the reason before "fixing" one):
    unique per connection), so applying them on a list that already holds some
    of them ends in the hub's state, and no subscription is lost between the
    list and the stream.
-3. Which workers: the cluster view's (``ClusterView.peers``); every worker is
+3. Which workers: the fleet view's (``FleetView.peers``); every worker is
    listed there before it takes requests. A worker that died cannot answer, so
    its subscriptions are gone from the next list at once; until the exchange
    drops it (``METRICS_SHARE_SECONDS`` x 3, 15 s by default) a collection says
@@ -53,10 +53,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from app.cluster.actions import ActionBus, ActionBusError, Answer, Request
-from app.cluster.actions.base import REQUEST_ID, SENDER, TARGETS
-from app.cluster.actions.routing import KIND
-from app.cluster.view import ClusterView
+from app.fleet.actions import ActionBus, ActionBusError, Answer, Request
+from app.fleet.actions.base import REQUEST_ID, SENDER, TARGETS
+from app.fleet.actions.routing import KIND
+from app.fleet.view import FleetView
 from app.mercure.subscriptions import SubscriptionRegistry
 
 __all__ = [
@@ -145,14 +145,14 @@ class SubscriptionGather:
     def __init__(
         self,
         registry: SubscriptionRegistry,
-        cluster: ClusterView,
+        fleet: FleetView,
         bus: ActionBus,
         *,
         timeout_seconds: float,
         max_bytes: int,
     ) -> None:
         self.registry = registry
-        self.cluster = cluster
+        self.fleet = fleet
         self.bus = bus
         self.timeout_seconds = timeout_seconds
         self.max_bytes = max_bytes
@@ -160,7 +160,7 @@ class SubscriptionGather:
 
     @property
     def worker(self) -> str:
-        return self.cluster.worker
+        return self.fleet.worker
 
     def here(self, query: SubscriptionQuery) -> tuple[list[Document], bool]:
         """This worker's documents for ``query``, within the budget, and whether it cut them."""
@@ -198,7 +198,7 @@ class SubscriptionGather:
             self._slots.release()
 
     async def _gather(self, query: SubscriptionQuery) -> Gathered:
-        peers = await self.cluster.peers()
+        peers = await self.fleet.peers()
         documents, truncated = self.here(query)
         by_worker = {self.worker: documents}
         complete = peers is not None and not truncated

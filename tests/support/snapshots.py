@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from app.cluster.snapshot import WorkerSnapshot
+from app.fleet.snapshot import WorkerSnapshot
 from app.memory.levels import MemoryLevel
 
 __all__ = ["make_snapshot"]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from app.cluster.aggregate import total
+from app.fleet.aggregate import total
 from app.tools.memory_report import render_chart, render_workers
 from tests.conftest import FAST_TIMERS
 from tests.support.server import REPO_ROOT, ServerProcess, free_port

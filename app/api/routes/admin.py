@@ -5,7 +5,7 @@ documented in docs/http-api.md ("Admin API"); keys are only ever added, so a
 dashboard written against them keeps working.
 
 The sections describe the worker that answers; ``workers`` and ``total`` add
-every live worker (``app.cluster``), so a request that lands on one worker of
+every live worker (``app.fleet``), so a request that lands on one worker of
 several shows whose figures these are and what the whole service amounts to.
 """
 
@@ -16,9 +16,9 @@ import asyncio
 from fastapi import APIRouter, Depends
 
 from app.api.admin_auth import require_admin
-from app.api.deps import ClusterViewDep, HubDep, MemoryGuardDep, ResponseServiceDep
-from app.cluster.view import ClusterView
+from app.api.deps import FleetViewDep, HubDep, MemoryGuardDep, ResponseServiceDep
 from app.core.config import Settings
+from app.fleet.view import FleetView
 from app.memory.guard import MemoryGuard
 from app.memory.process import process_stats
 from app.responses.service import ResponseService
@@ -42,7 +42,7 @@ def _limits(settings: Settings) -> dict[str, int]:
 
 
 async def admin_metrics(
-    guard: MemoryGuard, hub: Hub, responses: ResponseService, cluster: ClusterView
+    guard: MemoryGuard, hub: Hub, responses: ResponseService, fleet: FleetView
 ) -> dict[str, object]:
     """The ``/api/admin/metrics`` document: one section per part of this worker, then all."""
     document: dict[str, object] = {
@@ -59,7 +59,7 @@ async def admin_metrics(
     }
     # read() takes this worker's live snapshot before its first await, so the
     # sections above and this worker's entry in ``workers`` agree.
-    reading = await cluster.read()
+    reading = await fleet.read()
     document["worker"] = reading.worker
     document["workers"] = reading.workers
     document["total"] = reading.total()
@@ -69,10 +69,10 @@ async def admin_metrics(
 
 @router.get("/admin/metrics")
 async def get_admin_metrics(
-    guard: MemoryGuardDep, hub: HubDep, responses: ResponseServiceDep, cluster: ClusterViewDep
+    guard: MemoryGuardDep, hub: HubDep, responses: ResponseServiceDep, fleet: FleetViewDep
 ) -> dict[str, object]:
     """Memory, cache, SSE, responses and process figures of this worker; every worker's summary."""
-    return await admin_metrics(guard, hub, responses, cluster)
+    return await admin_metrics(guard, hub, responses, fleet)
 
 
 @router.get("/stats/memory")

@@ -46,7 +46,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.api.admin_auth import ADMIN_DISABLED_DETAIL, require_admin
 from app.api.deps import (
-    ClusterViewDep,
+    FleetViewDep,
     HubDep,
     MemoryGuardDep,
     ResponseServiceDep,
@@ -54,9 +54,9 @@ from app.api.deps import (
     client_address,
 )
 from app.api.routes.admin import admin_metrics
-from app.cluster.view import ClusterView
 from app.core.config import Settings
 from app.dashboard.tickets import TicketError, issue_ticket, verify_ticket
+from app.fleet.view import FleetView
 from app.memory.guard import MemoryGuard
 from app.responses.service import ResponseService
 from app.sse.hub import Hub
@@ -190,12 +190,12 @@ async def _metrics_frames(
     guard: MemoryGuard,
     hub: Hub,
     responses: ResponseService,
-    cluster: ClusterView,
+    fleet: FleetView,
 ) -> AsyncIterator[bytes]:
     yield encode_retry(settings.sse_retry_ms)
     previous: CounterSample | None = None
     while not shutdown_requested():
-        document = await admin_metrics(guard, hub, responses, cluster)
+        document = await admin_metrics(guard, hub, responses, fleet)
         total = cast(dict[str, int], document["total"])
         current = CounterSample.of(total, time.monotonic())
         document["rates"] = rates(previous, current)
@@ -257,11 +257,11 @@ async def admin_stream(
     guard: MemoryGuardDep,
     hub: HubDep,
     responses: ResponseServiceDep,
-    cluster: ClusterViewDep,
+    fleet: FleetViewDep,
     slots: StreamSlotsDep,
     ticket: Annotated[str | None, Query()] = None,
 ) -> Response:
     """SSE: the admin metrics document with ``rates``, every ``ADMIN_STREAM_SECONDS``."""
     _admit(request, settings, ticket)
-    frames = _metrics_frames(settings, guard, hub, responses, cluster)
+    frames = _metrics_frames(settings, guard, hub, responses, fleet)
     return AdminStreamResponse(slots, frames, ping=settings.sse_ping_seconds)

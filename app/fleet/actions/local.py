@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.cluster.actions.base import ActionBus, Answer, Handler, Request
+from app.fleet.actions.base import ActionBus, Answer, Handler, Request
 
 __all__ = ["LocalBus"]
 

@@ -39,7 +39,7 @@ from typing import Any, cast
 from redis.exceptions import RedisError
 
 from app.broker.capabilities import RedisAccess
-from app.cluster.actions.base import (
+from app.fleet.actions.base import (
     REQUEST_ID,
     SENDER,
     TARGETS,
@@ -52,7 +52,7 @@ from app.cluster.actions.base import (
 
 __all__ = ["REPLY_TTL_SECONDS", "RedisBus"]
 
-logger = logging.getLogger("herald.cluster")
+logger = logging.getLogger("herald.fleet")
 
 REPLY_TTL_SECONDS = 60
 LISTEN_POLL_SECONDS = 1.0
@@ -92,7 +92,7 @@ class RedisBus(ActionBus):
         if task is not None:
             task.cancel()
             # Bounded: a cancellation can be lost inside redis-py on Python 3.11
-            # (see app.cluster.view, decision 6); the flag ends the loop anyway.
+            # (see app.fleet.view, decision 6); the flag ends the loop anyway.
             await asyncio.wait({task}, timeout=STOP_SECONDS)
         for handling in list(self._handling):
             handling.cancel()

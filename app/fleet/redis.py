@@ -31,8 +31,8 @@ from typing import cast
 from redis.exceptions import RedisError
 
 from app.broker.capabilities import RedisAccess
-from app.cluster.base import ExchangeUnavailableError, StatsExchange
-from app.cluster.snapshot import WorkerSnapshot, decode_snapshot, encode_snapshot
+from app.fleet.base import ExchangeUnavailableError, StatsExchange
+from app.fleet.snapshot import WorkerSnapshot, decode_snapshot, encode_snapshot
 
 __all__ = ["INDEX_HORIZON_TTLS", "RedisExchange"]
 

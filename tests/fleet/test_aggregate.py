@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.cluster.aggregate import TOTAL_FIELDS, merge_workers, total
+from app.fleet.aggregate import TOTAL_FIELDS, merge_workers, total
 from tests.support.snapshots import MB, make_snapshot
 
 

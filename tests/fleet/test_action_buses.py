@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from app.cluster.actions import sockets
-from app.cluster.actions.base import TARGETS
-from app.cluster.actions.sockets import MAX_LINE_BYTES, SocketBus
+from app.fleet.actions import sockets
+from app.fleet.actions.base import TARGETS
+from app.fleet.actions.sockets import MAX_LINE_BYTES, SocketBus
 
 
 def handler_for(name: str, seen: list[str], delay: float = 0.0) -> Any:

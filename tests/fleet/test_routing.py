@@ -1,11 +1,11 @@
-"""One bus handler for several kinds of request (app.cluster.actions.routing)."""
+"""One bus handler for several kinds of request (app.fleet.actions.routing)."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.cluster.actions import Answer, Request
-from app.cluster.actions.routing import KIND, HandlerRouter
+from app.fleet.actions import Answer, Request
+from app.fleet.actions.routing import KIND, HandlerRouter
 
 
 async def operator_action(request: Request) -> Answer | None:

@@ -2,7 +2,7 @@
 
 ``gunicorn.conf.py`` creates that directory (mode 0700) before any worker forks
 and hands it over as ``HERALD_STATS_DIR``; the metrics exchange keeps its
-snapshots there (``app.cluster.files``). Each worker also listens on
+snapshots there (``app.fleet.files``). Each worker also listens on
 ``<pid>.sock`` in it.
 
 Design decisions:
@@ -38,11 +38,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.cluster.actions.base import ActionBus, Answer, Handler, Request
+from app.fleet.actions.base import ActionBus, Answer, Handler, Request
 
 __all__ = ["MAX_ANSWER_BYTES", "MAX_LINE_BYTES", "SOCKET_SUFFIX", "SocketBus", "pid_of"]
 
-logger = logging.getLogger("herald.cluster")
+logger = logging.getLogger("herald.fleet")
 
 SOCKET_SUFFIX = ".sock"
 SOCKET_MODE = 0o600
@@ -54,7 +54,7 @@ READ_TIMEOUT_SECONDS = 5.0
 
 
 def pid_of(worker: str) -> int:
-    """The pid in a worker id (``<host>:<pid>``, ``app.cluster.snapshot.worker_id``)."""
+    """The pid in a worker id (``<host>:<pid>``, ``app.fleet.snapshot.worker_id``)."""
     return int(worker.rpartition(":")[2])
 
 

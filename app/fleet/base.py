@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from app.cluster.snapshot import WorkerSnapshot
+from app.fleet.snapshot import WorkerSnapshot
 
 __all__ = ["ExchangeUnavailableError", "StatsExchange"]
 

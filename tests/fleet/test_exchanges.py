@@ -20,13 +20,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.broker.redis import RedisBroker
-from app.cluster import create_exchange
-from app.cluster.base import ExchangeUnavailableError, StatsExchange
-from app.cluster.files import FileExchange
-from app.cluster.local import LocalExchange
-from app.cluster.redis import INDEX_HORIZON_TTLS, RedisExchange
-from app.cluster.snapshot import WorkerSnapshot
 from app.core.config import load_settings
+from app.fleet import create_exchange
+from app.fleet.base import ExchangeUnavailableError, StatsExchange
+from app.fleet.files import FileExchange
+from app.fleet.local import LocalExchange
+from app.fleet.redis import INDEX_HORIZON_TTLS, RedisExchange
+from app.fleet.snapshot import WorkerSnapshot
 from app.wire.event import Event
 from tests.support.clock import FakeClock
 from tests.support.publishing import publish_one
@@ -159,7 +159,7 @@ async def test_remove_takes_away_only_this_workers_snapshot(medium: Medium) -> N
 
 WRITER = """
 import asyncio, sys
-from app.cluster.files import FileExchange
+from app.fleet.files import FileExchange
 from tests.support.snapshots import make_snapshot
 
 async def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal, get_args
 
-from app.cluster.snapshot import WorkerSnapshot
+from app.fleet.snapshot import WorkerSnapshot
 
 __all__ = ["TOTAL_FIELDS", "TotalField", "merge_workers", "total"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from app.broker.memory import MemoryBroker
-from app.cluster.snapshot import decode_snapshot, encode_snapshot, take_snapshot, worker_id
 from app.core.config import load_settings
+from app.fleet.snapshot import decode_snapshot, encode_snapshot, take_snapshot, worker_id
 from app.memory.box import BoxMemory, BoxReading
 from app.memory.guard import MemoryGuard
 from app.memory.levels import MemoryLevel

@@ -17,7 +17,7 @@ Design decisions:
 
 from __future__ import annotations
 
-from app.cluster.actions.base import Answer, Handler, Request
+from app.fleet.actions.base import Answer, Handler, Request
 
 __all__ = ["KIND", "HandlerRouter"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.cluster.base import StatsExchange
-from app.cluster.snapshot import WorkerSnapshot
+from app.fleet.base import StatsExchange
+from app.fleet.snapshot import WorkerSnapshot
 
 __all__ = ["LocalExchange"]
 

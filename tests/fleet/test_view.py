@@ -1,4 +1,4 @@
-"""The cluster view: shares on a timer, reads on demand with this worker live, survives a
+"""The fleet view: shares on a timer, reads on demand with this worker live, survives a
 failing exchange, and leaves nothing behind when it stops."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from app.cluster.base import ExchangeUnavailableError, StatsExchange
-from app.cluster.files import FileExchange
-from app.cluster.snapshot import WorkerSnapshot
-from app.cluster.view import ClusterView
+from app.fleet.base import ExchangeUnavailableError, StatsExchange
+from app.fleet.files import FileExchange
+from app.fleet.snapshot import WorkerSnapshot
+from app.fleet.view import FleetView
 from tests.support.logs import capture_logs
 from tests.support.snapshots import make_snapshot
 
@@ -67,8 +67,8 @@ class BrokenExchange(StatsExchange):
 
 
 @pytest.fixture
-def cluster_log() -> Iterator[list[logging.LogRecord]]:
-    with capture_logs("herald.cluster") as records:
+def fleet_log() -> Iterator[list[logging.LogRecord]]:
+    with capture_logs("herald.fleet") as records:
         yield records
 
 
@@ -77,7 +77,7 @@ def files(directory: Path, pid: int) -> FileExchange:
 
 
 async def test_a_started_worker_is_seen_at_once(tmp_path: Path) -> None:
-    view = ClusterView(files(tmp_path, 1), LiveFigures(1), interval_seconds=3600)
+    view = FleetView(files(tmp_path, 1), LiveFigures(1), interval_seconds=3600)
     await view.start()
     try:
         assert [s["pid"] for s in await files(tmp_path, 2).collect()] == [1]
@@ -87,7 +87,7 @@ async def test_a_started_worker_is_seen_at_once(tmp_path: Path) -> None:
 
 async def test_the_snapshot_is_shared_again_every_interval(tmp_path: Path) -> None:
     figures = LiveFigures(1)
-    view = ClusterView(files(tmp_path, 1), figures, interval_seconds=INTERVAL)
+    view = FleetView(files(tmp_path, 1), figures, interval_seconds=INTERVAL)
     await view.start()
     try:
         figures.connections = 9
@@ -102,8 +102,8 @@ async def test_the_snapshot_is_shared_again_every_interval(tmp_path: Path) -> No
 async def test_this_worker_reads_itself_live_and_the_others_as_shared(tmp_path: Path) -> None:
     mine, theirs = LiveFigures(1), LiveFigures(2)
     mine.connections, theirs.connections = 4, 6
-    view = ClusterView(files(tmp_path, 1), mine, interval_seconds=3600)
-    other = ClusterView(files(tmp_path, 2), theirs, interval_seconds=3600)
+    view = FleetView(files(tmp_path, 1), mine, interval_seconds=3600)
+    other = FleetView(files(tmp_path, 2), theirs, interval_seconds=3600)
     await view.start()
     await other.start()
     try:
@@ -125,7 +125,7 @@ async def test_this_worker_reads_itself_live_and_the_others_as_shared(tmp_path: 
 
 async def test_stop_removes_the_snapshot_and_the_task(tmp_path: Path) -> None:
     figures = LiveFigures(1)
-    view = ClusterView(files(tmp_path, 1), figures, interval_seconds=INTERVAL)
+    view = FleetView(files(tmp_path, 1), figures, interval_seconds=INTERVAL)
     await view.start()
     await view.stop()
     assert await files(tmp_path, 2).collect() == []
@@ -137,10 +137,10 @@ async def test_stop_removes_the_snapshot_and_the_task(tmp_path: Path) -> None:
 
 
 async def test_without_the_exchange_a_worker_reports_itself_and_says_so(
-    cluster_log: list[logging.LogRecord],
+    fleet_log: list[logging.LogRecord],
 ) -> None:
     exchange = BrokenExchange()
-    view = ClusterView(exchange, LiveFigures(1), interval_seconds=INTERVAL)
+    view = FleetView(exchange, LiveFigures(1), interval_seconds=INTERVAL)
     await view.start()  # Redis away at start-up must not stop the worker
     try:
         for _ in range(2):
@@ -148,7 +148,7 @@ async def test_without_the_exchange_a_worker_reports_itself_and_says_so(
             assert [s["worker"] for s in reading.workers] == ["box:1"]
             assert reading.exchange_state == "down"
         await asyncio.sleep(INTERVAL * 3)  # failed publishes meanwhile
-        warnings = [r for r in cluster_log if r.levelno == logging.WARNING]
+        warnings = [r for r in fleet_log if r.levelno == logging.WARNING]
         assert len(warnings) == 1, "one warning per outage, not one per call"
         assert "reporting this worker alone: redis is away" in warnings[0].getMessage()
 
@@ -156,7 +156,7 @@ async def test_without_the_exchange_a_worker_reports_itself_and_says_so(
         reading = await view.read()
         assert [s["worker"] for s in reading.workers] == ["box:1", "box:2"]
         assert reading.exchange_state == "ok"
-        assert any("is back" in r.getMessage() for r in cluster_log)
+        assert any("is back" in r.getMessage() for r in fleet_log)
     finally:
         await view.stop()
 
@@ -164,7 +164,7 @@ async def test_without_the_exchange_a_worker_reports_itself_and_says_so(
 async def test_a_hanging_exchange_costs_at_most_the_timeout() -> None:
     exchange = BrokenExchange()
     exchange.broken, exchange.hang = False, True
-    view = ClusterView(exchange, LiveFigures(1), interval_seconds=3600, timeout_seconds=0.1)
+    view = FleetView(exchange, LiveFigures(1), interval_seconds=3600, timeout_seconds=0.1)
     loop = asyncio.get_running_loop()
     started = loop.time()
     await view.start()
@@ -176,16 +176,16 @@ async def test_a_hanging_exchange_costs_at_most_the_timeout() -> None:
 
 
 async def test_a_failing_snapshot_does_not_stop_sharing(
-    tmp_path: Path, cluster_log: list[logging.LogRecord]
+    tmp_path: Path, fleet_log: list[logging.LogRecord]
 ) -> None:
     figures = LiveFigures(1)
-    view = ClusterView(files(tmp_path, 1), figures, interval_seconds=INTERVAL)
+    view = FleetView(files(tmp_path, 1), figures, interval_seconds=INTERVAL)
     await view.start()
     try:
         figures.fail_next = True
         figures.connections = 3
         await asyncio.sleep(INTERVAL * 4)
-        assert any(r.levelno == logging.ERROR for r in cluster_log)
+        assert any(r.levelno == logging.ERROR for r in fleet_log)
         shared = await files(tmp_path, 2).collect()
         assert [s["connections"] for s in shared] == [3]
     finally:
@@ -224,7 +224,7 @@ class SwallowingExchange(StatsExchange):
 async def test_a_cancellation_lost_inside_the_exchange_still_stops_sharing() -> None:
     """Regression: a gunicorn worker hung in shutdown about one stop in thirty with Redis."""
     exchange = SwallowingExchange()
-    view = ClusterView(exchange, LiveFigures(1), interval_seconds=0.01, timeout_seconds=5)
+    view = FleetView(exchange, LiveFigures(1), interval_seconds=0.01, timeout_seconds=5)
     await view.start()
     await exchange.entered.wait()  # the share task is inside a publish
     loop = asyncio.get_running_loop()
@@ -238,7 +238,7 @@ async def test_a_cancellation_lost_inside_the_exchange_still_stops_sharing() -> 
 
 async def test_a_cancelled_read_stays_cancelled_even_if_the_exchange_loses_it() -> None:
     exchange = SwallowingExchange()
-    view = ClusterView(exchange, LiveFigures(1), interval_seconds=3600, timeout_seconds=5)
+    view = FleetView(exchange, LiveFigures(1), interval_seconds=3600, timeout_seconds=5)
     reading = asyncio.create_task(view.read())
     await exchange.entered.wait()
     reading.cancel()

@@ -6,7 +6,7 @@ Design decisions (read the reason before "fixing" one):
    snapshot lives :data:`TTL_INTERVALS` times that: one late or failed publish
    never makes a live worker vanish, and a worker killed outright is gone from
    every report within three intervals (15 s by default).
-2. The first publish happens in :meth:`ClusterView.start`, before the worker
+2. The first publish happens in :meth:`FleetView.start`, before the worker
    takes requests, so its siblings count it at once.
 3. The exchange is read per request (a scrape, an admin call), not on the
    timer: the others' figures are then at most one interval old instead of
@@ -16,7 +16,7 @@ Design decisions (read the reason before "fixing" one):
    matter most while something is wrong, so with Redis away they still answer,
    with this worker alone and ``exchange.state`` ``down`` so the report does not
    pass for the whole service; a warning is logged once per outage.
-5. :meth:`ClusterView.stop` removes this worker's snapshot: a worker leaving on
+5. :meth:`FleetView.stop` removes this worker's snapshot: a worker leaving on
    purpose (recycled by ``--max-requests``, a deploy) drops out of every report
    at once instead of lingering, frozen, for a TTL.
 6. A cancellation is never allowed to vanish inside an exchange call. On
@@ -25,8 +25,8 @@ Design decisions (read the reason before "fixing" one):
    gh-86296, fixed in 3.12), and redis-py wraps every socket write in it
    when a socket timeout is set. A cancelled share task would then loop on,
    and shutdown hang on it (seen: about one gunicorn stop in thirty).
-   :meth:`ClusterView._bounded` re-raises a cancellation requested during the
-   call, and :meth:`ClusterView.stop` waits for the task only so long.
+   :meth:`FleetView._bounded` re-raises a cancellation requested during the
+   call, and :meth:`FleetView.stop` waits for the task only so long.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from app.cluster.aggregate import merge_workers, total
-from app.cluster.base import ExchangeUnavailableError, StatsExchange
-from app.cluster.snapshot import WorkerSnapshot
+from app.fleet.aggregate import merge_workers, total
+from app.fleet.base import ExchangeUnavailableError, StatsExchange
+from app.fleet.snapshot import WorkerSnapshot
 
-__all__ = ["EXCHANGE_TIMEOUT_SECONDS", "TTL_INTERVALS", "ClusterReading", "ClusterView"]
+__all__ = ["EXCHANGE_TIMEOUT_SECONDS", "TTL_INTERVALS", "FleetReading", "FleetView"]
 
-logger = logging.getLogger("herald.cluster")
+logger = logging.getLogger("herald.fleet")
 
 TTL_INTERVALS = 3
 """A shared snapshot lives this many publish intervals."""
@@ -54,7 +54,7 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
-class ClusterReading:
+class FleetReading:
     """Every live worker as seen by the worker answering (``worker``)."""
 
     worker: str
@@ -66,7 +66,7 @@ class ClusterReading:
         return total(self.workers)
 
 
-class ClusterView:
+class FleetView:
     """Publishes this worker's snapshot on a timer and reads every worker's on demand."""
 
     def __init__(
@@ -122,11 +122,11 @@ class ClusterView:
         """Share this worker's figures now."""
         await self._bounded(self.exchange.publish(self._take_snapshot()))
 
-    async def read(self) -> ClusterReading:
+    async def read(self) -> FleetReading:
         """Every live worker: this one live, the others from their last publish."""
         live = self._take_snapshot()
         shared = await self._bounded(self.exchange.collect())
-        return ClusterReading(
+        return FleetReading(
             worker=live["worker"],
             workers=merge_workers(live, shared or ()),
             exchange=self.exchange.kind,

@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.cluster.base import ExchangeUnavailableError, StatsExchange
-from app.cluster.snapshot import WorkerSnapshot, decode_snapshot, encode_snapshot
+from app.fleet.base import ExchangeUnavailableError, StatsExchange
+from app.fleet.snapshot import WorkerSnapshot, decode_snapshot, encode_snapshot
 
 __all__ = ["SNAPSHOT_SUFFIX", "FileExchange"]
 
