@@ -30,7 +30,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from app.api.deps import SettingsDep, client_address
+from app.api.deps import SettingsDep
+from app.auth.client_address import client_address
 from app.auth.requests import bearer_token
 from app.core.security import secret_matches
 

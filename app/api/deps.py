@@ -14,7 +14,6 @@ from fastapi import Depends, Request
 from app.admin.audit import AuditTrail
 from app.admin.dispatch import ActionCoordinator
 from app.admin.drain import DrainState
-from app.auth.client_address import TrustedProxies
 from app.auth.tokens import TokenVerifier
 from app.core.config import Settings
 from app.fleet.view import FleetView
@@ -32,7 +31,6 @@ __all__ = [
     "ResponseServiceDep",
     "SettingsDep",
     "TokenVerifierDep",
-    "client_address",
 ]
 
 
@@ -44,13 +42,6 @@ def _from_state(name: str) -> Callable[[Request], Awaitable[Any]]:
 
     get.__name__ = f"get_{name}"
     return get
-
-
-def client_address(request: Request) -> str:
-    """The client's address: ``X-Forwarded-For`` is believed only from TRUSTED_PROXIES."""
-    peer = request.client.host if request.client else ""
-    proxies: TrustedProxies = request.app.state.proxies
-    return proxies.client(peer, request.headers.get("x-forwarded-for"))
 
 
 SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]

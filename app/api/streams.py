@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import HTTPException, Request
 
-from app.api.deps import client_address
+from app.auth.client_address import client_address
 from app.auth.requests import authorize_subscriber
 from app.sse.stream_response import HeraldStreamResponse
 from app.wire.channels import InvalidChannelError, validate_channel

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-__all__ = ["TrustedProxies"]
+from starlette.requests import HTTPConnection
+
+__all__ = ["TrustedProxies", "client_address"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_FORWARDED_HOPS = 20
@@ -47,3 +49,12 @@ class TrustedProxies:
         # Every hop was one of ours (or garbage): the best we know is the first valid hop.
         valid = [hop for hop in hops if _parse(hop) is not None]
         return valid[0] if valid else peer
+
+
+def client_address(request: HTTPConnection) -> str:
+    """A request's client address: ``X-Forwarded-For`` is believed only from TRUSTED_PROXIES
+    (the app's ``TrustedProxies``, ``app.state.proxies``). Every front asks here, so a client
+    counts as the same address for the stream limits and the publish rate, whichever it uses."""
+    peer = request.client.host if request.client else ""
+    proxies: TrustedProxies = request.app.state.proxies
+    return proxies.client(peer, request.headers.get("x-forwarded-for"))

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, unquote
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.api.deps import client_address
+from app.auth.client_address import client_address
 from app.mercure.gather import GatherBusy, SubscriptionGather, SubscriptionQuery
 from app.mercure.grants import AUTHORIZATION_DETAIL_TYPE, ReadGrant
 from app.mercure.matchers import (

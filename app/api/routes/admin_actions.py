@@ -27,7 +27,8 @@ from app.admin.actions import (
 from app.admin.audit import token_fingerprint
 from app.admin.dispatch import NoSuchTargetError
 from app.api.admin_auth import require_admin
-from app.api.deps import ActionCoordinatorDep, AuditTrailDep, SettingsDep, client_address
+from app.api.deps import ActionCoordinatorDep, AuditTrailDep, SettingsDep
+from app.auth.client_address import client_address
 
 __all__ = ["router"]
 

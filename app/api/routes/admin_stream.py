@@ -51,9 +51,9 @@ from app.api.deps import (
     MemoryGuardDep,
     ResponseServiceDep,
     SettingsDep,
-    client_address,
 )
 from app.api.routes.admin import admin_metrics
+from app.auth.client_address import client_address
 from app.core.config import Settings
 from app.dashboard.tickets import TicketError, issue_ticket, verify_ticket
 from app.fleet.view import FleetView
