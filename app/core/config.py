@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.cluster_url import parse_cluster_url
+
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 MB = 1024 * 1024
@@ -225,8 +227,6 @@ class Settings(BaseSettings):
         if scheme not in BROKER_SCHEMES:
             raise ValueError(f"unsupported broker scheme {scheme!r}; use one of {BROKER_SCHEMES}")
         if scheme.endswith("+cluster"):
-            from app.broker.cluster_url import parse_cluster_url
-
             parse_cluster_url(value)  # ValueError names the bad seed
         return value
 

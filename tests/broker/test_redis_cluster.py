@@ -234,19 +234,6 @@ async def test_an_unreachable_cluster_serves_degraded() -> None:
     await assert_serves_degraded(unreachable)
 
 
-def test_a_cluster_url_is_checked_at_start_and_logged_without_its_password() -> None:
-    from app.broker.cluster_url import parse_cluster_url
-    from app.core.config import SettingsError, load_settings
-
-    parsed = parse_cluster_url("rediss+cluster://user:hunter2@h1:7000,[::1]:7001/0")
-    assert parsed.seeds == (("h1", 7000), ("::1", 7001)) and parsed.tls
-    assert parsed.password == "hunter2" and "hunter2" not in parsed.redacted()
-    for bad in ("redis+cluster://h1", "redis+cluster://h1:7000,h2", "redis+cluster://h1:99999"):
-        with pytest.raises(SettingsError, match="BROKER_URL"):
-            load_settings(broker_url=bad)
-    assert load_settings(broker_url="redis+cluster://h1:7000").redis_cluster_shards == 16
-
-
 async def test_a_workers_publishes_keep_their_order_across_shards(
     redis_cluster: RedisCluster,
 ) -> None:

@@ -34,12 +34,12 @@ from redis.exceptions import (
 from redis.utils import str_if_bytes
 
 from app.broker.base import BrokerUnavailableError
-from app.broker.cluster_url import ClusterURL
 from app.broker.redis_connections import (
     COMMAND_TIMEOUT_SECONDS,
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_MAX_CONNECTIONS,
 )
+from app.core.cluster_url import ClusterURL
 
 __all__ = ["ClusterNodes", "Node", "ReadOnlyConnection", "ReadOnlySSLConnection"]
 

@@ -29,10 +29,10 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from app.broker.capabilities import ClusterTopology
-from app.broker.cluster_url import ClusterURL, parse_cluster_url
 from app.broker.redis_base import RedisBrokerBase, RedisOptions
 from app.broker.redis_cluster.nodes import ClusterNodes, Node
 from app.broker.redis_entries import key_of
+from app.core.cluster_url import ClusterURL, parse_cluster_url
 from app.wire.event_id import EventKey
 
 __all__ = [

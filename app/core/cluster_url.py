@@ -1,8 +1,9 @@
 """``redis+cluster://[user:password@]host:port,host:port,...`` / ``rediss+cluster://``: the
 seed nodes of a Redis Cluster and its credentials.
 
-Kept apart from the broker so settings validation (``app.core.config``) can check a
-``BROKER_URL`` before any worker starts without importing redis-py.
+Settings validation (``app.core.config``) checks a ``BROKER_URL`` with it before any worker
+starts, and the cluster broker connects with what it returns: the URL's grammar sits with the
+settings, below the broker, and needs nothing but the standard library (no redis-py).
 """
 
 from __future__ import annotations
