@@ -34,31 +34,31 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 
 import httpx
 
 from app.core.config import SettingsError, load_settings
 from app.memory.limits import detect_memory_limit
 from app.memory.units import format_bytes
+from app.tools.admin_api import (
+    DEFAULT_TIMEOUT_SECONDS,
+    DEFAULT_URL,
+    AdminRequestError,
+    Metrics,
+    fetch_metrics,
+)
 from app.tools.memory_budget import memory_budget, render_budget
 from app.tools.operate import add_action_arguments, run_action
 
 __all__ = [
-    "DEFAULT_URL",
-    "METRICS_PATH",
-    "ReportError",
-    "fetch_metrics",
     "main",
     "render_chart",
     "render_report",
     "render_workers",
 ]
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-METRICS_PATH = "/api/admin/metrics"
-DEFAULT_TIMEOUT_SECONDS = 5.0
 CHART_HEIGHT = 8
 CHART_WIDTH = 60
 """Samples shown (one column each); older ones scroll off the left."""
@@ -69,32 +69,6 @@ _FULL = "█"
 _WARNING_LINE = "─"
 _CRITICAL_LINE = "━"
 _CLEAR_SCREEN = "\x1b[H\x1b[2J"
-
-Metrics = Mapping[str, Any]
-
-
-class ReportError(Exception):
-    """The metrics could not be fetched; the message is meant for the operator."""
-
-
-def fetch_metrics(
-    client: httpx.Client, url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT_SECONDS
-) -> Metrics:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    target = url.rstrip("/") + METRICS_PATH
-    try:
-        response = client.get(target, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise ReportError(f"cannot reach {target}: {exc}") from None
-    if response.status_code != 200:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise ReportError(f"{target} answered {response.status_code}: {detail}")
-    metrics: Metrics = response.json()
-    return metrics
-
 
 # --- rendering -------------------------------------------------------------
 
@@ -429,7 +403,7 @@ def _watch(client: httpx.Client, args: argparse.Namespace, out: TextIO, err: Tex
         reports += 1
         try:
             metrics = fetch_metrics(client, args.url, args.token, args.timeout)
-        except ReportError as exc:
+        except AdminRequestError as exc:
             print(f"memory_report: {exc}", file=err, flush=True)
             status = 1
             continue
@@ -458,7 +432,7 @@ def main(
         if args.watch is None:
             try:
                 metrics = fetch_metrics(client, args.url, args.token, args.timeout)
-            except ReportError as exc:
+            except AdminRequestError as exc:
                 print(f"memory_report: {exc}", file=err)
                 return 1
             print(render_report(metrics, args.url), file=out)

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from app.tools.admin_api import AdminRequestError, fetch_metrics
 from app.tools.analyze import analyze
 
 __all__ = ["PARTIAL_EXIT", "add_action_arguments", "render_answer", "run_action"]
@@ -101,11 +102,9 @@ def run_action(
 ) -> int | None:
     """Carry out the action the flags ask for; its exit status, or ``None`` if none was asked."""
     if args.analyze:
-        from app.tools.memory_report import ReportError, fetch_metrics
-
         try:
             metrics = fetch_metrics(client, args.url, args.token, args.timeout)
-        except ReportError as exc:
+        except AdminRequestError as exc:
             print(f"memory_report: {exc}", file=err)
             return 1
         print(analyze(metrics), file=out)
