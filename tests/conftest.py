@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from app.broker.memory import MemoryBroker
+from app.core.config import load_settings
+from app.sse.hub import Hub
 from tests.responses.producers.fake_upstream import FakeUpstream
 from tests.support.redis_cluster import REDIS_CLI, RedisCluster
 from tests.support.redis_server import REDIS_SERVER, RedisServer
@@ -103,3 +107,38 @@ def broker_url(request: pytest.FixtureRequest) -> str:
         return cluster.url
     redis: RedisServer = request.getfixturevalue("redis_server")
     return redis.url
+
+
+MakeHub = Callable[..., Awaitable[Hub]]
+
+
+@pytest.fixture
+async def make_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator[MakeHub]:
+    """Hubs on the memory broker with these settings overrides (``clock=``: the hub's and
+    the broker's clock), started here and stopped after the test; no stray .env is read."""
+    monkeypatch.chdir(tmp_path)
+    hubs: list[Hub] = []
+
+    async def make(
+        broker_class: type[MemoryBroker] = MemoryBroker,
+        *,
+        clock: Callable[[], float] | None = None,
+        **overrides: object,
+    ) -> Hub:
+        settings = load_settings(**overrides)
+        clocked: dict[str, Callable[[], float]] = {} if clock is None else {"clock": clock}
+        broker = broker_class(
+            history_size=settings.sse_history_size,
+            history_max_bytes=settings.sse_history_max_bytes,
+            history_max_channels=settings.sse_history_max_channels,
+            channel_ttl_seconds=settings.sse_channel_ttl_seconds,
+            **clocked,
+        )
+        hub = Hub(settings, broker, **clocked)
+        await hub.start()
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        await hub.stop()

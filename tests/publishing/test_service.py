@@ -17,7 +17,7 @@ from app.publishing import (
 )
 from app.sse.hub import DEFAULT_RETRY_AFTER_SECONDS
 from app.wire.event import Event
-from tests.publishing.conftest import MakeHub
+from tests.conftest import MakeHub
 
 
 class UnreachableBroker(MemoryBroker):

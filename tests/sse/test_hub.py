@@ -4,21 +4,21 @@ housekeeping with a fake clock, counters and replay floors."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
-from pathlib import Path
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import pytest
 
 from app.broker.base import Draft, PageLimit, Replay
 from app.broker.memory import MemoryBroker
-from app.core.config import load_settings
 from app.sse.connection import CloseReason
 from app.sse.hub import Hub, StreamRefusedError
 from app.wire.channels import InvalidChannelError
 from app.wire.encoding import PING_FRAME, encode_body, encode_frame
 from app.wire.event_id import parse_event_id
+from tests.conftest import MakeHub
 from tests.sse.test_direct_write import FakeSend, Flow, chunk_of, read_exactly
 from tests.support.clock import FakeClock
 from tests.support.waiting import wait_until
@@ -43,38 +43,15 @@ class RacingBroker(MemoryBroker):
         return await super().replay(channels, last_event_id, every_channel=every_channel, page=page)
 
 
-MakeHub = Callable[..., Awaitable[Hub]]
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
 
 @pytest.fixture
-async def make_hub(
-    clock: FakeClock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> AsyncIterator[MakeHub]:
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    hubs: list[Hub] = []
-
-    async def make(broker_class: type[MemoryBroker] = MemoryBroker, **overrides: object) -> Hub:
-        settings = load_settings(**overrides)
-        broker = broker_class(
-            history_size=settings.sse_history_size,
-            history_max_bytes=settings.sse_history_max_bytes,
-            history_max_channels=settings.sse_history_max_channels,
-            channel_ttl_seconds=CHANNEL_TTL,
-            clock=clock,
-        )
-        hub = Hub(settings, broker, clock=clock)
-        await hub.start()
-        hubs.append(hub)
-        return hub
-
-    yield make
-    for hub in hubs:
-        await hub.stop()
+def make_hub(make_hub: MakeHub, clock: FakeClock) -> MakeHub:
+    """The shared hubs, on the fake clock, keeping a channel's log CHANNEL_TTL."""
+    return functools.partial(make_hub, clock=clock, sse_channel_ttl_seconds=CHANNEL_TTL)
 
 
 def memory_broker(hub: Hub) -> MemoryBroker:
