@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from app.broker.base import Broker, Draft, EventListener, ResyncListener
 from app.broker.capabilities import BrokerHealth
-from app.broker.publish_queue import CallResult, PublishQueue
+from app.broker.publish_queue import CallKey, CallResult, PublishQueue
 from app.broker.redis_connections import DEFAULT_MAX_CONNECTIONS, READ_COUNT
 from app.broker.redis_entries import CHANNEL_FIELD, channels_of, entry_event
 from app.wire.event_id import EventKey
@@ -31,6 +31,7 @@ logger = logging.getLogger("herald.broker")
 
 DEFAULT_KEY_PREFIX = "herald"
 DEFAULT_LOG_SIZE = 10_000
+DEFAULT_IDEMPOTENCY_SECONDS = 300.0
 
 
 class RedisOptions(TypedDict, total=False):
@@ -42,6 +43,7 @@ class RedisOptions(TypedDict, total=False):
     key_prefix: str
     log_size: int
     max_connections: int
+    idempotency_seconds: float
 
 
 class RedisBrokerBase(Broker, BrokerHealth):
@@ -61,12 +63,15 @@ class RedisBrokerBase(Broker, BrokerHealth):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         log_size: int = DEFAULT_LOG_SIZE,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idempotency_seconds: float = DEFAULT_IDEMPOTENCY_SECONDS,
     ) -> None:
         self.url = url
         self.max_connections = max_connections
         self.history_size = max(1, history_size)
         self.log_size = max(1, log_size)
         self.channel_ttl_ms = int(channel_ttl_seconds * 1000)
+        # Keyed publishes' records expire after this (at least a millisecond: PX 0 is refused).
+        self.idempotency_ms = max(1, int(idempotency_seconds * 1000))
         self.key_prefix = key_prefix
         self.block_ms = block_ms
         self.kind = kind
@@ -86,8 +91,9 @@ class RedisBrokerBase(Broker, BrokerHealth):
         )
 
     @abstractmethod
-    async def _write_call(self, drafts: list[Draft]) -> CallResult:
-        """One publish call for ``drafts`` (``PublishQueue``'s ``send``)."""
+    async def _write_call(self, drafts: list[Draft], keys: list[CallKey]) -> CallResult:
+        """One publish call for ``drafts``, ``keys`` naming the keyed publishes among them
+        (``PublishQueue``'s ``send``)."""
 
     @property
     def publish_calls(self) -> int:

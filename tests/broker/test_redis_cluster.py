@@ -272,10 +272,10 @@ async def test_a_failing_shard_fails_only_the_publishes_that_touch_it(worker: Wo
     (bad, bad_channel), (_, good_channel) = list(by_shard.items())[:2]
     real = broker._write_shard
 
-    async def failing(shard: Any, part: Any) -> list[bytes]:
+    async def failing(shard: Any, part: Any, runs: Any) -> tuple[list[bytes], bytes]:
         if shard.index == bad:
             raise redis.exceptions.ConnectionError("as if its master were gone")
-        return await real(shard, part)
+        return await real(shard, part, runs)
 
     broker._write_shard = failing  # type: ignore[method-assign]
     outcomes = await asyncio.gather(

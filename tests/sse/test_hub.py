@@ -380,6 +380,7 @@ async def test_stats_shape(make_hub: MakeHub) -> None:
         "queued_bytes",
         "queued_bytes_limit",
         "published",
+        "replayed_publishes",
         "delivered",
         "dropped",
         "overflow_disconnects",
@@ -403,6 +404,7 @@ async def test_stats_shape(make_hub: MakeHub) -> None:
         "url": "memory://",
         "state": "ok",
         "history": memory_broker(hub).history.stats(),
+        "idempotency": memory_broker(hub).keys.stats(),
     }
     assert stats["client_limits"] == hub.limits.stats()
     after = hub.stats()

@@ -1,0 +1,144 @@
+"""Idempotent publishing at the broker: a publish that carries a key is numbered once per
+key within a window, and a repeat gets the first one's positions instead of new events.
+
+Design decisions (read before changing):
+
+1. **The check is the numbering.** A broker looks the key up in the same atomic step
+   that numbers the events (``memory://``: no await between the lookup, the numbering
+   and the record; ``redis://`` and ``redis+cluster://``: inside ``PUBLISH_SCRIPT``).
+   There is no "in flight" state: of two publishes racing with one key, whichever the
+   step runs first publishes, and the other is answered from its record. Nobody waits,
+   and no 409 is needed.
+2. **A key is bound to its drafts.** The record holds a ``fingerprint`` of the drafts
+   (channels, encoded body, private flag, supplied id of each, in order): the same
+   events give the same fingerprint whatever the JSON whitespace of their request. A
+   key met again with another fingerprint is refused (``IdempotencyConflictError``)
+   and publishes nothing.
+3. **One key space per hub** (per process on ``memory://``, per Redis deployment
+   otherwise), not per publisher: a publisher whose token is re-minted between two
+   tries is still recognised. Grants are checked before any key is looked at, and a
+   key is bound to its drafts, so nobody learns more from another publisher's key than
+   that it is taken.
+4. **Bounded.** ``memory://`` keeps ``KeyRecords``: at most ``PUBLISH_IDEMPOTENCY_MAX_KEYS``
+   records of constant size (``RECORD_BYTES`` plus the key), the oldest forgotten first,
+   each for ``PUBLISH_IDEMPOTENCY_SECONDS``. Redis keeps one key per record with that
+   expiry (docs/memory.md sizes it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from hashlib import blake2b
+
+from app.broker.base import Draft
+from app.wire.event_id import EventKey
+
+__all__ = [
+    "FINGERPRINT_BYTES",
+    "RECORD_BYTES",
+    "KeyRecord",
+    "KeyRecords",
+    "fingerprint",
+]
+
+FINGERPRINT_BYTES = 16
+"""blake2b-128: a collision between two different requests under one key is out of reach."""
+RECORD_BYTES = 420
+"""One in-process record beyond its key's characters: the record (slots), its fingerprint
+bytes, the key's ``str`` header and the ordered dict's entry (tracemalloc, 64-bit CPython)."""
+
+
+def fingerprint(drafts: Sequence[Draft]) -> bytes:
+    """A digest of what ``drafts`` publish: each one's channels, encoded body, private flag
+    and supplied id, in order (lengths first, so no two lists of drafts run together)."""
+    digest = blake2b(digest_size=FINGERPRINT_BYTES)
+    for draft in drafts:
+        names = "\n".join(draft.channels).encode()
+        supplied = b"" if draft.event_id is None else draft.event_id.encode()
+        has_id = draft.event_id is not None
+        header = b"%d %d %d %d %d\n" % (
+            len(names),
+            len(draft.body),
+            draft.private,
+            has_id,
+            len(supplied),
+        )
+        digest.update(header)
+        digest.update(names)
+        digest.update(draft.body)
+        digest.update(supplied)
+    return digest.digest()
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    """What ``memory://`` remembers of a keyed publish: its fingerprint and its positions
+    (a publish's events are consecutive in one millisecond: ``(ms, seq)`` to
+    ``(ms, seq + count - 1)``), until ``expires_at``."""
+
+    fingerprint: bytes
+    ms: int
+    seq: int
+    count: int
+    expires_at: float
+
+    def positions(self) -> list[EventKey]:
+        return [(self.ms, seq) for seq in range(self.seq, self.seq + self.count)]
+
+
+class KeyRecords:
+    """The in-process records, oldest first: forgotten after ``window_seconds`` and, past
+    ``max_keys``, oldest first. Every record lives the same window, so insertion order is
+    expiry order and expiring is popping from the front."""
+
+    def __init__(
+        self,
+        window_seconds: float,
+        max_keys: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_seconds = window_seconds
+        self.max_keys = max(1, max_keys)
+        self._clock = clock
+        self._records: OrderedDict[str, KeyRecord] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def find(self, key: str) -> KeyRecord | None:
+        """``key``'s record while it lives."""
+        self._expire(self._clock())
+        return self._records.get(key)
+
+    def remember(self, key: str, fingerprint: bytes, positions: Sequence[EventKey]) -> None:
+        """Record a publish of consecutive ``positions`` under ``key``."""
+        now = self._clock()
+        self._expire(now)
+        ms, seq = positions[0]
+        record = KeyRecord(fingerprint, ms, seq, len(positions), now + self.window_seconds)
+        records = self._records
+        records.pop(key, None)  # a record that expired between find and here is replaced
+        records[key] = record
+        while len(records) > self.max_keys:
+            records.popitem(last=False)
+            self.evicted += 1
+
+    def _expire(self, now: float) -> None:
+        records = self._records
+        while records:
+            oldest = next(iter(records.values()))
+            if oldest.expires_at > now:
+                return
+            records.popitem(last=False)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "keys": len(self._records),
+            "max_keys": self.max_keys,
+            "window_seconds": self.window_seconds,
+            "evicted": self.evicted,
+        }
