@@ -46,9 +46,11 @@ __all__ = [
 
 FINGERPRINT_BYTES = 16
 """blake2b-128: a collision between two different requests under one key is out of reach."""
-RECORD_BYTES = 420
-"""One in-process record beyond its key's characters: the record (slots), its fingerprint
-bytes, the key's ``str`` header and the ordered dict's entry (tracemalloc, 64-bit CPython)."""
+RECORD_BYTES = 300
+"""One in-process record beyond its key's characters: the record (slots, its ints), its
+fingerprint's ``bytes``, the key's ``str`` header and the ordered dict's entry (~290 B with
+tracemalloc, 64-bit CPython). A record is this plus a byte per key character, whatever
+the number of events it answers for."""
 
 
 def fingerprint(drafts: Sequence[Draft]) -> bytes:
