@@ -56,23 +56,17 @@ the number of events it answers for."""
 def fingerprint(drafts: Sequence[Draft]) -> bytes:
     """A digest of what ``drafts`` publish: each one's channels, encoded body, private flag
     and supplied id, in order (lengths first, so no two lists of drafts run together)."""
-    digest = blake2b(digest_size=FINGERPRINT_BYTES)
+    parts: list[bytes] = []
     for draft in drafts:
         names = "\n".join(draft.channels).encode()
-        supplied = b"" if draft.event_id is None else draft.event_id.encode()
-        has_id = draft.event_id is not None
-        header = b"%d %d %d %d %d\n" % (
-            len(names),
-            len(draft.body),
-            draft.private,
-            has_id,
-            len(supplied),
+        supplied = draft.event_id
+        identity = b"" if supplied is None else supplied.encode()
+        parts.append(
+            b"%d %d %d %d %d\n"
+            % (len(names), len(draft.body), draft.private, supplied is not None, len(identity))
         )
-        digest.update(header)
-        digest.update(names)
-        digest.update(draft.body)
-        digest.update(supplied)
-    return digest.digest()
+        parts += (names, draft.body, identity)
+    return blake2b(b"".join(parts), digest_size=FINGERPRINT_BYTES).digest()
 
 
 @dataclass(slots=True)
@@ -112,30 +106,24 @@ class KeyRecords:
         return len(self._records)
 
     def find(self, key: str) -> KeyRecord | None:
-        """``key``'s record while it lives."""
-        self._expire(self._clock())
-        return self._records.get(key)
-
-    def remember(self, key: str, fingerprint: bytes, positions: Sequence[EventKey]) -> None:
-        """Record a publish of consecutive ``positions`` under ``key``."""
-        now = self._clock()
-        self._expire(now)
-        ms, seq = positions[0]
-        record = KeyRecord(fingerprint, ms, seq, len(positions), now + self.window_seconds)
+        """``key``'s record while it lives. Forgets the records whose window has ended, so
+        ``remember`` right after (no await between) need not."""
         records = self._records
-        records.pop(key, None)  # a record that expired between find and here is replaced
-        records[key] = record
-        while len(records) > self.max_keys:
+        if records:
+            now = self._clock()
+            while records and next(iter(records.values())).expires_at <= now:
+                records.popitem(last=False)
+        return records.get(key)
+
+    def remember(self, key: str, fingerprint: bytes, first: EventKey, count: int) -> None:
+        """Record a publish of ``count`` consecutive positions from ``first`` under ``key``
+        (which ``find`` has just not found)."""
+        records = self._records
+        expires_at = self._clock() + self.window_seconds
+        records[key] = KeyRecord(fingerprint, first[0], first[1], count, expires_at)
+        if len(records) > self.max_keys:
             records.popitem(last=False)
             self.evicted += 1
-
-    def _expire(self, now: float) -> None:
-        records = self._records
-        while records:
-            oldest = next(iter(records.values()))
-            if oldest.expires_at > now:
-                return
-            records.popitem(last=False)
 
     def stats(self) -> dict[str, object]:
         return {

@@ -94,7 +94,7 @@ class MemoryBroker(Broker):
                 raise IdempotencyConflictError(key.key)
             return Published(self._replayed(drafts, record.positions()), replayed=True)
         events = self._publish_now(drafts)
-        self.keys.remember(key.key, key.fingerprint, [event.key for event in events])
+        self.keys.remember(key.key, key.fingerprint, events[0].key, len(events))
         return Published(events)
 
     @staticmethod

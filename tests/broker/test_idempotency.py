@@ -15,7 +15,7 @@ WINDOW = 60.0
 def test_a_record_lives_for_the_window_and_not_a_moment_longer() -> None:
     clock = FakeClock()
     records = KeyRecords(WINDOW, max_keys=10, clock=clock)
-    records.remember("k", b"f" * 16, [(5, 3), (5, 4)])
+    records.remember("k", b"f" * 16, (5, 3), 2)
     clock.advance(WINDOW - 0.001)
     found = records.find("k")
     assert found is not None and found.fingerprint == b"f" * 16
@@ -29,7 +29,8 @@ def test_past_the_count_the_oldest_key_is_forgotten_first() -> None:
     clock = FakeClock()
     records = KeyRecords(WINDOW, max_keys=3, clock=clock)
     for n in range(5):
-        records.remember(f"k{n}", b"f", [(1, n)])
+        assert records.find(f"k{n}") is None
+        records.remember(f"k{n}", b"f", (1, n), 1)
         clock.advance(1)
     assert len(records) == 3
     assert [records.find(f"k{n}") is None for n in range(5)] == [True, True, False, False, False]
@@ -40,7 +41,8 @@ def test_expiry_drops_every_expired_record_from_the_front() -> None:
     clock = FakeClock()
     records = KeyRecords(WINDOW, max_keys=100, clock=clock)
     for n in range(10):
-        records.remember(f"k{n}", b"f", [(1, n)])
+        assert records.find(f"k{n}") is None
+        records.remember(f"k{n}", b"f", (1, n), 1)
         clock.advance(10)
     # k0..k4 are 60 s old or more now; k5..k9 are not.
     assert records.find("k9") is not None
@@ -53,7 +55,7 @@ def test_a_record_takes_at_most_its_stated_bytes_beyond_its_key() -> None:
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for n, key in enumerate(keys):
-        records.remember(key, fingerprint([Draft(("c",), b"%d" % n)]), [(1_796_000_000_000, n)])
+        records.remember(key, fingerprint([Draft(("c",), b"%d" % n)]), (1_796_000_000_000, n), 1)
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
