@@ -64,7 +64,8 @@ class KeyedRun:
 # A keyed publish's record key holds '<fingerprint>' or '<fingerprint> <entry id>...' and
 # expires after the window (``app.broker.idempotency``). Found with another fingerprint: its
 # events are skipped (status 'c'). Found with its entry ids: skipped, and answered with
-# them (status 'r'). Else (absent, or holding the fingerprint alone, which
+# them (status 'r'); the record is written again as it is, so that a ``WAIT`` after the
+# call (``redis+cluster://``) waits until the replicas have what it answers with. Else (absent, or holding the fingerprint alone, which
 # ``redis+cluster://`` binds a key with before it publishes) its events are written and
 # the record holds their ids once the last is written (status 'p').
 # Returns the entry ids in order ('' for a refused publish's events), followed, when G > 0,
@@ -192,6 +193,8 @@ while e <= count do
       for j = e, e + events - 1 do skip(j, '') end
     elseif record and #record > #fp then
       statuses[g] = 'r'
+      -- A write, so a WAIT after this call covers the first publish's writes too.
+      redis.call('SET', record_key, record, 'KEEPTTL')
       local j = e
       for id in string.gmatch(string.sub(record, #fp + 2), '%S+') do
         skip(j, id)
