@@ -65,9 +65,10 @@ class KeyedRun:
 # expires after the window (``app.broker.idempotency``). Found with another fingerprint: its
 # events are skipped (status 'c'). Found with its entry ids: skipped, and answered with
 # them (status 'r'); the record is written again as it is, so that a ``WAIT`` after the
-# call (``redis+cluster://``) waits until the replicas have what it answers with. Else (absent, or holding the fingerprint alone, which
-# ``redis+cluster://`` binds a key with before it publishes) its events are written and
-# the record holds their ids once the last is written (status 'p').
+# call (``redis+cluster://``) waits until the replicas have what it answers with. Else
+# (absent, or holding the fingerprint alone, which ``redis+cluster://`` binds a key with
+# before it publishes) its events are written and the record holds their ids once the
+# last is written (status 'p').
 # Returns the entry ids in order ('' for a refused publish's events), followed, when G > 0,
 # by one status character per keyed publish. `previous` remembers each stream's newest
 # entry, so a call of many events on one channel reads it once.
