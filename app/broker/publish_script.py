@@ -63,7 +63,8 @@ class KeyedRun:
 # event before it) whose id they share, so channel ids stay log ids.
 # A keyed publish's record key holds '<fingerprint>' or '<fingerprint> <entry id>...' and
 # expires after the window (``app.broker.idempotency``). Found with another fingerprint: its
-# events are skipped (status 'c'). Found with its entry ids: skipped, and answered with
+# events are skipped (status 'c'), as they are when it holds another number of ids than the
+# publish has events here. Found with its entry ids: skipped, and answered with
 # them (status 'r'); the record is written again as it is, so that a ``WAIT`` after the
 # call (``redis+cluster://``) waits until the replicas have what it answers with. Else
 # (absent, or holding the fingerprint alone, which ``redis+cluster://`` binds a key with
@@ -193,13 +194,19 @@ while e <= count do
       statuses[g] = 'c'
       for j = e, e + events - 1 do skip(j, '') end
     elseif record and #record > #fp then
-      statuses[g] = 'r'
-      -- A write, so a WAIT after this call covers the first publish's writes too.
-      redis.call('SET', record_key, record, 'KEEPTTL')
-      local j = e
+      local recorded = {}
       for id in string.gmatch(string.sub(record, #fp + 2), '%S+') do
-        skip(j, id)
-        j = j + 1
+        recorded[#recorded + 1] = id
+      end
+      if #recorded == events then
+        statuses[g] = 'r'
+        -- A write, so a WAIT after this call covers the first publish's writes too.
+        redis.call('SET', record_key, record, 'KEEPTTL')
+        for j = 1, events do skip(e + j - 1, recorded[j]) end
+      else
+        -- Not the drafts it recorded: refused, never answered with holes.
+        statuses[g] = 'c'
+        for j = e, e + events - 1 do skip(j, '') end
       end
     else
       statuses[g] = 'p'

@@ -48,8 +48,11 @@ Design decisions (read before changing):
    with other events is refused there, before anything is written, wherever those
    events would go. The bound record is the home record when the request's events all
    live on that shard, and then no binding call is made; otherwise it costs one round
-   trip. A retry of a request that failed on one shard completes it: its parts already
-   written answer from their records, the missing part is written. Two racing requests
+   trip. A keyed request's part on a shard is written whole or not at all (an event
+   whose references failed holds back the request's whole part), so its record there
+   always answers for the same drafts. A retry of a request that failed on one shard
+   completes it: its parts already written answer from their records, the missing part
+   is written. Two racing requests
    whose events span shards may each write some parts; each part is still written once
    and both get the same ids, but neither is then told it was a replay. A replayed
    event on several shards leaves its fresh references behind, unresolved and so never
@@ -189,7 +192,13 @@ class ClusterPublishing(ShardedBroker):
                 # Replays look this far back for references (``replay``): too late to write.
                 result.failed = set(range(len(drafts))) - result.conflicting
                 return result
-            # An event whose references did not all land is not written at home.
+            # An event whose references did not all land is not written at home, nor is any
+            # event of a keyed request that has one: each shard's record of a keyed request
+            # holds all of its part there or nothing (note 6).
+            for call_key in keys:
+                request = range(call_key.first, call_key.first + call_key.count)
+                if not result.failed.isdisjoint(request):
+                    result.failed.update(request)
             homes = _without(homes, result.failed)
         written: dict[int, list[bytes]] = {}
         runs = {k: self._keyed_runs(k, part, keyed) for k, part in homes.items()}
