@@ -32,6 +32,7 @@ def create_broker(settings: Settings) -> Broker:
         "key_prefix": settings.redis_key_prefix,
         "log_size": settings.redis_log_size,
         "max_connections": settings.redis_max_connections,
+        "max_event_bytes": settings.max_event_bytes,
     }
     if scheme in ("redis", "rediss"):
         from app.broker.redis import RedisBroker
