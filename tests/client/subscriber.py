@@ -37,6 +37,8 @@ class ResumingSubscriber:
                 async with open_stream(self.base_url, self.path, headers) as stream:
                     self.opens += 1
                     try:
+                        await stream.position(timeout=60)
+                        self.last_event_id = stream.parser.last_event_id
                         while True:
                             self.events.append(await stream.next_event(timeout=60))
                     finally:
