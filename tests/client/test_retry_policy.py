@@ -105,4 +105,4 @@ def test_each_attempt_may_take_only_what_remains_of_the_deadline() -> None:
 )
 def test_policies_that_cannot_work_are_refused(settings: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        RetryPolicy(**settings)  # type: ignore[arg-type]
+        RetryPolicy(**settings)
