@@ -16,6 +16,6 @@ SERVER_DEDUPES_IDEMPOTENCY_KEYS = False
 
 needs_server_dedupe = pytest.mark.xfail(
     not SERVER_DEDUPES_IDEMPOTENCY_KEYS,
-    reason="Herald does not deduplicate Idempotency-Key in this checkout",
+    reason="needs Herald's Idempotency-Key dedupe (SERVER_DEDUPES_IDEMPOTENCY_KEYS is False)",
     strict=True,
 )

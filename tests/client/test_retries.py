@@ -139,7 +139,6 @@ async def test_publish_to_and_batch_bodies(publish: Publish) -> None:
     "failure",
     [
         refused(408),
-        refused(409, "a request with this Idempotency-Key is in progress"),
         refused(429, headers={"Retry-After": "1"}),
         refused(502),
         refused(503, headers={"Retry-After": "5"}),
@@ -171,7 +170,7 @@ async def test_a_callers_key_is_sent_on_every_attempt(publish: Publish) -> None:
     assert result.idempotency_key == "order-42-shipped"
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 415, 422])
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 415, 422])
 async def test_refusals_are_not_retried(publish: Publish, status: int) -> None:
     herald = Herald(refused(status, "item 0: bad"), accepted())
     with pytest.raises(PublishRejected) as refusal:
@@ -251,6 +250,14 @@ async def test_bodies_json_cannot_carry_fail_before_sending(
     herald = Herald()
     with pytest.raises(error):
         await publish(herald, *args, method=method)
+    assert herald.requests == []
+
+
+@pytest.mark.parametrize("key", ["", "commande-\u00e9t\u00e9"])
+async def test_a_key_no_header_can_carry_fails_before_sending(publish: Publish, key: str) -> None:
+    herald = Herald()
+    with pytest.raises(ValueError, match="idempotency_key"):
+        await publish(herald, idempotency_key=key)
     assert herald.requests == []
 
 

@@ -61,8 +61,12 @@ class PublishCall(Generic[ResultT]):
     ) -> None:
         if idempotency_key is None:
             idempotency_key = new_idempotency_key()
-        elif not isinstance(idempotency_key, str) or not idempotency_key:
-            raise ValueError("idempotency_key must be a non-empty string")
+        elif not isinstance(idempotency_key, str) or not idempotency_key.isascii():
+            # A header carries ASCII only; Herald's own rule (visible ASCII, 1-255
+            # characters) is Herald's to judge, in a 422.
+            raise ValueError("idempotency_key must be a string of ASCII characters")
+        elif not idempotency_key:
+            raise ValueError("idempotency_key must not be empty")
         self.prepared: PreparedPublish[ResultT] = prepared
         self.idempotency_key = idempotency_key
         self.headers = {**headers, IDEMPOTENCY_KEY_HEADER: idempotency_key}

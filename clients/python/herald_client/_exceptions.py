@@ -16,7 +16,8 @@ cannot read) or a request httpx could not send (a malformed URL); the httpx exce
 there is one, is its ``__cause__``.
 
 After ``PublishUnavailable``, calling again with ``idempotency_key=exc.idempotency_key``
-publishes the event at most once, as long as Herald still holds the key.
+publishes the event at most once, within Herald's idempotency window from the first attempt
+(``PUBLISH_IDEMPOTENCY_SECONDS``, 300 by default).
 """
 
 from __future__ import annotations

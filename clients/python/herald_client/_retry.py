@@ -9,9 +9,10 @@ Design decisions (read before changing):
   one, so sending a publish again cannot publish it twice on a server that honours the key.
   So every failure after which the request may or may not have reached Herald is retried:
   timeouts, refused and reset connections, a connection closed before the whole answer
-  came; and the statuses that mean "not now": 408, 409 (an earlier attempt with this key
-  is still being processed), 429, 502, 503 and 504. Any other 4xx is the request's own
-  fault and fails at once; so does a 500, a bug that retrying would only hide.
+  came; and the statuses that mean "not now": 408, 429, 502, 503 and 504. Any other 4xx is
+  the request's own fault and fails at once (a 409 too: Herald has no key "in flight", it
+  looks a key up in the same atomic step that publishes); so does a 500, a bug that
+  retrying would only hide.
 * How long. ``Retry-After`` when the answer has one: it is the server's word on when it
   can take the request, honoured up to ``retry_after_max`` and spread by up to
   ``backoff_base`` more, so clients refused at the same moment do not all return at the
@@ -21,7 +22,9 @@ Design decisions (read before changing):
   before ``deadline`` seconds after the call began; each attempt's timeout is cut to what
   remains of the deadline, so a call ends within about ``deadline`` seconds whatever the
   network does. Waiting past the deadline only to fail is pointless, so a wait that would
-  end past it ends the call at once.
+  end past it ends the call at once. Herald remembers a key for
+  ``PUBLISH_IDEMPOTENCY_SECONDS`` (300 by default): a deadline well inside that window
+  (30 s) keeps every retry of a call within it, where a retry cannot publish twice.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ __all__ = [
     "parse_retry_after",
 ]
 
-RETRIED_STATUSES = frozenset({408, 409, 429, 502, 503, 504})
+RETRIED_STATUSES = frozenset({408, 429, 502, 503, 504})
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_DEADLINE_SECONDS = 30.0
 DEFAULT_BACKOFF_BASE_SECONDS = 0.2
@@ -64,6 +67,7 @@ class RetryPolicy:
     backoff_max: float = DEFAULT_BACKOFF_MAX_SECONDS
     retry_after_max: float = DEFAULT_RETRY_AFTER_MAX_SECONDS
     retried_statuses: frozenset[int] = field(default=RETRIED_STATUSES)
+    # A deadline past Herald's PUBLISH_IDEMPOTENCY_SECONDS lets a late retry publish again.
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
