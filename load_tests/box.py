@@ -141,6 +141,7 @@ class Options:
     ramp: float = 10.0
     after: float = 20.0
     seed: int = 1
+    crowd_nice: int = 10
     env: tuple[tuple[str, str], ...] = ()
     json_path: str | None = None
     keep_log: str | None = None
@@ -638,6 +639,7 @@ def plans(options: Options, port: int) -> list[CrowdPlan]:
                     ramp_seconds=options.ramp,
                     seed=options.seed,
                     stall_seconds=options.stall_seconds,
+                    nice=options.crowd_nice,
                     response_input_chars=options.response_input_chars,
                 )
             )
@@ -1203,7 +1205,7 @@ def format_report(figures: dict[str, Any]) -> str:
 OVERRIDABLE = (
     "duration", "limit_mb", "idle", "idle_channels", "idle_processes", "idle_event_bytes",
     "stalled", "stalled_processes", "busy_rate", "busy_event_bytes", "steady_rate", "mercure",
-    "responders", "storm", "ramp", "after", "seed",
+    "responders", "storm", "ramp", "after", "seed", "crowd_nice",
 )  # fmt: skip
 """Options a flag sets over the mix's value."""
 
@@ -1247,6 +1249,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--ramp", type=float, help="seconds over which crowds arrive (10)")
     parser.add_argument("--after", type=float, help="seconds to wait after the crowd left (20)")
     parser.add_argument("--seed", type=int, help="default 1")
+    parser.add_argument(
+        "--crowd-nice",
+        type=int,
+        help="niceness added to the crowd processes, which stand in for browsers on other"
+        " machines (10; 0 lets them compete with the server)",
+    )
     parser.add_argument(
         "--env",
         type=_env_pair,

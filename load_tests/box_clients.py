@@ -30,6 +30,10 @@ Design decisions (read before changing):
 5. **Bounded.** Browsers, opens in flight (``OPEN_CONCURRENCY``), every wait (open, drain,
    stop) and the process's life are bounded; a stop cancels every browser and aborts its
    socket.
+6. **Browsers are elsewhere.** A crowd process runs at a lower CPU priority (``nice``) than
+   the server: the box under test stands alone on its CPUs in production, and the
+   browsers it serves are other machines. On a test machine with a core or two the crowd
+   would otherwise take half the CPU, and ``/health`` would measure the load generator.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import os
 import random
 import string
 import time
@@ -244,6 +249,8 @@ class CrowdPlan:
     seed: int
     stall_seconds: tuple[float, float] = (5.0, 15.0)
     response_input_chars: int = 8000
+    nice: int = 0
+    """Added to the process's niceness (design note 6)."""
 
 
 @dataclass(slots=True)
@@ -515,6 +522,8 @@ async def _crowd(plan: CrowdPlan, go: Event, stop: Event, results: Queue[Any]) -
 
 def crowd_main(plan: CrowdPlan, go: Event, stop: Event, results: Queue[Any]) -> None:
     """A crowd process's entry point (``multiprocessing``, spawn)."""
+    if plan.nice:
+        os.nice(plan.nice)
     raise_open_file_limit()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_crowd(plan, go, stop, results))

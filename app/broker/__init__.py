@@ -35,6 +35,7 @@ def create_broker(settings: Settings) -> Broker:
         "log_size": settings.redis_log_size,
         "max_connections": settings.redis_max_connections,
         "idempotency_seconds": settings.publish_idempotency_seconds,
+        "max_event_bytes": settings.max_event_bytes,
     }
     if scheme in ("redis", "rediss"):
         from app.broker.redis import RedisBroker

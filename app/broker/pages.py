@@ -17,8 +17,12 @@ Design decisions (read before changing):
    source, so every page makes progress (the source holding the bound back
    contributes its run up to the bound, at least one event).
 3. Bytes: a read cannot be bounded in bytes by Redis, so the share in entries
-   follows the largest entry this replay has seen: once large events are seen,
-   reads ask for fewer of them. The page itself is cut at ``PageLimit.bytes``
+   follows the largest entry expected: from the first read on, the largest event
+   the broker's reader saw lately (:class:`RecentLargest`), then also the largest
+   this replay has seen. A replay of large events therefore asks for a few of
+   them from its first read: a first read sized in events alone would bring a
+   hundred large events into the worker to keep four, and a crowd resuming at
+   once would multiply that. The page itself is cut at ``PageLimit.bytes``
    after the merge, at least one event.
 4. An event on several of the sources is in several runs under one id: the
    merge keeps it once.
@@ -26,13 +30,54 @@ Design decisions (read before changing):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from heapq import merge
 
 from app.broker.base import PageLimit
 from app.wire.event import Event
 
-__all__ = ["ReadSize", "cut_page", "merge_runs"]
+__all__ = ["RECENT_WINDOW_SECONDS", "ReadSize", "RecentLargest", "cut_page", "merge_runs"]
+
+RECENT_WINDOW_SECONDS = 60.0
+"""How long an event's size counts as recent for :class:`RecentLargest`."""
+
+
+class RecentLargest:
+    """The largest event a broker saw in the last one or two windows of
+    :data:`RECENT_WINDOW_SECONDS`, in frame bytes; ``assumed`` (the largest event a
+    publish may carry) until it has seen a window with traffic, or again after a window
+    without any, so a replay never sizes its reads on sizes it has not seen."""
+
+    __slots__ = ("_assumed", "_clock", "_current", "_previous", "_rotate_at", "_window")
+
+    def __init__(
+        self,
+        assumed: int,
+        window_seconds: float = RECENT_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._assumed = max(1, assumed)
+        self._window = window_seconds
+        self._clock = clock
+        self._current = 0
+        self._previous = 0
+        self._rotate_at = clock() + window_seconds
+
+    def saw(self, size: int) -> None:
+        """An event of ``size`` frame bytes went by (called by the reader for every entry:
+        a comparison, no clock)."""
+        if size > self._current:
+            self._current = size
+
+    def largest(self) -> int:
+        now = self._clock()
+        if now >= self._rotate_at:
+            # Rotated when asked: a window that saw nothing leaves 0, and the assumption
+            # holds again until traffic is seen.
+            self._previous, self._current = self._current, 0
+            self._rotate_at = now + self._window
+        return max(self._previous, self._current) or self._assumed
 
 
 class ReadSize:
@@ -40,11 +85,11 @@ class ReadSize:
 
     __slots__ = ("bytes", "events", "largest")
 
-    def __init__(self, limit: PageLimit, sources: int) -> None:
+    def __init__(self, limit: PageLimit, sources: int, expected_largest: int = 0) -> None:
         sources = max(1, sources)
         self.events = max(1, limit.events // sources)
         self.bytes = max(1, limit.bytes // sources)
-        self.largest = 0
+        self.largest = expected_largest
 
     @property
     def count(self) -> int:

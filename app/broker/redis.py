@@ -488,7 +488,7 @@ class _RedisPages(ReplayPages):
         self._sources = sources
         self._every_channel = every_channel
         self._limit = limit or UNBOUNDED_PAGE
-        self._size = ReadSize(self._limit, len(sources))
+        self._size = ReadSize(self._limit, len(sources), broker.recent_largest.largest())
         self._after: EventKey = (0, 0)
         self._head: EventKey = (0, 0)
         self.done = False

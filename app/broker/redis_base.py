@@ -20,10 +20,11 @@ import redis.asyncio as aioredis
 
 from app.broker.base import Broker, Draft, EventListener, ResyncListener
 from app.broker.capabilities import BrokerHealth
+from app.broker.pages import RecentLargest
 from app.broker.publish_queue import CallKey, CallResult, PublishQueue
 from app.broker.redis_connections import DEFAULT_MAX_CONNECTIONS, READ_COUNT
-from app.broker.redis_entries import CHANNEL_FIELD, channels_of, entry_event
-from app.wire.event_id import EventKey
+from app.broker.redis_entries import BODY_FIELD, CHANNEL_FIELD, channels_of, entry_event
+from app.wire.event_id import MAX_EVENT_ID_LENGTH, EventKey
 
 __all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_LOG_SIZE", "RedisBrokerBase", "RedisOptions"]
 
@@ -32,6 +33,9 @@ logger = logging.getLogger("herald.broker")
 DEFAULT_KEY_PREFIX = "herald"
 DEFAULT_LOG_SIZE = 10_000
 DEFAULT_IDEMPOTENCY_SECONDS = 300.0
+DEFAULT_MAX_EVENT_BYTES = 65_536
+# A frame is its body plus the id line and the blank line that dispatches it.
+FRAME_OVERHEAD_BYTES = MAX_EVENT_ID_LENGTH + 6
 
 
 class RedisOptions(TypedDict, total=False):
@@ -44,6 +48,7 @@ class RedisOptions(TypedDict, total=False):
     log_size: int
     max_connections: int
     idempotency_seconds: float
+    max_event_bytes: int
 
 
 class RedisBrokerBase(Broker, BrokerHealth):
@@ -64,6 +69,7 @@ class RedisBrokerBase(Broker, BrokerHealth):
         log_size: int = DEFAULT_LOG_SIZE,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idempotency_seconds: float = DEFAULT_IDEMPOTENCY_SECONDS,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.url = url
         self.max_connections = max_connections
@@ -86,6 +92,9 @@ class RedisBrokerBase(Broker, BrokerHealth):
         self._interest: dict[str, int] = {}
         # Local subscribers that may want any channel (patterns): the readers keep all.
         self._every_channel = 0
+        # What a replay's first read is sized on (app.broker.pages, design note 3): the
+        # readers see every event, so they keep the largest lately.
+        self.recent_largest = RecentLargest(max_event_bytes + FRAME_OVERHEAD_BYTES)
         self._publishing = PublishQueue(
             self._write_call, unavailable=unavailable, task_name=f"herald {kind} publish"
         )
@@ -135,6 +144,9 @@ class RedisBrokerBase(Broker, BrokerHealth):
     ) -> None:
         """Pass a log entry to ``listener`` as an Event if a local subscriber wants it (an
         Event is built only then: most entries are for channels nobody here watches)."""
+        body = fields.get(BODY_FIELD)
+        if body is not None:
+            self.recent_largest.saw(len(body) + FRAME_OVERHEAD_BYTES)
         raw = fields[CHANNEL_FIELD]
         if b"\n" not in raw:
             channel = raw.decode()

@@ -4,7 +4,7 @@ up to goes, at most a page of events and bytes but never less than one event, ea
 from __future__ import annotations
 
 from app.broker.base import PageLimit
-from app.broker.pages import ReadSize, cut_page
+from app.broker.pages import ReadSize, RecentLargest, cut_page
 from app.wire.event import Event
 
 
@@ -48,3 +48,24 @@ def test_reads_ask_for_a_share_and_fewer_once_entries_are_large() -> None:
     assert size.count == 2  # 1,000 bytes of share / 500-byte entries
     size.saw([event(1, 5000)])
     assert size.count == 1
+
+
+def test_reads_are_sized_on_the_expected_largest_from_the_first() -> None:
+    size = ReadSize(PageLimit(events=100, bytes=256_000), sources=1, expected_largest=64_000)
+    assert size.count == 4  # not 100 large events to keep four
+
+
+def test_recent_largest_assumes_the_limit_until_traffic_is_seen() -> None:
+    now = [0.0]
+    recent = RecentLargest(assumed=65_000, window_seconds=60, clock=lambda: now[0])
+    assert recent.largest() == 65_000
+    recent.saw(2_000)
+    recent.saw(500)
+    assert recent.largest() == 2_000
+    now[0] = 61.0  # one window on: the last window's largest still counts
+    assert recent.largest() == 2_000
+    recent.saw(700)
+    now[0] = 122.0  # two windows on: only what was seen since
+    assert recent.largest() == 700
+    now[0] = 183.0  # a window without traffic: back to the assumption
+    assert recent.largest() == 65_000

@@ -9,8 +9,9 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
-from app.broker.base import Draft
+from app.broker.base import Draft, PageLimit
 from app.broker.redis import PUBLISH_SCRIPT, RedisBroker
 from tests.support.publishing import assert_serves_degraded, publish_one
 from tests.support.redis_server import RedisServer
@@ -50,6 +51,45 @@ async def test_disconnect_is_bounded_even_if_the_reader_swallows_its_cancellatio
 
 async def test_keys_share_one_hash_slot_per_channel(broker: RedisBroker) -> None:
     assert broker.key("orders/42") == "unit:{orders/42}"
+
+
+async def test_a_replay_of_large_events_asks_redis_for_a_page_of_them_from_its_first_read(
+    redis_server: RedisServer,
+) -> None:
+    """What the worker asks for is what it holds: Redis's slow log (every command, with its
+    arguments) shows each XRANGE's COUNT."""
+    broker = RedisBroker(
+        redis_server.url,
+        history_size=100,
+        channel_ttl_seconds=60,
+        key_prefix="largeread",
+        block_ms=200,
+        max_event_bytes=1_000_000,
+    )
+    await broker.connect(lambda event: None)
+    admin = aioredis.from_url(redis_server.url)
+    threshold = (await admin.config_get("slowlog-log-slower-than"))["slowlog-log-slower-than"]
+    try:
+        body = b"data: " + b"x" * 60_000 + b"\n"
+        first = await publish_one(broker, "big", body)
+        for _ in range(19):
+            await publish_one(broker, "big", body)
+        await wait_until(lambda: broker.recent_largest.largest() < 100_000, what="reader saw")
+        await admin.config_set("slowlog-log-slower-than", 0)
+        await admin.slowlog_reset()
+        page = PageLimit(events=100, bytes=256 * 1024)
+        replay = await broker.replay(["big"], first.id, page=page)
+        assert 1 <= len(replay.events) <= 4
+        counts = [
+            int(entry["command"].split()[-1])
+            for entry in await admin.slowlog_get(128)
+            if entry["command"].startswith(b"XRANGE largeread:{big}")
+        ]
+        assert counts and max(counts) <= 4, counts
+    finally:
+        await admin.config_set("slowlog-log-slower-than", threshold)
+        await admin.aclose()
+        await broker.disconnect()
 
 
 # --- gaps in the live feed are detected ---------------------------------------------
@@ -116,8 +156,6 @@ async def test_a_redis_that_forgot_the_publish_script_gets_it_again(
 ) -> None:
     # The script is called by its SHA with a C-packed command (app/broker/packed_script.py);
     # a Redis that restarted has no script cache, and the publish must load it and go on.
-    import redis.asyncio as aioredis
-
     client = aioredis.from_url(redis_server.url)
     try:
         first = await publish_one(broker, "again", b"data: 1\n")

@@ -259,7 +259,7 @@ class _ClusterPages(ReplayPages):
                 for k in [broker.shard_of(channel)]
                 for shard in [shards[k]]
             ]
-        self._size = ReadSize(self._limit, len(self._sources))
+        self._size = ReadSize(self._limit, len(self._sources), broker.recent_largest.largest())
         self.done = False
 
     async def next(self) -> list[Event] | None:
