@@ -21,7 +21,10 @@ The scenario, all on 127.0.0.1 and bounded in count and time:
   a browser does; a quarter of them slow readers behind a 4 KB receive buffer
   (``chaos_clients.py`` says how).
 * 4 publishers at ``--publish-rate`` (40) events/s each, over kept-alive
-  connections, each publish tried once.
+  connections, each publish sent with an ``Idempotency-Key`` of its own and
+  retried with it until answered: a tenth of the tries cut by the publisher
+  (RST) right after the request is written, the others cut by whatever the
+  faults cut (``--publish-once``: each tried once, no key, as before keys).
 * Mid-run the redis-server is SIGKILLed (``--redis-signal term``: SIGTERM) and
   started again on the same port and data directory after ``--redis-down`` s.
   By default (``--redis-timing boot``) the kill waits, from a moment chosen by
@@ -35,7 +38,7 @@ The scenario, all on 127.0.0.1 and bounded in count and time:
 * Then a quiet period: publishers stop, subscribers stop cutting and read and
   resume until every one has everything it is owed, or ``--quiet-timeout``.
 
-What counts as lost, duplicated, out of order is defined in
+What counts as lost, duplicated, published twice, out of order is defined in
 ``chaos_ledger.py``. The exit status is 1 if any of those, a reset, a misrouted
 or mismatched event is counted, if the gunicorn master exited, or if nothing
 was acknowledged after the Redis restart (the server never recovered); 2 if
@@ -119,6 +122,7 @@ class Options:
     redis_down: float = 1.0
     redis_timing: str = "boot"
     broker: str = "redis"
+    keyed: bool = True
     quiet_timeout: float = 20.0
     json_path: str | None = None
     keep_log: str | None = None
@@ -261,6 +265,7 @@ async def _scenario(
             ledger=ledger,
             tally=tally,
             control=control,
+            keyed=options.keyed,
         )
         for index in range(PUBLISHERS)
     ]
@@ -343,12 +348,17 @@ def _summary(
             "workers": options.workers,
             "redis": REDIS_SETUPS.get(options.broker),
             "redis_fault": options.redis_signal if options.restarts_redis else None,
+            "publishers_retry_with_keys": options.keyed,
             "herald_env": HERALD_ENV,
         },
         "publish_attempts": ledger.answered + sum(tally.publish_failures.values()),
         "acked_publishes": ledger.answered,
         "failed_publishes": sum(tally.publish_failures.values()),
         "publish_failures": dict(tally.publish_failures.most_common()),
+        "publish_cuts": tally.publish_cuts,
+        "publish_retries": tally.publish_retries,
+        "replayed_answers": tally.replayed_answers,
+        "keys_gave_up": tally.keys_gave_up,
         "acked_after_redis_restart": acked_after_restart,
         "deliveries": verdict.deliveries,
         "stream_opens": tally.opens,
@@ -388,7 +398,13 @@ def format_report(summary: dict[str, Any]) -> str:
     redis = f", redis ({scenario['redis']})" if scenario["redis"] else ""
     rows: list[tuple[str, object, str]] = [
         ("acked publishes", summary["acked_publishes"], f"of {summary['publish_attempts']} tried"),
-        ("failed publishes", summary["failed_publishes"], _reasons(summary["publish_failures"])),
+        ("failed tries", summary["failed_publishes"], _reasons(summary["publish_failures"])),
+        (
+            "retries with the key",
+            summary["publish_retries"],
+            f"{summary['publish_cuts']} cut by the publisher, {summary['replayed_answers']}"
+            f" answered as replays, {summary['keys_gave_up']} given up",
+        ),
         ("acked after Redis restart", summary["acked_after_redis_restart"], ""),
         ("deliveries", summary["deliveries"], ""),
         ("stream opens", summary["stream_opens"], ""),
@@ -447,6 +463,7 @@ def format_report(summary: dict[str, Any]) -> str:
             "not yet reached when the run ended; the rest were skipped",
         ),
         ("duplicated", summary["duplicated"], _per_channel(summary["duplicated_per_channel"])),
+        ("published twice", summary["published_twice"], "one publish under two ids"),
         (
             "out of order",
             summary["out_of_order"],
@@ -563,6 +580,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default="redis",
         help="memory: one worker, memory://, no Redis; cluster: a Redis Cluster, a master killed",
     )
+    parser.add_argument(
+        "--publish-once",
+        action="store_true",
+        help="publishers try each publish once, without an Idempotency-Key",
+    )
     parser.add_argument("--quiet-timeout", type=float, default=20.0)
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON ('-': stdout)")
     parser.add_argument("--keep-log", metavar="PATH", help="copy gunicorn's log here")
@@ -579,6 +601,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         redis_down=args.redis_down,
         redis_timing=args.redis_timing,
         broker=args.broker,
+        keyed=not args.publish_once,
         quiet_timeout=args.quiet_timeout,
         json_path=args.json,
         keep_log=args.keep_log,

@@ -24,11 +24,18 @@ Design decisions (read before changing):
    from the server) is a server-side cut. Reconnecting takes a fraction of a
    second, shorter than a browser's ``retry:`` of 3 s, to put more resumes
    into the same run.
-4. **A publish is tried once.** The publisher does not resend a request whose
-   answer it did not get (``raw_http.KeepAliveClient`` does, which is right
-   for its idempotent uses but would publish twice here); such a publish is a
-   failure, and if the event was stored anyway it shows as delivered but never
-   acknowledged.
+4. **A publish is retried with its key until it is answered** (``keyed``, the
+   default): each request carries an ``Idempotency-Key`` of its own, and one whose
+   answer did not come (a connection cut or reset, a timeout, a 503 while Redis is
+   away, a worker recycled under it) is sent again, with the same key and body, on a
+   new connection, until a 202 comes (or ``RETRY_AFTER_STOP_SECONDS`` after
+   publishing stops). ``ANSWER_CUT_SHARE`` of the tries are cut by the publisher
+   itself (RST) right after the request is written, at a random point before the
+   answer: the server may have published it, or not, or be publishing it. The ledger
+   then checks that no publish reached a channel under two ids. Without ``keyed``, a
+   publish is tried once (``raw_http.KeepAliveClient`` resends, which is right for
+   its idempotent uses but would publish twice here), a failure is a failure, and an
+   event stored anyway shows as delivered but never acknowledged.
 5. **Slow readers** connect with a 4 KB ``SO_RCVBUF``, read 1 KB at a time with
    a pause, and now and then stall for up to 3 s, so their queues overflow
    and the server cuts them.
@@ -76,6 +83,11 @@ SLOW_STALL_MEAN_INTERVAL = 3.0
 SLOW_STALL_SECONDS = (0.5, 3.0)
 PUBLISH_TIMEOUT_SECONDS = 5.0
 PUBLISH_FAILURE_PAUSE_SECONDS = 0.1
+ANSWER_CUT_SHARE = 0.1
+ANSWER_CUT_DELAY_SECONDS = (0.0, 0.004)
+"""How long after writing its request a publisher cuts it: from at once to mid-publish."""
+RETRY_AFTER_STOP_SECONDS = 10.0
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 PUBLISH_PADDING = "x" * 48
 # Shares of the publish requests: one event on two channels, and batches (POST /events)
 # of BATCH_SIZES events, a third of them on two channels; the rest one event, one channel.
@@ -105,6 +117,14 @@ class Tally:
     client_cuts_fin: int = 0
     client_cuts_rst: int = 0
     publish_failures: Counter[str] = field(default_factory=Counter)
+    """Tries that got no 202, by why; with keys most of them are retried."""
+    publish_cuts: int = 0
+    """Tries the publisher cut itself before the answer (then retried)."""
+    publish_retries: int = 0
+    replayed_answers: int = 0
+    """202s marked ``Idempotent-Replayed``: a retry of a publish the server had taken."""
+    keys_gave_up: int = 0
+    """Keyed publishes still unanswered when retrying stopped."""
 
 
 def event_document(channel: str | list[str], publisher: int, seq: int) -> dict[str, object]:
@@ -267,7 +287,8 @@ class Subscriber:
 
 
 class Publisher:
-    """Publishes at a fixed rate over one kept-alive connection, each publish tried once."""
+    """Publishes at a fixed rate over one kept-alive connection: each publish retried with
+    its idempotency key until answered (``keyed``), or tried once (design note 4)."""
 
     def __init__(
         self,
@@ -282,6 +303,7 @@ class Publisher:
         ledger: Ledger,
         tally: Tally,
         control: Control,
+        keyed: bool = True,
     ) -> None:
         self.index = index
         self.host = host
@@ -293,9 +315,15 @@ class Publisher:
         self.ledger = ledger
         self.tally = tally
         self.control = control
+        self.keyed = keyed
         self.seq = 0
+        # Keys of this run only: a second run on the same Redis must not find them.
+        self._key_prefix = f"chaos-{rng.getrandbits(64):016x}-{index}"
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        # When the publish being tried was first written: the ledger's "sent" (a subscriber
+        # that opened after the first try may rightly miss what that try published).
+        self._first_sent_at: float | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -306,11 +334,36 @@ class Publisher:
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
                 if not self.control.publishing:
                     break
-                if not await self._publish(*self._next_request()):
+                path, document, events = self._next_request()
+                self._first_sent_at = None
+                if self.keyed:
+                    await self._until_answered(path, document, events)
+                elif await self._publish(path, document, events) is None:
                     self._close()
                     await asyncio.sleep(PUBLISH_FAILURE_PAUSE_SECONDS)
         finally:
             self._close()
+
+    async def _until_answered(
+        self, path: str, document: object, events: list[tuple[list[str], int]]
+    ) -> None:
+        """Send the request with its key until it is answered (a 202, or a refusal a retry
+        cannot change), on a new connection after every failure."""
+        key = f"{self._key_prefix}-{events[0][1]}"
+        stop_by: float | None = None
+        while True:
+            cut = self.rng.random() < ANSWER_CUT_SHARE
+            status = await self._publish(path, document, events, key=key, cut=cut)
+            if status is not None and status not in RETRIED_STATUSES:
+                return
+            if not self.control.publishing:
+                stop_by = stop_by or time.monotonic() + RETRY_AFTER_STOP_SECONDS
+                if time.monotonic() > stop_by:
+                    self.tally.keys_gave_up += 1
+                    return
+            self._close()
+            self.tally.publish_retries += 1
+            await asyncio.sleep(PUBLISH_FAILURE_PAUSE_SECONDS * self.rng.random())
 
     def _event(self, channels: list[str]) -> tuple[list[str], int, dict[str, object]]:
         self.seq += 1
@@ -341,32 +394,49 @@ class Publisher:
         return f"/events/{channels[0]}", body, [(channels, seq)]
 
     async def _publish(
-        self, path: str, document: object, events: list[tuple[list[str], int]]
-    ) -> bool:
+        self,
+        path: str,
+        document: object,
+        events: list[tuple[list[str], int]],
+        *,
+        key: str | None = None,
+        cut: bool = False,
+    ) -> int | None:
+        """One try: the answer's status, or None when no answer came (the connection
+        failed, timed out, or ``cut`` it on purpose after writing the request)."""
         body = json.dumps(document, separators=(",", ":")).encode()
+        keyed = "" if key is None else f"Idempotency-Key: {key}\r\n"
         request = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"{keyed}Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
                 if self._writer is None or self._reader is None or self._reader.at_eof():
                     self._close()
                     self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-                sent_at = time.monotonic()
+                if self._first_sent_at is None:
+                    self._first_sent_at = time.monotonic()
+                sent_at = self._first_sent_at
                 self._writer.write(request)
+                if cut:
+                    await self._writer.drain()
+                    await asyncio.sleep(self.rng.uniform(*ANSWER_CUT_DELAY_SECONDS))
+                    self._close()
+                    self.tally.publish_cuts += 1
+                    return None
                 head = await self._reader.readuntil(b"\r\n\r\n")
                 status, headers = _parse_head(head[: -len(b"\r\n\r\n")])
                 payload = await self._reader.readexactly(int(headers.get("content-length", "0")))
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             self.tally.publish_failures[type(exc).__name__] += 1
-            return False
+            return None
         if headers.get("connection", "").lower() == "close":
             self._close()
         if status != 202:
             self.tally.publish_failures[f"HTTP {status}"] += 1
-            return True
+            return status
         try:
             answer = json.loads(payload)
             ids = answer["ids"] if path == "/events" else [answer["id"]]
@@ -374,12 +444,14 @@ class Publisher:
                 raise ValueError(ids)
         except (ValueError, KeyError, TypeError):
             self.tally.publish_failures["202 without its ids"] += 1
-            return True
+            return status
+        if headers.get("idempotent-replayed") == "true":
+            self.tally.replayed_answers += 1
         acked_at = time.monotonic()
         for event_id, (channels, seq) in zip(ids, events, strict=True):
             for channel in channels:
                 self.ledger.ack(channel, event_id, (self.index, seq), sent_at, acked_at)
-        return True
+        return status
 
     def _close(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None

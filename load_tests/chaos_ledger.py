@@ -32,6 +32,10 @@ Definitions (made exact; read before changing a counter):
 6. Delivered but never acknowledged: distinct events someone received whose
    publish got no 202 (the answer was lost at a fault). Not an error: the
    publisher saw a failure and would retry.
+7. Published twice: one publish (publisher, sequence number) that reached a channel
+   under more than one id, as received by any subscriber or acknowledged. A publisher
+   that retries with its idempotency key must never cause one: a retry the server
+   took for a new publish would. Each id beyond the first counts once.
 """
 
 from __future__ import annotations
@@ -164,6 +168,7 @@ class Verdict:
     malformed: int
     delivered_never_acked: int
     deliveries: int
+    published_twice: int
     lost_before_first_id: int
     """Lost events expected only by the ``opened_at`` rule (definition 3)."""
     lost_ahead_of_cursor: int
@@ -175,6 +180,7 @@ class Verdict:
         return {
             "lost": sum(self.lost.values()),
             "duplicated": sum(self.duplicated.values()),
+            "published_twice": self.published_twice,
             "out_of_order": sum(self.out_of_order.values()),
             "resets": self.resets,
             "misrouted": self.misrouted,
@@ -262,8 +268,16 @@ class Ledger:
         lost: list[EventRef] = []
         duplicated: list[EventRef] = []
         out_of_order: list[EventRef] = []
-        examples: dict[str, list[str]] = {"lost": [], "duplicated": [], "out_of_order": []}
+        examples: dict[str, list[str]] = {
+            "lost": [],
+            "duplicated": [],
+            "published_twice": [],
+            "out_of_order": [],
+        }
         delivered: set[EventRef] = set()
+        ids_of: dict[tuple[str, Origin], set[EventKey]] = {}
+        for acked in self.acks.values():
+            ids_of.setdefault((acked.ref[0], acked.origin), set()).add(acked.ref[1])
         lost_before_first_id = lost_ahead_of_cursor = mismatched = 0
         for record in self.subscribers:
             missing = sorted(self.missing(record), key=lambda ref: ref[1])
@@ -289,9 +303,16 @@ class Ledger:
                 )
             for ref, origin in record.received.items():
                 delivered.add(ref)
+                ids_of.setdefault((ref[0], origin), set()).add(ref[1])
                 ack = self.acks.get(ref)
                 if ack is not None and ack.origin != origin:
                     mismatched += 1
+        published_twice = 0
+        for (channel, origin), keys in ids_of.items():
+            published_twice += len(keys) - 1
+            if len(keys) > 1 and len(examples["published_twice"]) < MAX_EXAMPLES:
+                named = ", ".join(format_key(key) for key in sorted(keys))
+                examples["published_twice"].append(f"{channel} {origin} as {named}")
         return Verdict(
             channels=self.channels,
             lost=_per_channel(lost, self.channels),
@@ -305,6 +326,7 @@ class Ledger:
             malformed=sum(record.malformed for record in self.subscribers),
             delivered_never_acked=len(delivered - self.acks.keys()),
             deliveries=sum(record.deliveries for record in self.subscribers),
+            published_twice=published_twice,
             lost_before_first_id=lost_before_first_id,
             lost_ahead_of_cursor=lost_ahead_of_cursor,
             examples={name: found for name, found in examples.items() if found},

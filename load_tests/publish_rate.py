@@ -5,6 +5,8 @@ Usage (from the repository root)::
     python -m load_tests.publish_rate                    # every target below, 3 rounds of 5 s
     python -m load_tests.publish_rate --only herald-memory,bare --rounds 5
     python -m load_tests.publish_rate --only bare,herald-memory --before HEAD~1   # before/after
+    python -m load_tests.publish_rate --only herald-memory,herald-memory-keyed,herald-redis,\
+herald-redis-keyed --before main                  # what a key costs, and no key against main
 
 Targets, each a server of its own on a free port of 127.0.0.1, all started at
 once and driven one at a time, in alternating rounds (so a machine that gets
@@ -18,8 +20,12 @@ busier during the run weighs on every target alike):
 * ``herald-redis`` — as ``herald-memory``, on a ``redis-server`` this tool starts;
 * ``batch-memory`` / ``batch-redis`` — ``POST /events`` with ``--batch`` events per
   request (figures are events/s);
-* ``herald-memory@before`` — with ``--before <commit>``: ``herald-memory`` as that
-  commit serves it (extracted with ``git archive``), driven right after this one's.
+* ``herald-memory-keyed`` / ``herald-redis-keyed`` — as ``herald-memory`` /
+  ``herald-redis``, each request with an ``Idempotency-Key`` of its own (so each is
+  published: what a key costs, not what a replay costs);
+* ``herald-memory@before`` (and ``herald-redis@before`` when ``herald-redis`` is
+  measured) — with ``--before <commit>``: that target as that commit serves it
+  (extracted with ``git archive``), driven right after this one's.
 
 Each server is pinned to CPU 0 and this client to CPU 1 (unless ``--no-pin``);
 the client keeps ``--window`` requests in flight (HTTP/1.1 pipelining) on each
@@ -35,12 +41,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import resource
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +66,22 @@ EVENT = {"text": "x" * 40, "n": 1}
 BODY = json.dumps({"data": EVENT}).encode()
 DEFAULT_BATCH = 1000
 # In the order each round drives them: each ratio's two servers are measured back to back.
-TARGETS = ("bare", "herald-memory", "baseline", "herald-redis", "batch-memory", "batch-redis")
+TARGETS = (
+    "bare",
+    "herald-memory",
+    "baseline",
+    "herald-redis",
+    "batch-memory",
+    "batch-redis",
+    "herald-memory-keyed",
+    "herald-redis-keyed",
+)
+KEYED = "-keyed"
 BEFORE = "herald-memory@before"
 """``herald-memory`` served from ``--before``: driven right after ``herald-memory``."""
+BEFORE_REDIS = "herald-redis@before"
+"""``herald-redis`` served from ``--before``: driven right after ``herald-redis``."""
+SERVED_BEFORE = {"herald-memory": BEFORE, "herald-redis": BEFORE_REDIS}
 HERALD_ENV = {
     "LOG_LEVEL": "warning",
     # Loopback publishes need no token; the caller's auth settings must not leak in.
@@ -82,12 +103,35 @@ class Target:
     status: int
     events_per_request: int = 1
     cwd: Path | None = None  # the checkout to serve from, if not the run's
+    keyed: bool = False  # each request with an Idempotency-Key of its own
 
     def request(self) -> bytes:
+        return self.head() + b"\r\n" + self.body
+
+    def head(self) -> bytes:
+        """The request line and headers, without the blank line that ends them."""
         return (
             f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(self.body)}\r\n\r\n"
-        ).encode() + self.body
+            f"Content-Type: application/json\r\nContent-Length: {len(self.body)}\r\n"
+        ).encode()
+
+
+class _Requests:
+    """The bytes of ``count`` more requests of a target: the same bytes each time, or with a
+    key of their own (this connection's ``tag`` and a counter: cheap, and never repeated)."""
+
+    def __init__(self, target: Target, tag: str) -> None:
+        self._same = None if target.keyed else target.request()
+        self._head = target.head() + f"Idempotency-Key: {tag}-".encode()
+        self._tail = b"\r\n\r\n" + target.body
+        self._sent = 0
+
+    def take(self, count: int) -> bytes:
+        if self._same is not None:
+            return self._same * count
+        first, self._sent = self._sent, self._sent + count
+        head, tail = self._head, self._tail
+        return b"".join(head + b"%d" % n + tail for n in range(first, first + count))
 
 
 @dataclass
@@ -132,11 +176,15 @@ def make_target(
     name: str, *, repo: Path, redis_url: str | None, batch: int, before: Path | None = None
 ) -> Target:
     python = sys.executable
-    if name == BEFORE:
+    base, at, _ = name.partition("@")
+    if at:
         if before is None:
             raise ValueError(f"{name} needs a checkout to serve (--before)")
-        env = HERALD_ENV | {"BROKER_URL": "memory://"}
-        return Target(name, [python, "-m", "app"], env, "/events/rate-0", BODY, 202, cwd=before)
+        served = make_target(base, repo=repo, redis_url=redis_url, batch=batch)
+        return dataclasses.replace(served, name=name, cwd=before)
+    if name.endswith(KEYED):
+        served = make_target(name.removesuffix(KEYED), repo=repo, redis_url=redis_url, batch=batch)
+        return dataclasses.replace(served, name=name, keyed=True)
     if name == "bare":
         return Target(name, [python, "-m", "load_tests.bare_asgi_app"], {}, "/publish", BODY, 202)
     if name == "baseline":
@@ -153,14 +201,14 @@ def make_target(
 
 
 async def _connection(
-    port: int, request: bytes, status: bytes, window: int, deadline: float, counts: list[int]
+    port: int, requests: _Requests, status: bytes, window: int, deadline: float, counts: list[int]
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     in_flight = 0
     try:
         while True:
             if time.monotonic() < deadline:
-                writer.write(request * (window - in_flight))
+                writer.write(requests.take(window - in_flight))
                 in_flight = window
             elif in_flight == 0:
                 return
@@ -187,9 +235,12 @@ async def _drive(
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
     deadline = started + seconds
-    request, status = target.request(), str(target.status).encode()
+    status = str(target.status).encode()
     await asyncio.gather(
-        *(_connection(port, request, status, window, deadline, counts) for _ in range(connections))
+        *(
+            _connection(port, _Requests(target, uuid.uuid4().hex), status, window, deadline, counts)
+            for _ in range(connections)
+        )
     )
     elapsed = time.monotonic() - started
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -234,7 +285,7 @@ def compare(
     """Start every target (and a redis-server if one needs it), drive each ``rounds`` times
     in alternation, stop them all; returns the figures by target name."""
     redis_server = None
-    if any(name.endswith("-redis") for name in names):
+    if any("-redis" in name for name in names):
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed")
         redis_server = RedisServer().start()
@@ -288,6 +339,9 @@ RATIOS = {
     f"herald-memory / {BEFORE}": ("herald-memory", BEFORE),
     "herald-memory / baseline": ("herald-memory", "baseline"),
     "herald-redis / herald-memory": ("herald-redis", "herald-memory"),
+    f"herald-redis / {BEFORE_REDIS}": ("herald-redis", BEFORE_REDIS),
+    "herald-memory-keyed / herald-memory": ("herald-memory-keyed", "herald-memory"),
+    "herald-redis-keyed / herald-redis": ("herald-redis-keyed", "herald-redis"),
 }
 
 
@@ -345,17 +399,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     names = tuple(name.strip() for name in args.only.split(",") if name.strip())
-    unknown = sorted(set(names) - set(TARGETS))
+    unknown = sorted(set(names) - set(TARGETS) - set(SERVED_BEFORE.values()))
     if unknown:
         parser.error(f"unknown target(s): {', '.join(unknown)} (choose from {', '.join(TARGETS)})")
     with contextlib.ExitStack() as stack:
         before = None
         if args.before:
-            if "herald-memory" not in names:
-                parser.error("--before compares herald-memory: include it in --only")
+            if not set(SERVED_BEFORE) & set(names):
+                parser.error("--before compares herald-memory or herald-redis: include one")
             before = stack.enter_context(checkout(args.before))
-            at = names.index("herald-memory") + 1
-            names = (*names[:at], BEFORE, *names[at:])
+            for name, served_before in SERVED_BEFORE.items():
+                if name in names:
+                    at = names.index(name) + 1
+                    names = (*names[:at], served_before, *names[at:])
         results = compare(
             names,
             repo=args.repo.resolve(),

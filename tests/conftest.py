@@ -132,6 +132,8 @@ async def make_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIter
             history_max_bytes=settings.sse_history_max_bytes,
             history_max_channels=settings.sse_history_max_channels,
             channel_ttl_seconds=settings.sse_channel_ttl_seconds,
+            idempotency_seconds=settings.publish_idempotency_seconds,
+            idempotency_max_keys=settings.publish_idempotency_max_keys,
             **clocked,
         )
         hub = Hub(settings, broker, **clocked)

@@ -20,6 +20,11 @@ Design decisions (read before changing):
   rate (429), its name (422) before the size (413).
 * Answers are built as bytes without a JSON encoder: ids and channel names are
   validated ASCII without quotes or backslashes (``CHANNEL_PATTERN``).
+* ``Idempotency-Key``: one key for the whole request (a batch is one unit), read
+  after the grants and looked up by the broker as it numbers the events (the publish
+  service's order). A replay is the first answer again (202, the same ids, the same
+  shape; the subscriber count is today's) with ``Idempotent-Replayed: true``. A
+  header sent twice is refused: two keys cannot both name one request.
 * The publish context: what every publish reads is gathered once per lifespan in a
   :class:`PublishContext` (``HeraldApp.publishing``), because Starlette's ``State``
   resolves each attribute in Python, a cost each publish would pay again.
@@ -40,10 +45,12 @@ from app.auth.requests import bearer_from_header, publisher_grants
 from app.auth.tokens import TokenVerifier
 from app.core.config import Settings
 from app.publishing import (
+    REPLAYED_HEADER,
     ClientGoneError,
     PublishRefusedError,
     PublishService,
     check_channels,
+    parse_idempotency_key,
     read_body,
 )
 from app.wire.channels import InvalidChannelError, validate_channel
@@ -52,6 +59,7 @@ from app.wire.event import Event
 __all__ = ["PublishAnswer", "PublishContext", "handle_publish"]
 
 _JSON = b"application/json"
+_REPLAYED = (REPLAYED_HEADER.lower().encode(), b"true")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +100,21 @@ def _refused(exc: PublishRefusedError) -> PublishAnswer:
 class _Headers:
     """The request headers a publish needs, read in one pass (uvicorn lowercases names)."""
 
-    __slots__ = ("authorization", "content_length", "forwarded_for", "media_type")
+    __slots__ = (
+        "authorization",
+        "content_length",
+        "forwarded_for",
+        "idempotency_key",
+        "idempotency_keys",
+        "media_type",
+    )
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         self.authorization = ""
         self.content_length: bytes | None = None
         self.forwarded_for: str | None = None
+        self.idempotency_key: bytes | None = None
+        self.idempotency_keys = 0
         media_type = b"application/json"
         for name, value in raw:
             if name == b"content-type":
@@ -108,6 +125,9 @@ class _Headers:
                 self.authorization = value.decode("latin-1")
             elif name == b"x-forwarded-for":
                 self.forwarded_for = value.decode("latin-1")
+            elif name == b"idempotency-key":
+                self.idempotency_key = value
+                self.idempotency_keys += 1
         if media_type == b"application/json":
             self.media_type = "application/json"
         else:
@@ -151,7 +171,15 @@ async def handle_publish(
         drafts = service.drafts(items, batch, checked_size=channel is not None)
         if grants is not None:
             service.check_grants(grants, drafts, batch)
-        events = await service.publish(drafts)
+        replayed = False
+        if headers.idempotency_key is None or not service.idempotent:
+            events = await service.publish(drafts)
+        else:
+            if headers.idempotency_keys > 1:
+                raise PublishRefusedError(422, "give one Idempotency-Key header")
+            key = parse_idempotency_key(headers.idempotency_key)
+            published = await service.publish_once(drafts, key)
+            events, replayed = published.events, published.replayed
     except HTTPException as exc:
         return _refusal(exc.status_code, exc.detail, (exc.headers or {}).items())
     except PublishRefusedError as exc:
@@ -159,8 +187,12 @@ async def handle_publish(
     except ClientGoneError:
         return None
     if batch:
-        return _answer(202, b'{"ids":["' + '","'.join(e.id for e in events).encode() + b'"]}')
-    return _answer(202, _published(service, events[0]))
+        answer = _answer(202, b'{"ids":["' + '","'.join(e.id for e in events).encode() + b'"]}')
+    else:
+        answer = _answer(202, _published(service, events[0]))
+    if replayed:
+        answer.headers.append(_REPLAYED)
+    return answer
 
 
 def _published(service: PublishService, event: Event) -> bytes:

@@ -25,6 +25,8 @@ def create_broker(settings: Settings) -> Broker:
             history_max_bytes=settings.sse_history_max_bytes,
             history_max_channels=settings.sse_history_max_channels,
             channel_ttl_seconds=settings.sse_channel_ttl_seconds,
+            idempotency_seconds=settings.publish_idempotency_seconds,
+            idempotency_max_keys=settings.publish_idempotency_max_keys,
         )
     redis: RedisOptions = {
         "history_size": settings.sse_history_size,
@@ -32,6 +34,7 @@ def create_broker(settings: Settings) -> Broker:
         "key_prefix": settings.redis_key_prefix,
         "log_size": settings.redis_log_size,
         "max_connections": settings.redis_max_connections,
+        "idempotency_seconds": settings.publish_idempotency_seconds,
         "max_event_bytes": settings.max_event_bytes,
     }
     if scheme in ("redis", "rediss"):

@@ -35,6 +35,12 @@ The contract the hub's exactly-once delivery rests on (``app.sse.hub``):
    last event it or the first call returned, never past ``head``. Items 2-3 hold
    for the whole sequence (it is one replay with one ``head``); what history
    lost meanwhile (trimmed before it was read) is reported, never skipped.
+7. Keyed publish: ``publish_once(drafts, key)`` looks ``key`` up in the same atomic step
+   that numbers the drafts (``app.broker.idempotency``). Unknown within the window:
+   published as ``publish`` would, and recorded with the drafts' fingerprint. Known with
+   the same fingerprint: nothing is published, and the answer is the first publish's
+   events (``replayed``). Known with another fingerprint: ``IdempotencyConflictError``,
+   nothing published. Of any number of publishes racing with one key, one publishes.
 """
 
 from __future__ import annotations
@@ -51,7 +57,10 @@ __all__ = [
     "BrokerUnavailableError",
     "Draft",
     "EventListener",
+    "IdempotencyConflictError",
     "PageLimit",
+    "PublishKey",
+    "Published",
     "Replay",
     "ReplayPages",
     "ResyncListener",
@@ -80,6 +89,31 @@ class Draft:
     body: bytes
     private: bool = False
     event_id: str | None = None
+
+
+class IdempotencyConflictError(Exception):
+    """The key was used within the window with other drafts: nothing was published."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishKey:
+    """A publish's idempotency key and the fingerprint of the drafts it was sent with."""
+
+    key: str
+    fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A keyed publish's answer: its events (the first publish's, on a replay), and whether
+    it was a replay (nothing published this time)."""
+
+    events: list[Event]
+    replayed: bool = False
+
+    @property
+    def ids(self) -> list[str]:
+        return [event.id for event in self.events]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +179,11 @@ class Broker(ABC):
         """Assign consecutive ids to ``drafts`` (all or none), retain the events for replay
         and deliver them to every subscribed process; returns them in the same order.
         Raises ``BrokerUnavailableError``."""
+
+    @abstractmethod
+    async def publish_once(self, drafts: Sequence[Draft], key: PublishKey) -> Published:
+        """``publish`` at most once per ``key`` within the idempotency window (contract
+        item 7). Raises ``IdempotencyConflictError`` or ``BrokerUnavailableError``."""
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:

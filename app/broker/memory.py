@@ -11,6 +11,11 @@ that head (events published meanwhile are above it and reach the listener).
 Eviction meanwhile is checked against the logs' loss floors from the cursor on,
 whatever the first page's cursor was: an event evicted before it was read is a
 loss even for an ``earliest`` replay.
+
+A keyed publish (``publish_once``) looks its key up, publishes and records it with no
+await in between, so the lookup is part of the step that numbers the events: two
+publishes racing with one key run one after the other, and the second finds the first's
+record (``app.broker.idempotency``).
 """
 
 from __future__ import annotations
@@ -23,12 +28,16 @@ from app.broker.base import (
     Broker,
     Draft,
     EventListener,
+    IdempotencyConflictError,
     PageLimit,
+    Published,
+    PublishKey,
     Replay,
     ReplayPages,
     ResyncListener,
 )
 from app.broker.history import HistoryStore
+from app.broker.idempotency import KeyRecords
 from app.wire.encoding import encode_frame
 from app.wire.event import Event
 from app.wire.event_id import (
@@ -52,6 +61,8 @@ class MemoryBroker(Broker):
         channel_ttl_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         ids: EventIdGenerator | None = None,
+        idempotency_seconds: float = 300.0,
+        idempotency_max_keys: int = 20_000,
     ) -> None:
         self._ids = ids or EventIdGenerator()
         self._clock = clock
@@ -62,6 +73,7 @@ class MemoryBroker(Broker):
             ttl_seconds=channel_ttl_seconds,
             floor=self._ids.first,
         )
+        self.keys = KeyRecords(idempotency_seconds, idempotency_max_keys, clock)
         self._listener: EventListener | None = None
 
     async def connect(self, listener: EventListener, resync: ResyncListener | None = None) -> None:
@@ -72,6 +84,31 @@ class MemoryBroker(Broker):
         self._listener = None
 
     async def publish(self, drafts: Sequence[Draft]) -> list[Event]:
+        return self._publish_now(drafts)
+
+    async def publish_once(self, drafts: Sequence[Draft], key: PublishKey) -> Published:
+        # No await: the lookup, the numbering and the record are one step.
+        record = self.keys.find(key.key)
+        if record is not None:
+            if record.fingerprint != key.fingerprint:
+                raise IdempotencyConflictError(key.key)
+            return Published(self._replayed(drafts, record.positions()), replayed=True)
+        events = self._publish_now(drafts)
+        self.keys.remember(key.key, key.fingerprint, events[0].key, len(events))
+        return Published(events)
+
+    @staticmethod
+    def _replayed(drafts: Sequence[Draft], positions: list[EventKey]) -> list[Event]:
+        """The events a keyed publish made, rebuilt from its drafts (the fingerprint says
+        they are the same) and its positions."""
+        events = []
+        for key, draft in zip(positions, drafts, strict=True):
+            event_id = draft.event_id if draft.event_id is not None else format_event_id(key)
+            frame = encode_frame(event_id, draft.body)
+            events.append(Event(key, event_id, draft.channels, frame, draft.private))
+        return events
+
+    def _publish_now(self, drafts: Sequence[Draft]) -> list[Event]:
         # No await: the batch is numbered, stored and fanned out in one step.
         if len(drafts) == 1:  # the usual publish: none of a batch's bookkeeping
             draft = drafts[0]
@@ -152,7 +189,12 @@ class MemoryBroker(Broker):
         return self.history.trim(keep)
 
     def stats(self) -> dict[str, object]:
-        return {"url": "memory://", "state": "ok", "history": self.history.stats()}
+        return {
+            "url": "memory://",
+            "state": "ok",
+            "history": self.history.stats(),
+            "idempotency": self.keys.stats(),
+        }
 
 
 class _MemoryPages(ReplayPages):

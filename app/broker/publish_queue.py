@@ -16,6 +16,10 @@ Design decisions (read before changing):
 4. Nobody waits forever: a call that fails, raises or is cancelled answers every
    request it carried with ``BrokerUnavailableError`` (503), and ``close`` answers
    what is still queued the same way.
+5. A keyed publish (``publish_once``) rides in a call like any other: the call names its
+   drafts and key (``CallKey``), and the script looks the key up as it numbers them.
+   Two requests with one key in the same call are looked up in order, so the second
+   finds the first's record.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
-from app.broker.base import BrokerUnavailableError, Draft
+from app.broker.base import BrokerUnavailableError, Draft, IdempotencyConflictError, PublishKey
 
 __all__ = [
     "PUBLISH_CALLS_IN_FLIGHT",
     "PUBLISH_CALL_EVENTS",
+    "CallKey",
     "CallResult",
     "PendingPublish",
     "PublishQueue",
@@ -42,19 +48,44 @@ PUBLISH_CALL_EVENTS = 1000
 # One leaves requests waiting behind the call in flight; more make every call smaller.
 PUBLISH_CALLS_IN_FLIGHT = 2
 
-CallResult = tuple[list[bytes], set[int]]
-"""What one call answers: each draft's entry id, in call order, and the indexes of the
-drafts that failed (their requests get 503; the others their ids)."""
+
+@dataclass(slots=True)
+class CallResult:
+    """What one call answers: each draft's entry id, in call order, and the indexes of the
+    drafts that failed (their requests get 503), that a key's record answered (nothing
+    published), and whose key is bound to other drafts (nothing published: refused)."""
+
+    entry_ids: list[bytes]
+    failed: set[int] = field(default_factory=set)
+    replayed: set[int] = field(default_factory=set)
+    conflicting: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class CallKey:
+    """A keyed publish in a call: the call's drafts ``first`` to ``first + count - 1``."""
+
+    first: int
+    count: int
+    key: PublishKey
 
 
 class PendingPublish:
-    """One ``publish`` call waiting for the flusher: its drafts and who awaits their ids."""
+    """One ``publish`` call waiting for the flusher: its drafts, its key if any, and who
+    awaits their ids; ``replayed`` once a key's record answered it."""
 
-    __slots__ = ("drafts", "future")
+    __slots__ = ("drafts", "future", "key", "replayed")
 
-    def __init__(self, drafts: Sequence[Draft], future: asyncio.Future[list[bytes]]) -> None:
+    def __init__(
+        self,
+        drafts: Sequence[Draft],
+        future: asyncio.Future[list[bytes]],
+        key: PublishKey | None = None,
+    ) -> None:
         self.drafts = drafts
         self.future = future
+        self.key = key
+        self.replayed = False
 
 
 def next_call(pending: Sequence[PendingPublish]) -> int:
@@ -76,7 +107,7 @@ class PublishQueue:
 
     def __init__(
         self,
-        send: Callable[[list[Draft]], Awaitable[CallResult]],
+        send: Callable[[list[Draft], list[CallKey]], Awaitable[CallResult]],
         *,
         unavailable: str,
         task_name: str,
@@ -91,13 +122,29 @@ class PublishQueue:
     async def publish(self, drafts: Sequence[Draft]) -> list[bytes]:
         """The entry ids of ``drafts`` once a call has written them. Raises
         ``BrokerUnavailableError``."""
-        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        self._pending.append(PendingPublish(drafts, future))
+        return await self._enqueue(PendingPublish(drafts, self._future()))
+
+    async def publish_once(
+        self, drafts: Sequence[Draft], key: PublishKey
+    ) -> tuple[list[bytes], bool]:
+        """The entry ids of ``drafts`` once a call has written them or found them under
+        ``key``, and whether it found them (nothing published). Raises
+        ``BrokerUnavailableError`` or ``IdempotencyConflictError``."""
+        pending = PendingPublish(drafts, self._future(), key)
+        entry_ids = await self._enqueue(pending)
+        return entry_ids, pending.replayed
+
+    @staticmethod
+    def _future() -> asyncio.Future[list[bytes]]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _enqueue(self, pending: PendingPublish) -> list[bytes]:
+        self._pending.append(pending)
         if len(self._flushers) < PUBLISH_CALLS_IN_FLIGHT:
             flusher = asyncio.create_task(self._flush(), name=self._task_name)
             self._flushers.add(flusher)
             flusher.add_done_callback(self._flushers.discard)
-        return await future
+        return await pending.future
 
     async def close(self, wait_seconds: float) -> None:
         """Let the calls in flight answer (or fail) for up to ``wait_seconds``, before the
@@ -116,9 +163,14 @@ class PublishQueue:
             await self._call(call)
 
     async def _call(self, call: list[PendingPublish]) -> None:
-        drafts = [draft for pending in call for draft in pending.drafts]
+        drafts: list[Draft] = []
+        keys: list[CallKey] = []
+        for pending in call:
+            if pending.key is not None:
+                keys.append(CallKey(len(drafts), len(pending.drafts), pending.key))
+            drafts += pending.drafts
         try:
-            entry_ids, failed = await self._send(drafts)
+            result = await self._send(drafts, keys)
         except BrokerUnavailableError:
             for pending in call:
                 self._fail(pending)
@@ -132,11 +184,16 @@ class PublishQueue:
             return
         self.calls += 1
         start = 0
+        entry_ids, failed = result.entry_ids, result.failed
         for pending in call:
             end = start + len(pending.drafts)
             if pending.future.done():
                 pass  # its request has gone meanwhile
+            elif pending.key is not None and not result.conflicting.isdisjoint(range(start, end)):
+                pending.future.set_exception(IdempotencyConflictError(pending.key.key))
             elif failed.isdisjoint(range(start, end)):
+                if pending.key is not None:
+                    pending.replayed = result.replayed.issuperset(range(start, end))
                 pending.future.set_result(entry_ids[start:end])
             else:
                 self._fail(pending)

@@ -54,7 +54,9 @@ Design decisions (read before changing):
 
 9. Publishing is one script call for many events: a batch (``POST /events``)
    is one call, numbered with one ``INCRBY``, and single publishes from
-   concurrent requests share calls too (``app.broker.publish_queue``).
+   concurrent requests share calls too (``app.broker.publish_queue``). A keyed
+   publish's record, ``<prefix>:idem:<key>``, is read and written by that call
+   (``app.broker.idempotency``): every worker and instance on this Redis shares it.
 10. An event on several channels is one log entry whose channel field lists
    them (newline-separated: no channel or topic holds a control character), appended to each
    channel's stream under its one id; channel entries carry the list too (only
@@ -94,6 +96,8 @@ from app.broker.base import (
     Draft,
     EventListener,
     PageLimit,
+    Published,
+    PublishKey,
     Replay,
     ReplayPages,
     ResyncListener,
@@ -101,8 +105,15 @@ from app.broker.base import (
 from app.broker.capabilities import RedisAccess
 from app.broker.packed_script import call_script
 from app.broker.pages import ReadSize, cut_page
-from app.broker.publish_queue import CallResult
-from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
+from app.broker.publish_queue import CallKey, CallResult
+from app.broker.publish_script import (
+    CONFLICTING,
+    PUBLISH_SCRIPT,
+    REPLAYED,
+    KeyedRun,
+    publish_arguments,
+    split_reply,
+)
 from app.broker.redis_base import RedisBrokerBase, RedisOptions
 from app.broker.redis_connections import (
     BACKOFF_INITIAL_SECONDS,
@@ -172,6 +183,10 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
 
     def key(self, channel: str) -> str:
         return f"{self.key_prefix}:{{{channel}}}"
+
+    def record_key(self, key: str) -> str:
+        """Where a keyed publish's record lives (``app.broker.idempotency``)."""
+        return f"{self.key_prefix}:idem:{key}"
 
     def supplied_id_key(self, supplied_id: str) -> str:
         # Expires with the channel TTL: it need only outlive the event's history.
@@ -249,18 +264,18 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
         assert self._publish is not None, "connect() first"
         if not drafts:
             return []
-        entry_ids = await self._publishing.publish(drafts)
-        # What entry_event would make of the entries just written, built from the drafts
-        # without the entries' field maps (this runs once per published event).
-        events = []
-        for entry_id, draft in zip(entry_ids, drafts, strict=True):
-            event_id = draft.event_id if draft.event_id is not None else entry_id.decode()
-            frame = encode_frame(event_id, draft.body)
-            events.append(Event(key_of(entry_id), event_id, draft.channels, frame, draft.private))
-        return events
+        return _events(await self._publishing.publish(drafts), drafts)
 
-    def script_arguments(self, drafts: Iterable[Draft]) -> tuple[list[Any], list[Any]]:
-        """The keys and arguments of one ``PUBLISH_SCRIPT`` call publishing ``drafts``."""
+    async def publish_once(self, drafts: Sequence[Draft], key: PublishKey) -> Published:
+        assert self._publish is not None, "connect() first"
+        entry_ids, replayed = await self._publishing.publish_once(drafts, key)
+        return Published(_events(entry_ids, drafts), replayed)
+
+    def script_arguments(
+        self, drafts: Iterable[Draft], keys: Sequence[CallKey] = ()
+    ) -> tuple[list[Any], list[Any]]:
+        """The keys and arguments of one ``PUBLISH_SCRIPT`` call publishing ``drafts``, the
+        keyed publishes among them named by ``keys``."""
         sizes = (self.log_size, self.history_size, self.channel_ttl_ms)
         parts = (
             (
@@ -271,17 +286,32 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
             )
             for draft in drafts
         )
-        return publish_arguments(self.log_key, self.counter_key, sizes, parts)
+        runs = [
+            KeyedRun(k.first, k.count, self.record_key(k.key.key), k.key.fingerprint.hex())
+            for k in keys
+        ]
+        return publish_arguments(
+            self.log_key, self.counter_key, sizes, parts, keyed=runs, window_ms=self.idempotency_ms
+        )
 
-    async def _write_call(self, drafts: list[Draft]) -> CallResult:
-        keys, args = self.script_arguments(drafts)
+    async def _write_call(self, drafts: list[Draft], keys: list[CallKey]) -> CallResult:
+        script_keys, args = self.script_arguments(drafts, keys)
         assert self._publish is not None and self._commands is not None
         try:
-            reply = await call_script(self._commands, self._publish, keys, args)
+            reply = await call_script(self._commands, self._publish, script_keys, args)
         except (RedisError, OSError) as exc:
             self._mark_down(exc)
             raise BrokerUnavailableError(UNAVAILABLE) from None
-        return cast(list[bytes], reply), set()
+        if not keys:
+            return CallResult(cast(list[bytes], reply))
+        entry_ids, statuses = split_reply(cast(list[bytes], reply), len(keys))
+        result = CallResult(entry_ids)
+        for status, k in zip(statuses, keys, strict=True):
+            if status == REPLAYED:
+                result.replayed.update(range(k.first, k.first + k.count))
+            elif status == CONFLICTING:
+                result.conflicting.update(range(k.first, k.first + k.count))
+        return result
 
     # --- the reader ------------------------------------------------------
 
@@ -428,6 +458,17 @@ class RedisBroker(RedisBrokerBase, RedisAccess):
             **super().stats(),
             "log_position": self._position.decode() if self._position else None,
         }
+
+
+def _events(entry_ids: list[bytes], drafts: Sequence[Draft]) -> list[Event]:
+    """What entry_event would make of the entries just written, built from the drafts
+    without the entries' field maps (this runs once per published event)."""
+    events = []
+    for entry_id, draft in zip(entry_ids, drafts, strict=True):
+        event_id = draft.event_id if draft.event_id is not None else entry_id.decode()
+        frame = encode_frame(event_id, draft.body)
+        events.append(Event(key_of(entry_id), event_id, draft.channels, frame, draft.private))
+    return events
 
 
 class _RedisPages(ReplayPages):

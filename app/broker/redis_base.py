@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from app.broker.base import Broker, Draft, EventListener, ResyncListener
 from app.broker.capabilities import BrokerHealth
 from app.broker.pages import RecentLargest
-from app.broker.publish_queue import CallResult, PublishQueue
+from app.broker.publish_queue import CallKey, CallResult, PublishQueue
 from app.broker.redis_connections import DEFAULT_MAX_CONNECTIONS, READ_COUNT
 from app.broker.redis_entries import BODY_FIELD, CHANNEL_FIELD, channels_of, entry_event
 from app.wire.event_id import MAX_EVENT_ID_LENGTH, EventKey
@@ -32,6 +32,7 @@ logger = logging.getLogger("herald.broker")
 
 DEFAULT_KEY_PREFIX = "herald"
 DEFAULT_LOG_SIZE = 10_000
+DEFAULT_IDEMPOTENCY_SECONDS = 300.0
 DEFAULT_MAX_EVENT_BYTES = 65_536
 # A frame is its body plus the id line and the blank line that dispatches it.
 FRAME_OVERHEAD_BYTES = MAX_EVENT_ID_LENGTH + 6
@@ -46,6 +47,7 @@ class RedisOptions(TypedDict, total=False):
     key_prefix: str
     log_size: int
     max_connections: int
+    idempotency_seconds: float
     max_event_bytes: int
 
 
@@ -66,6 +68,7 @@ class RedisBrokerBase(Broker, BrokerHealth):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         log_size: int = DEFAULT_LOG_SIZE,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idempotency_seconds: float = DEFAULT_IDEMPOTENCY_SECONDS,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.url = url
@@ -73,6 +76,8 @@ class RedisBrokerBase(Broker, BrokerHealth):
         self.history_size = max(1, history_size)
         self.log_size = max(1, log_size)
         self.channel_ttl_ms = int(channel_ttl_seconds * 1000)
+        # Keyed publishes' records expire after this (at least a millisecond: PX 0 is refused).
+        self.idempotency_ms = max(1, int(idempotency_seconds * 1000))
         self.key_prefix = key_prefix
         self.block_ms = block_ms
         self.kind = kind
@@ -95,8 +100,9 @@ class RedisBrokerBase(Broker, BrokerHealth):
         )
 
     @abstractmethod
-    async def _write_call(self, drafts: list[Draft]) -> CallResult:
-        """One publish call for ``drafts`` (``PublishQueue``'s ``send``)."""
+    async def _write_call(self, drafts: list[Draft], keys: list[CallKey]) -> CallResult:
+        """One publish call for ``drafts``, ``keys`` naming the keyed publishes among them
+        (``PublishQueue``'s ``send``)."""
 
     @property
     def publish_calls(self) -> int:

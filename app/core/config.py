@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     publish_rate_per_second: float = Field(default=0, ge=0)
     publish_burst: int = Field(default=50, ge=1)
     publish_rate_max_clients: int = Field(default=10_000, ge=1)
+    # A publish sent again with its Idempotency-Key (or a Mercure id) within this window
+    # is answered with the first one's ids and not published again; 0 turns it off.
+    publish_idempotency_seconds: float = Field(default=300, ge=0, le=86_400)
+    # memory:// remembers at most this many keys per worker (the oldest forgotten first).
+    publish_idempotency_max_keys: int = Field(default=20_000, ge=1, le=10_000_000)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- who may subscribe and publish ---

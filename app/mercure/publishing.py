@@ -17,6 +17,14 @@ Decisions where the spec leaves room:
   channels (the hub's multi-channel events): a subscriber matching any of them
   gets it once, and a private one reaches subscribers authorized for any of
   them. A topic repeated is counted once.
+* A supplied ``id`` is the publish's idempotency key (the spec's "Publish Request
+  Replay": a hub may check ids for replay and reject duplicates). Within
+  ``PUBLISH_IDEMPOTENCY_SECONDS`` the same update with the same id is not dispatched
+  again and is answered 200 with the id, as the first was: a publisher whose answer
+  was lost retries safely. The same id with another update is a duplicate: 409.
+  An ``Idempotency-Key`` header, if sent, is the key instead (with Herald's rules and
+  answers: 422 for a key reused with another update); without a supplied id the
+  generated one then follows from the key, so a retry is the same update.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from hashlib import blake2b
 from urllib.parse import parse_qsl
 
 from app.mercure.topics import (
@@ -35,7 +44,19 @@ from app.mercure.topics import (
 )
 from app.wire.event_id import parse_event_id
 
-__all__ = ["PublishRejected", "PublishTooLarge", "Update", "encode_update", "parse_update"]
+__all__ = [
+    "PublishRejected",
+    "PublishTooLarge",
+    "Update",
+    "encode_update",
+    "id_key",
+    "key_update_id",
+    "parse_update",
+]
+
+# A key made from an id holds a space, which an Idempotency-Key cannot: the two never meet.
+_ID_KEY_PREFIX = "mercure id "
+_KEYED_ID_NAMESPACE = uuid.UUID("0f1c6f2e-5d57-4c8e-9d3b-7f1c2a4e6b90")
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -127,6 +148,18 @@ def parse_update(body: bytes, *, hub_url: str, max_topics: int, max_field_length
         type=kind,
         retry=retry,
     )
+
+
+def id_key(supplied_id: str) -> str:
+    """The idempotency key a supplied id stands for: a digest, so a long id makes a short
+    key (in-process records and Redis key names stay bounded)."""
+    return _ID_KEY_PREFIX + blake2b(supplied_id.encode(), digest_size=16).hexdigest()
+
+
+def key_update_id(key: str) -> str:
+    """The id of an update published under an ``Idempotency-Key`` without one of its own:
+    the same for every retry (``urn:uuid:``, a name-based UUID of the key)."""
+    return f"urn:uuid:{uuid.uuid5(_KEYED_ID_NAMESPACE, key)}"
 
 
 def _last(fields: dict[str, list[str]], name: str, max_length: int) -> str | None:

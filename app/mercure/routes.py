@@ -6,7 +6,9 @@ Mercure update and a Herald event are the same event in the same sequence, with
 the same history, backplane, limits, memory guard and metrics. Topics here follow
 Mercure's rules (``app.mercure.topics``), not Herald's channel-name pattern. A publish
 goes through the publish service of Herald's own (``app.publishing``): one rate per
-publisher, the same grant check, the same broker call and the same 503.
+publisher, the same grant check, the same broker call and the same 503. A supplied
+``id`` (or an ``Idempotency-Key`` header) makes the publish idempotent
+(``app.mercure.publishing``): a retry is answered with the id and not dispatched again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ from app.mercure.matchers import (
     Matcher,
     parse_matcher,
 )
-from app.mercure.publishing import PublishRejected, PublishTooLarge, encode_update, parse_update
+from app.mercure.publishing import (
+    PublishRejected,
+    PublishTooLarge,
+    encode_update,
+    id_key,
+    key_update_id,
+    parse_update,
+)
 from app.mercure.requests import (
     METADATA_PATH,
     MercureRefusal,
@@ -46,10 +55,14 @@ from app.mercure.subscriptions import (
 )
 from app.mercure.topics import EARLIEST, HUB_PATH, forbidden_character
 from app.publishing import (
+    IDEMPOTENCY_KEY_HEADER,
+    REPLAYED_HEADER,
     ClientGoneError,
+    IdempotencyKeyReusedError,
     PublishForbiddenError,
     PublishRefusedError,
     PublishService,
+    parse_idempotency_key,
     read_body,
 )
 from app.sse.hub import DEFAULT_RETRY_AFTER_SECONDS
@@ -217,7 +230,24 @@ async def publish(request: Request) -> Response:
             update.topics, encode_update(update), private=update.private, event_id=update.id
         )
         service.check_grants(presented.grants, [draft])
-        (event,) = await service.publish([draft])
+        header_key = _idempotency_key(request) if service.idempotent else None
+        if header_key is not None and not update.supplied_id:
+            draft.event_id = key_update_id(header_key)  # a retry is the same update
+        key = header_key
+        if key is None and update.supplied_id and service.idempotent:
+            key = id_key(update.id)
+        replayed = False
+        if key is None:
+            (event,) = await service.publish([draft])
+        else:
+            try:
+                published = await service.publish_once([draft], key)
+            except IdempotencyKeyReusedError:
+                if header_key is not None:
+                    raise
+                detail = "this id was published with a different update: a duplicate"
+                return JSONResponse({"detail": detail}, status_code=409)
+            (event,), replayed = published.events, published.replayed
     except MercureRefusal as refusal:
         return _refused(request, refusal)
     except PublishForbiddenError as exc:
@@ -232,7 +262,18 @@ async def publish(request: Request) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=413)
     except ClientGoneError:  # the client went away before its body arrived: nobody reads this
         return Response(status_code=400)
-    return Response(event.id, media_type="text/plain; charset=utf-8")
+    headers = {REPLAYED_HEADER: "true"} if replayed else None
+    return Response(event.id, media_type="text/plain; charset=utf-8", headers=headers)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The request's ``Idempotency-Key``, if it sent one (Herald's rules: 422 otherwise)."""
+    values = request.headers.getlist(IDEMPOTENCY_KEY_HEADER)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise PublishRefusedError(422, f"give one {IDEMPOTENCY_KEY_HEADER} header")
+    return parse_idempotency_key(values[0].encode("latin-1"))
 
 
 @router.get(METADATA_PATH, summary="Protected resource metadata (RFC 9728)")

@@ -12,8 +12,14 @@ Design decisions (read before changing):
   in turn: its own authentication (401/403); ``check_rate`` (429); ``read_body``
   (413, :mod:`app.publishing.bodies`) and its own body format (415/422, or Mercure's
   400); ``drafts`` or ``encoded_draft`` (channel names, encoding, size: 422/413);
-  ``check_grants`` (every channel of every event: 403); and only then ``publish``
-  (503). All or nothing: a refused request has published nothing and consumed no id.
+  ``check_grants`` (every channel of every event: 403); then, for a request with an
+  idempotency key, the key's syntax (422, :mod:`app.publishing.idempotency`); and only
+  then ``publish`` or ``publish_once`` (503, or 422 for a key used with another
+  request). All or nothing: a refused request has published nothing and consumed no id.
+* An idempotency key is looked up by the broker in the step that numbers the events,
+  never read here first (``app.broker.idempotency``): a retry racing the original on
+  another worker waits for nothing and gets the replay. It is looked at only after the
+  grants, so a key says nothing to a publisher who may not publish the request.
 * The rate is checked after authentication, so a wrong token spends nobody's bucket,
   and before the body is read, so a publisher over its rate costs no parsing. It
   counts requests: a batch spends one turn, and is itself bounded by
@@ -35,10 +41,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.broker.base import BrokerUnavailableError, Draft
+from app.broker.base import BrokerUnavailableError, Draft, IdempotencyConflictError, Published
 from app.core.config import Settings
 from app.limits import LimitExceededError, publisher_key
 from app.publishing.errors import PublishForbiddenError, PublishRefusedError
+from app.publishing.idempotency import IdempotencyKeyReusedError
 from app.sse.hub import DEFAULT_RETRY_AFTER_SECONDS, Hub
 from app.wire.channels import InvalidChannelError, event_channels
 from app.wire.encoding import EncodingError, encode_parsed_body
@@ -81,6 +88,8 @@ class PublishService:
     __slots__ = (
         "_limits",
         "_publish_drafts",
+        "_publish_drafts_once",
+        "idempotent",
         "max_channels",
         "max_event_bytes",
         "rate_limited",
@@ -90,6 +99,10 @@ class PublishService:
     def __init__(self, settings: Settings, hub: Hub) -> None:
         self._limits = hub.limits
         self._publish_drafts = hub.publish_drafts
+        self._publish_drafts_once = hub.publish_drafts_once
+        # Whether a publish's idempotency key counts (PUBLISH_IDEMPOTENCY_SECONDS > 0): a
+        # front ignores the key, unread, when it does not.
+        self.idempotent = settings.publish_idempotency_seconds > 0
         # Whether check_rate has anything to check: a front on a hot path skips the call
         # (and the coroutine it would build) when it has not.
         self.rate_limited = hub.limits.publishes_limited
@@ -164,3 +177,16 @@ class PublishService:
             raise PublishRefusedError(
                 503, str(exc), retry_after=DEFAULT_RETRY_AFTER_SECONDS
             ) from None
+
+    async def publish_once(self, drafts: Sequence[Draft], key: str) -> Published:
+        """``publish`` at most once per ``key`` within the window: a repeat with the same
+        drafts gets the first publish's events, ``replayed``; 422 if ``key`` was used with
+        other drafts; 503 with ``Retry-After`` while the broker cannot take them."""
+        try:
+            return await self._publish_drafts_once(drafts, key)
+        except BrokerUnavailableError as exc:
+            raise PublishRefusedError(
+                503, str(exc), retry_after=DEFAULT_RETRY_AFTER_SECONDS
+            ) from None
+        except IdempotencyConflictError:
+            raise IdempotencyKeyReusedError from None

@@ -52,6 +52,9 @@ Design decisions (read before changing):
 8. Batches are drafts first: ``draft`` validates and encodes one event (and
    raises for it alone, so the API can name the bad item), ``publish_drafts``
    hands the lot to the broker, which numbers them consecutively, all or none.
+   ``publish_drafts_once`` does the same under an idempotency key: the broker looks
+   the key up as it numbers them (``app.broker.idempotency``), and a repeat within
+   ``PUBLISH_IDEMPOTENCY_SECONDS`` is answered with the first publish's events.
 9. Write passes: one per loop iteration at most, for every connection that
    got events, and a pass holds events back only when the hub is behind. When
    the first event after a pass arrives, the hub compares the time since that
@@ -112,15 +115,19 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Container, Iterable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from app.broker.base import (
     Broker,
     BrokerUnavailableError,
     Draft,
     PageLimit,
+    Published,
+    PublishKey,
     Replay,
     ReplayPages,
 )
+from app.broker.idempotency import fingerprint
 from app.core.config import Settings
 from app.limits import ClientLimits, LimitExceededError, LocalClientLimits, StreamLease
 from app.sse.chunked_write import frame_chunk
@@ -177,6 +184,7 @@ class HubCounters:
     overflow_disconnects: int = 0
     reaped: int = 0
     opened: int = 0
+    replayed_publishes: int = 0
 
 
 class Hub:
@@ -289,6 +297,21 @@ class Hub:
         self.counters.published += len(events)
         return events
 
+    async def publish_drafts_once(self, drafts: Sequence[Draft], key: str) -> Published:
+        """``publish_drafts`` at most once per ``key`` within ``PUBLISH_IDEMPOTENCY_SECONDS``
+        (design note 8): a repeat with the same drafts is answered with the first publish's
+        events and ``replayed``. With the window at 0 the key is ignored. Raises
+        ``IdempotencyConflictError`` (the key was used with other drafts) or
+        ``BrokerUnavailableError``."""
+        if self.settings.publish_idempotency_seconds <= 0:
+            return Published(await self.publish_drafts(drafts))
+        published = await self.broker.publish_once(drafts, PublishKey(key, fingerprint(drafts)))
+        if published.replayed:
+            self.counters.replayed_publishes += 1
+        else:
+            self.counters.published += len(published.events)
+        return published
+
     async def publish_frame(
         self,
         channels: str | Sequence[str],
@@ -304,6 +327,7 @@ class Hub:
         (published,) = await self.publish_drafts([Draft(names, body, private, event_id)])
         return published.id
 
+    @overload
     async def publish(
         self,
         channels: str | Sequence[str],
@@ -311,11 +335,38 @@ class Hub:
         event: str | None = None,
         *,
         private: bool = False,
-    ) -> str:
+    ) -> str: ...
+
+    @overload
+    async def publish(
+        self,
+        channels: str | Sequence[str],
+        data: object,
+        event: str | None = None,
+        *,
+        private: bool = False,
+        idempotency_key: str,
+    ) -> Published: ...
+
+    async def publish(
+        self,
+        channels: str | Sequence[str],
+        data: object,
+        event: str | None = None,
+        *,
+        private: bool = False,
+        idempotency_key: str | None = None,
+    ) -> str | Published:
         """Publish one event on ``channels`` (a name or several); returns its id. Raises
         ``EncodingError``, ``InvalidChannelError`` or ``BrokerUnavailableError``. A
-        ``private`` event reaches only subscribers granted one of its channels."""
-        published = await self.publish_drafts([self.draft(channels, data, event, private=private)])
+        ``private`` event reaches only subscribers granted one of its channels. With an
+        ``idempotency_key``, at most once per key (``publish_drafts_once``): returns the
+        ``Published`` answer, whose ``replayed`` says whether this call published nothing
+        and got the first call's id; raises ``IdempotencyConflictError`` as well."""
+        draft = self.draft(channels, data, event, private=private)
+        if idempotency_key is not None:
+            return await self.publish_drafts_once([draft], idempotency_key)
+        published = await self.publish_drafts([draft])
         return published[0].id
 
     # --- positions, for the fronts ----------------------------------------
@@ -700,6 +751,7 @@ class Hub:
             "queued_bytes": self.budget.bytes,
             "queued_bytes_limit": self.budget.limit,
             "published": counters.published,
+            "replayed_publishes": counters.replayed_publishes,
             "delivered": counters.delivered + live_delivered,
             "dropped": counters.dropped,
             "overflow_disconnects": counters.overflow_disconnects,

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.broker.idempotency import RECORD_BYTES
 from app.core.config import Settings
 from app.mercure.gather import GATHERS_IN_FLIGHT
+from app.publishing.idempotency import MAX_KEY_LENGTH
 
 __all__ = [
     "MASTER_IDLE_BYTES",
@@ -136,6 +138,14 @@ def memory_budget(
             GATHERS_IN_FLIGHT * (workers * PARSED_JSON_FACTOR * list_bytes + list_bytes),
         )
     )
+    if in_process_history and settings.publish_idempotency_seconds > 0:
+        per_worker.append(
+            BudgetRow(
+                "idempotency keys (memory://)",
+                "PUBLISH_IDEMPOTENCY_MAX_KEYS",
+                settings.publish_idempotency_max_keys * (RECORD_BYTES + MAX_KEY_LENGTH),
+            )
+        )
     if in_process_history:
         per_worker.append(
             BudgetRow(

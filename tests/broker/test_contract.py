@@ -6,7 +6,8 @@ Ids order events across channels; a replay returns exactly what follows a cursor
 head that live delivery continues after; a new stream gets the head and nothing else; an id
 the broker never issued resets with ``unknown_id``, a cursor older than what history keeps
 with ``history_expired``; a batch is numbered all at once; paged replays are bounded and
-report what history lost under them. What only one broker does (sweeping, faults, cluster
+report what history lost under them; a keyed publish is numbered once per key within its
+window, whichever worker gets it. What only one broker does (sweeping, faults, cluster
 topology) is tested beside that broker.
 """
 
@@ -23,11 +24,19 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.broker import create_broker
-from app.broker.base import Broker, Draft, PageLimit, page_bytes
-from app.core.config import load_settings
+from app.broker.base import (
+    Broker,
+    Draft,
+    IdempotencyConflictError,
+    PageLimit,
+    PublishKey,
+    page_bytes,
+)
+from app.broker.idempotency import fingerprint
+from app.core.config import Settings, load_settings
 from app.wire.encoding import encode_frame
 from app.wire.event import Event
-from app.wire.event_id import EventKey, format_event_id, parse_event_id
+from app.wire.event_id import EARLIEST, EventKey, format_event_id, parse_event_id
 from tests.support.publishing import publish_one
 from tests.support.redis_cluster import RedisCluster
 from tests.support.waiting import wait_until
@@ -50,8 +59,24 @@ class Backend:
     """Every event is an entry of one log: the head is the newest event's id, and a batch
     is numbered in request order. A cluster merges several logs: its head is a position
     just below every shard's frontier, and a batch spanning shards follows its shards."""
+    settings: Settings
     received: list[Event] = field(default_factory=list)
     resyncs: list[str] = field(default_factory=list)
+    others: list[Broker] = field(default_factory=list)
+
+    async def another_worker(
+        self, listener: Callable[[Event], None] = lambda event: None, **overrides: object
+    ) -> Broker:
+        """A second broker on the same backplane (the same process's broker on
+        ``memory://``, which has no other worker), as another worker would have;
+        ``overrides``: settings of its own (a new broker, with ``listener``, even on
+        ``memory://``)."""
+        if self.settings.broker_url.startswith("memory") and not overrides:
+            return self.broker
+        broker = create_broker(self.settings.model_copy(update=overrides))
+        await broker.connect(listener)
+        self.others.append(broker)
+        return broker
 
     async def head(self) -> EventKey:
         key = parse_event_id((await self.broker.replay([], None)).head)
@@ -92,11 +117,13 @@ async def backend(
         trim = _cluster_trim(broker, request.getfixturevalue("redis_cluster"))
     else:
         trim = _redis_trim(broker)
-    backend = Backend(broker, trim, single_log=scheme != "redis+cluster")
+    backend = Backend(broker, trim, single_log=scheme != "redis+cluster", settings=settings)
     await broker.connect(backend.received.append, backend.resyncs.append)
     try:
         yield backend
     finally:
+        for other in backend.others:
+            await other.disconnect()
         await broker.disconnect()
     assert backend.resyncs == []  # nothing here may make a live feed skip
 
@@ -371,6 +398,118 @@ async def test_a_batch_is_numbered_at_once_in_request_order_per_channel(
             assert [e.key for e in answer] == sorted(e.key for e in answer)
             first = order.index(answer[0].id)
             assert order[first : first + len(answer)] == ids(answer)
+
+
+# --- keyed publishes: once per key -------------------------------------------------------
+
+
+def keyed(drafts: Sequence[Draft]) -> PublishKey:
+    return PublishKey(f"key-{uuid.uuid4().hex}", fingerprint(drafts))
+
+
+async def delivered_so_far(backend: Backend) -> list[Event]:
+    """Everything the listener got up to now: a marker event published last has arrived."""
+    await backend.broker.subscribe("marker")
+    (marker,) = await backend.publish(["marker"])
+    await wait_until(lambda: marker.id in ids(backend.received), what="the marker")
+    return [event for event in backend.received if event.channels != ("marker",)]
+
+
+async def test_a_keyed_publish_sent_again_is_not_published_again_and_gets_the_same_ids(
+    backend: Backend,
+) -> None:
+    broker = backend.broker
+    for channel in CHANNELS[:4]:
+        await broker.subscribe(channel)
+    # A batch over several channels (several shards on a cluster, one event on two).
+    drafts = [
+        Draft((CHANNELS[0],), b"data: one\n"),
+        Draft((CHANNELS[1],), b"data: two\n"),
+        Draft((CHANNELS[2], CHANNELS[3]), b"data: three\n"),
+    ]
+    key = keyed(drafts)
+    first = await broker.publish_once(drafts, key)
+    again = await broker.publish_once(list(drafts), key)
+    assert not first.replayed and again.replayed
+    assert again.ids == first.ids and [e.frame for e in again.events] == [
+        e.frame for e in first.events
+    ]
+    assert [e.channels for e in again.events] == [d.channels for d in drafts]
+    assert ids(await delivered_so_far(backend)) == ids(in_order(first.events))
+    await backend.settled(*first.events)
+    replay = await broker.replay(CHANNELS[:4], EARLIEST)
+    assert ids(replay.events) == ids(in_order(first.events))
+
+
+async def test_a_key_used_again_with_other_drafts_is_refused_and_publishes_nothing(
+    backend: Backend,
+) -> None:
+    broker = backend.broker
+    for channel in CHANNELS[:6]:
+        await broker.subscribe(channel)
+    original = [Draft((CHANNELS[0],), b"data: original\n")]
+    key = keyed(original)
+    first = await broker.publish_once(original, key)
+    others = [
+        [Draft((CHANNELS[0],), b"data: changed\n")],
+        [Draft((CHANNELS[0],), b"data: original\n", private=True)],
+        # Other channels, on other shards of a cluster: refused before anything is written.
+        [Draft((CHANNELS[4],), b"data: original\n"), Draft((CHANNELS[5],), b"data: x\n")],
+        original + original,
+    ]
+    for drafts in others:
+        with pytest.raises(IdempotencyConflictError):
+            await broker.publish_once(drafts, PublishKey(key.key, fingerprint(drafts)))
+    assert ids(await delivered_so_far(backend)) == first.ids
+    again = await broker.publish_once(original, key)
+    assert again.replayed and again.ids == first.ids
+
+
+async def test_a_key_is_forgotten_after_its_window(backend: Backend) -> None:
+    received: list[Event] = []
+    broker = await backend.another_worker(received.append, publish_idempotency_seconds=0.2)
+    await broker.subscribe("a")
+    drafts = [Draft(("a",), b"data: once a window\n")]
+    key = keyed(drafts)
+    first = await broker.publish_once(drafts, key)
+    assert (await broker.publish_once(drafts, key)).replayed
+    published_again: list[list[str]] = []
+
+    async def published_anew() -> bool:
+        answer = await broker.publish_once(drafts, key)
+        if not answer.replayed:
+            published_again.append(answer.ids)
+        return not answer.replayed
+
+    await wait_until(published_anew, what="the key to expire")
+    (second_ids,) = published_again
+    assert second_ids != first.ids
+    await wait_until(lambda: second_ids[0] in ids(received), what="the second publish")
+    assert ids(received) == [*first.ids, *second_ids]
+
+
+async def test_publishes_racing_with_one_key_on_two_workers_publish_once(
+    backend: Backend,
+) -> None:
+    worker_a, worker_b = backend.broker, await backend.another_worker()
+    for channel in CHANNELS[:3]:
+        await worker_a.subscribe(channel)
+    single = [Draft((CHANNELS[0],), b"data: raced\n")]
+    batch = [Draft((CHANNELS[i],), b"data: raced %d\n" % i) for i in range(3)]
+    answers = {}
+    for drafts in (single, batch):
+        key = keyed(drafts)
+        tries = [worker.publish_once(drafts, key) for worker in (worker_a, worker_b) * 4]
+        answers[len(drafts)] = await asyncio.gather(*tries)
+    for answer in answers.values():
+        assert len({tuple(a.ids) for a in answer}) == 1, "every try gets the same ids"
+    # One try publishes; the others are answered from its record (a batch spanning
+    # shards on a cluster may be written part by part by several tries: each part once).
+    assert sum(not a.replayed for a in answers[1]) == 1
+    if backend.single_log:
+        assert sum(not a.replayed for a in answers[3]) == 1
+    expected = [*answers[1][0].events, *answers[3][0].events]
+    assert ids(await delivered_so_far(backend)) == ids(in_order(expected))
 
 
 # --- paged replay -------------------------------------------------------------------------

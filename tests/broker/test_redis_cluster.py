@@ -2,7 +2,7 @@
 beyond the broker contract (tests/broker/test_contract.py): channels over every master, one
 order across log shards in every worker, multi-shard events as one event with one id,
 publisher ids as cursors across shards, gaps, held events, durability (WAIT), a worker's
-order across shards, a failing shard."""
+order across shards, a failing shard, a keyed batch completed by its retry."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from app.broker.base import BrokerUnavailableError, Draft
+from app.broker.base import BrokerUnavailableError, Draft, PublishKey
+from app.broker.idempotency import fingerprint
 from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
 from app.broker.redis_cluster import RedisClusterBroker
 from app.wire.event import Event
@@ -272,10 +273,10 @@ async def test_a_failing_shard_fails_only_the_publishes_that_touch_it(worker: Wo
     (bad, bad_channel), (_, good_channel) = list(by_shard.items())[:2]
     real = broker._write_shard
 
-    async def failing(shard: Any, part: Any) -> list[bytes]:
+    async def failing(shard: Any, part: Any, runs: Any) -> tuple[list[bytes], bytes]:
         if shard.index == bad:
             raise redis.exceptions.ConnectionError("as if its master were gone")
-        return await real(shard, part)
+        return await real(shard, part, runs)
 
     broker._write_shard = failing  # type: ignore[method-assign]
     outcomes = await asyncio.gather(
@@ -289,3 +290,75 @@ async def test_a_failing_shard_fails_only_the_publishes_that_touch_it(worker: Wo
         else:
             assert isinstance(outcome, Event), outcome
     assert isinstance(outcomes[6], BrokerUnavailableError)  # it touches the failing shard
+
+
+async def test_a_keyed_batch_that_failed_on_one_shard_is_completed_by_its_retry(
+    worker: Worker,
+) -> None:
+    """Each home shard keeps the record of its part: a retry with the key answers the parts
+    already written from their records and writes the missing one, each part once."""
+    broker = worker.broker
+    by_shard = {broker.shard_of(c): c for c in CHANNELS}
+    (bad, bad_channel), (_, good_channel) = list(by_shard.items())[:2]
+    drafts = [
+        Draft((good_channel,), b"data: good\n"),
+        Draft((bad_channel,), b"data: bad\n"),
+        Draft((good_channel, bad_channel), b"data: both\n"),
+    ]
+    key = PublishKey(f"batch-{uuid.uuid4().hex}", fingerprint(drafts))
+    real = broker._write_shard
+
+    async def failing(shard: Any, part: Any, runs: Any) -> tuple[list[bytes], bytes]:
+        # The bad shard takes references, then fails its home part.
+        if shard.index == bad and any(p.reference == "" for p in part):
+            raise redis.exceptions.ConnectionError("as if its master were gone")
+        return await real(shard, part, runs)
+
+    broker._write_shard = failing  # type: ignore[method-assign]
+    with pytest.raises(BrokerUnavailableError):
+        await broker.publish_once(drafts, key)
+    broker._write_shard = real  # type: ignore[method-assign]
+    await wait_until(lambda: len(worker.received) == 2, what="the good shard's part")
+    landed = ids(worker.received)
+    retried = await broker.publish_once(drafts, key)
+    again = await broker.publish_once(drafts, key)
+    assert not retried.replayed and again.replayed and again.ids == retried.ids
+    marker = await publish_one(broker, good_channel, b"data: marker\n")
+    await wait_until(lambda: marker.id in ids(worker.received), what="the marker")
+    published = [e for e in worker.received if e.id != marker.id]
+    # Every event once, under the ids the retry answered with; the good shard's part is
+    # what the failed try wrote there.
+    assert sorted(ids(published)) == sorted(retried.ids)
+    assert landed == [retried.ids[0], retried.ids[2]]
+    assert [e.channels for e in retried.events] == [d.channels for d in drafts]
+
+
+async def test_a_keyed_request_whose_reference_failed_writes_none_of_its_part(
+    worker: Worker,
+) -> None:
+    """An event whose references did not land holds back its whole keyed request, so each
+    shard's record answers for the request's whole part there."""
+    broker = worker.broker
+    by_shard = {broker.shard_of(c): c for c in CHANNELS}
+    (bad, bad_channel), (_, good_channel) = list(by_shard.items())[:2]
+    drafts = [
+        Draft((good_channel,), b"data: good\n"),
+        Draft((good_channel, bad_channel), b"data: both\n"),
+    ]
+    key = PublishKey(f"batch-{uuid.uuid4().hex}", fingerprint(drafts))
+    real = broker._write_shard
+
+    async def failing(shard: Any, part: Any, runs: Any) -> tuple[list[bytes], bytes]:
+        if shard.index == bad:
+            raise redis.exceptions.ConnectionError("as if its master were gone")
+        return await real(shard, part, runs)
+
+    broker._write_shard = failing  # type: ignore[method-assign]
+    with pytest.raises(BrokerUnavailableError):
+        await broker.publish_once(drafts, key)
+    broker._write_shard = real  # type: ignore[method-assign]
+    retried = await broker.publish_once(drafts, key)
+    assert not retried.replayed
+    marker = await publish_one(broker, good_channel, b"data: marker\n")
+    await wait_until(lambda: marker.id in ids(worker.received), what="the marker")
+    assert ids(e for e in worker.received if e.id != marker.id) == retried.ids

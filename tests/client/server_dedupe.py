@@ -12,7 +12,7 @@ import pytest
 
 __all__ = ["SERVER_DEDUPES_IDEMPOTENCY_KEYS", "needs_server_dedupe"]
 
-SERVER_DEDUPES_IDEMPOTENCY_KEYS = False
+SERVER_DEDUPES_IDEMPOTENCY_KEYS = True
 
 needs_server_dedupe = pytest.mark.xfail(
     not SERVER_DEDUPES_IDEMPOTENCY_KEYS,

@@ -2,8 +2,9 @@
 
 Two gunicorn workers recycling every few seconds over a redis-server that is
 SIGKILLed and restarted, subscribers cutting and resuming, slow readers
-overflowing: nothing acknowledged may be lost, nothing delivered twice or out
-of order, no stream reset. The test also checks that the faults really
+overflowing, publishers cutting their own requests and retrying with their
+Idempotency-Key: nothing acknowledged may be lost, nothing delivered twice or
+out of order, nothing published twice, no stream reset. The test also checks that the faults really
 happened, so a run that broke nothing cannot pass. The counts are printed
 (``pytest -s``, or with the failure).
 
@@ -79,9 +80,13 @@ def test_nothing_acknowledged_is_lost_duplicated_or_reordered_under_chaos(
         assert summary["redis_restarts"] == 1
         assert summary["deliveries"] > 0
 
-        # The guarantee.
+        # Publishers cut their own requests before the answer and retried with the key.
+        assert summary["publish_cuts"] > 0 and summary["publish_retries"] > 0
+
+        # The guarantee, from the publisher's key to every subscriber.
         assert summary["lost"] == 0, summary["examples"]
         assert summary["duplicated"] == 0, summary["examples"]
+        assert summary["published_twice"] == 0, summary["examples"]
         assert summary["out_of_order"] == 0, summary["examples"]
         assert summary["resets"] == 0
         assert summary["master_exit_code"] is None, "the gunicorn master exited"
@@ -105,8 +110,10 @@ def test_a_redis_cluster_master_failover_loses_nothing_acknowledged(
         summary = _chaos(seed, scale, tmp_path / f"cluster-{seed}.json", "cluster")
         assert summary["redis_restarts"] == 1 and summary["client_cuts"] > 0
         assert summary["worker_recycles"] >= 1
+        assert summary["publish_cuts"] > 0 and summary["publish_retries"] > 0
         assert summary["lost"] == 0, summary["examples"]
         assert summary["duplicated"] == 0, summary["examples"]
+        assert summary["published_twice"] == 0, summary["examples"]
         assert summary["out_of_order"] == 0, summary["examples"]
         assert summary["resets"] == 0
         assert summary["acked_after_redis_restart"] > 0

@@ -187,3 +187,22 @@ def test_a_lost_event_is_told_apart_by_whether_the_cursor_has_passed_it() -> Non
     assert record.cursor == (3, 0)
     assert verdict.lost == {"a": 1, "b": 1}
     assert verdict.lost_ahead_of_cursor == 1  # a's 9-0: not reached yet
+
+
+def test_one_publish_that_reached_a_channel_under_two_ids_was_published_twice() -> None:
+    ledger = Ledger(["a", "b"])
+    first = ledger.subscriber("first", frozenset({"a"}))
+    second = ledger.subscriber("second", frozenset({"a", "b"}))
+    first.saw_id("1-0")
+    second.saw_id("1-0")
+    ledger.ack("a", "5-0", (0, 7), 1.0, 2.0)
+    # The first try's event (answer lost), and the retry published anew under another id.
+    first.delivered("a", "4-0", (0, 7))
+    second.delivered("a", "5-0", (0, 7))
+    # One publish on two channels under one id is one publish.
+    second.delivered("a", "6-0", (1, 1))
+    second.delivered("b", "6-0", (1, 1))
+    verdict = ledger.verdict()
+    assert verdict.published_twice == 1
+    assert verdict.failures["published_twice"] == 1
+    assert verdict.examples["published_twice"] == ["a (0, 7) as 4-0, 5-0"]

@@ -32,6 +32,17 @@ def test_every_target_is_measured_in_alternating_rounds_and_compared() -> None:
     assert all(value > 0 for value in ratios.values())
 
 
+def test_keyed_requests_each_carry_a_key_of_their_own() -> None:
+    target = publish_rate.make_target(
+        "herald-memory-keyed", repo=Path("."), redis_url=None, batch=1
+    )
+    requests = publish_rate._Requests(target, "tag")
+    sent = requests.take(3) + requests.take(2)
+    keys = [line for line in sent.split(b"\r\n") if line.startswith(b"Idempotency-Key:")]
+    assert keys == [b"Idempotency-Key: tag-%d" % n for n in range(5)]
+    assert sent.count(target.body) == 5
+
+
 def test_a_ratio_is_the_median_of_same_round_ratios() -> None:
     # Round 3 ran on a slow machine for both servers; the medians of the two columns come
     # from different rounds (20 / 20 = 1.0), the pairs do not.

@@ -203,6 +203,59 @@ async def test_resume_from_a_publisher_id_with_the_header_winning(server: Server
         assert (await stream.next_event()).data == "2"
 
 
+def post_update(
+    server: ServerProcess, headers: dict[str, str] | None = None, **fields: str
+) -> httpx.Response:
+    return httpx.post(
+        server.base_url + HUB,
+        content=urlencode(fields).encode(),
+        headers={
+            "Authorization": f"Bearer {PUBLISHER}",
+            "Content-Type": "application/x-www-form-urlencoded",
+            **(headers or {}),
+        },
+    )
+
+
+async def test_an_update_sent_again_with_its_id_is_dispatched_once(server: ServerProcess) -> None:
+    u = unique()
+    async with open_stream(server.base_url, path(("match", u))) as stream:
+        await stream.position()
+        first = post_update(server, topic=u, data="once", id=f"urn:{u}:1")
+        again = post_update(server, topic=u, data="once", id=f"urn:{u}:1")
+        # The same id with another update is a duplicate: refused, nothing dispatched.
+        duplicate = post_update(server, topic=u, data="other", id=f"urn:{u}:1")
+        moved = post_update(server, topic=unique(), data="once", id=f"urn:{u}:1")
+        marker = publish(server, topic=u, data="marker")
+        events = [await stream.next_event() for _ in range(2)]
+    assert (first.status_code, first.text) == (again.status_code, again.text) == (200, f"urn:{u}:1")
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert duplicate.status_code == moved.status_code == 409
+    assert "duplicate" in duplicate.json()["detail"]
+    assert [(e.id, e.data) for e in events] == [(f"urn:{u}:1", "once"), (marker, "marker")]
+
+
+async def test_an_idempotency_key_makes_an_update_without_an_id_dispatched_once(
+    server: ServerProcess,
+) -> None:
+    u = unique()
+    key = {"Idempotency-Key": f'"{uuid.uuid4()}"'}
+    async with open_stream(server.base_url, path(("match", u))) as stream:
+        await stream.position()
+        first = post_update(server, key, topic=u, data="keyed")
+        again = post_update(server, key, topic=u, data="keyed")
+        reused = post_update(server, key, topic=u, data="another")
+        malformed = post_update(server, {"Idempotency-Key": "two words"}, topic=u, data="x")
+        marker = publish(server, topic=u, data="marker")
+        events = [await stream.next_event() for _ in range(2)]
+    assert first.status_code == again.status_code == 200
+    assert first.text.startswith("urn:uuid:") and again.text == first.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert reused.status_code == malformed.status_code == 422
+    assert [(e.id, e.data) for e in events] == [(first.text, "keyed"), (marker, "marker")]
+
+
 async def test_earliest_and_unknown_ids_replay_everything_retained(server: ServerProcess) -> None:
     u = unique()
     for n in range(2):

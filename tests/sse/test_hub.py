@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.broker.base import Draft, PageLimit, Replay
+from app.broker.base import Draft, IdempotencyConflictError, PageLimit, Replay
 from app.broker.memory import MemoryBroker
 from app.sse.connection import CloseReason
 from app.sse.hub import Hub, StreamRefusedError
@@ -363,6 +363,22 @@ async def test_publish_without_subscribers_is_counted_and_retained(make_hub: Mak
     assert parse_event_id(event_id) is not None
 
 
+async def test_publish_with_a_key_publishes_once_and_says_when_it_replayed(
+    make_hub: MakeHub,
+) -> None:
+    hub = await make_hub()
+    first = await hub.publish("keyed", {"n": 1}, idempotency_key="k1")
+    again = await hub.publish("keyed", {"n": 1}, idempotency_key="k1")
+    assert not first.replayed and again.replayed and again.ids == first.ids
+    assert hub.counters.published == 1 and hub.counters.replayed_publishes == 1
+    with pytest.raises(IdempotencyConflictError):
+        await hub.publish("keyed", {"n": 2}, idempotency_key="k1")
+    assert memory_broker(hub).history.stats()["events"] == 1
+    off = await make_hub(publish_idempotency_seconds=0)
+    answers = [await off.publish("keyed", 1, idempotency_key="k1") for _ in range(2)]
+    assert not any(a.replayed for a in answers) and answers[0].ids != answers[1].ids
+
+
 async def test_stats_shape(make_hub: MakeHub) -> None:
     hub = await make_hub(sse_queue_max_mb=1)
     async with hub.subscribe(["a", "b"]) as (connection, _):
@@ -380,6 +396,7 @@ async def test_stats_shape(make_hub: MakeHub) -> None:
         "queued_bytes",
         "queued_bytes_limit",
         "published",
+        "replayed_publishes",
         "delivered",
         "dropped",
         "overflow_disconnects",
@@ -403,6 +420,7 @@ async def test_stats_shape(make_hub: MakeHub) -> None:
         "url": "memory://",
         "state": "ok",
         "history": memory_broker(hub).history.stats(),
+        "idempotency": memory_broker(hub).keys.stats(),
     }
     assert stats["client_limits"] == hub.limits.stats()
     after = hub.stats()

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from app.broker.idempotency import RECORD_BYTES
 from app.core.config import load_settings
+from app.publishing.idempotency import MAX_KEY_LENGTH
 from app.tools.memory_budget import (
     MASTER_IDLE_BYTES,
     STREAM_IDLE_BYTES,
@@ -67,6 +69,20 @@ def test_rows_follow_the_settings_once_per_worker() -> None:
     assert two.reserved_bytes + two.stream_room_bytes <= two.critical_bytes
     assert two.critical_bytes - (two.reserved_bytes + two.stream_room_bytes) < STREAM_IDLE_BYTES
     assert two.total_bytes == two.limit_bytes
+
+
+def test_in_process_idempotency_keys_have_a_row_of_their_own() -> None:
+    def keys_row(**overrides: object) -> int | None:
+        rows = {
+            row.bound: row.worst_bytes
+            for row in memory_budget(load_settings(**overrides), 512 * MB, 1).reserved
+        }
+        return rows.get("PUBLISH_IDEMPOTENCY_MAX_KEYS")
+
+    assert keys_row(publish_idempotency_max_keys=1000) == 1000 * (RECORD_BYTES + MAX_KEY_LENGTH)
+    assert keys_row(publish_idempotency_seconds=0) is None
+    # In Redis, not in the worker: docs/memory.md sizes it.
+    assert keys_row(broker_url="redis://127.0.0.1:6379/0") is None
 
 
 def test_a_bound_too_large_for_the_box_does_not_fit() -> None:

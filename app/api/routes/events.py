@@ -46,13 +46,26 @@ _SINGLE: dict[str, Any] = {
     "additionalProperties": False,
 }
 _ITEM: dict[str, Any] = {**_SINGLE, "properties": {**_EVENT_FIELDS, "channel": _CHANNEL}}
+IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Publish at most once per key within PUBLISH_IDEMPOTENCY_SECONDS: a retry gets the first"
+        ' answer with Idempotent-Replayed: true. Quoted ("...") or bare; 1-255 visible ASCII'
+        " characters other than a quote and a backslash. One key for a whole batch."
+    ),
+    "schema": {"type": "string", "maxLength": 257},
+}
 SINGLE_BODY: dict[str, Any] = {
+    "parameters": [IDEMPOTENCY_KEY],
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": _SINGLE}, "text/plain": {"schema": {}}},
-    }
+    },
 }
 BATCH_BODY: dict[str, Any] = {
+    "parameters": [IDEMPOTENCY_KEY],
     "requestBody": {
         "required": True,
         "content": {
@@ -60,7 +73,7 @@ BATCH_BODY: dict[str, Any] = {
                 "schema": {"oneOf": [{"type": "array", "items": _ITEM, "minItems": 1}, _ITEM]}
             }
         },
-    }
+    },
 }
 
 

@@ -37,6 +37,26 @@ Design decisions (read before changing):
    (``replay``); without it, a master whose clock lags would place an event below a
    reference already passed.
 5. A publish whose connection failed is not retried (it may have run): 503.
+6. **Keyed publishes** (``app.broker.idempotency``). A key's record cannot live with
+   every event of its request: a batch's events have their home on several shards, and
+   no script spans shards. So each home shard keeps the record of its part,
+   ``{<shard>}:idem:<key>``, checked and written by the script that numbers that part:
+   a part is written once, whichever of two racing requests gets there first, and both
+   are answered with its ids. Which shards a request touches depends on its events, so
+   before publishing, the key is *bound* to the request's fingerprint on one shard
+   chosen by the key alone (``crc32(key) mod S``, ``BIND_KEY_SCRIPT``): a key reused
+   with other events is refused there, before anything is written, wherever those
+   events would go. The bound record is the home record when the request's events all
+   live on that shard, and then no binding call is made; otherwise it costs one round
+   trip. A keyed request's part on a shard is written whole or not at all (an event
+   whose references failed holds back the request's whole part), so its record there
+   always answers for the same drafts. A retry of a request that failed on one shard
+   completes it: its parts already written answer from their records, the missing part
+   is written. Two racing requests
+   whose events span shards may each write some parts; each part is still written once
+   and both get the same ids, but neither is then told it was a replay. A replayed
+   event on several shards leaves its fresh references behind, unresolved and so never
+   delivered (note 2).
 """
 
 from __future__ import annotations
@@ -52,9 +72,17 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError
 
-from app.broker.base import BrokerUnavailableError, Draft
-from app.broker.publish_queue import CallResult
-from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
+from app.broker.base import BrokerUnavailableError, Draft, Published, PublishKey
+from app.broker.publish_queue import CallKey, CallResult
+from app.broker.publish_script import (
+    BIND_KEY_SCRIPT,
+    CONFLICTING,
+    PUBLISH_SCRIPT,
+    REPLAYED,
+    KeyedRun,
+    publish_arguments,
+    split_reply,
+)
 from app.broker.redis_cluster.shards import UNAVAILABLE, Shard, ShardedBroker
 from app.broker.redis_entries import draft_fields, entry_event
 from app.wire.event import Event
@@ -69,6 +97,7 @@ logger = logging.getLogger("herald.broker")
 REFERENCE_WRITE_SECONDS = 10.0
 REFERENCE_WINDOW_MS = 15_000
 PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
+BIND_KEY_SHA = hashlib.sha1(BIND_KEY_SCRIPT.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +119,25 @@ class ClusterPublishing(ShardedBroker):
             return []
         if self._closing or self._listener is None:
             raise BrokerUnavailableError(UNAVAILABLE)
-        entry_ids = await self._publishing.publish(drafts)
+        return self._events(await self._publishing.publish(drafts), drafts)
+
+    async def publish_once(self, drafts: Sequence[Draft], key: PublishKey) -> Published:
+        if self._closing or self._listener is None:
+            raise BrokerUnavailableError(UNAVAILABLE)
+        entry_ids, replayed = await self._publishing.publish_once(drafts, key)
+        return Published(self._events(entry_ids, drafts), replayed)
+
+    def _events(self, entry_ids: list[bytes], drafts: Sequence[Draft]) -> list[Event]:
         events = []
         for entry_id, draft in zip(entry_ids, drafts, strict=True):
             home = self.shard_of(draft.channels[0])
             key = self.position(home, entry_id)
             events.append(entry_event(entry_id, draft.channels, draft_fields(draft), key))
         return events
+
+    def record_key(self, shard: int, key: str) -> str:
+        """Where shard ``shard`` keeps a keyed publish's record (note 6)."""
+        return f"{self.shards[shard].tag}:idem:{key}"
 
     def shard_parts(
         self, drafts: Sequence[Draft]
@@ -121,48 +162,143 @@ class ClusterPublishing(ShardedBroker):
             homes.setdefault(home, []).append(_Part(index, draft, by_shard[home], aliases, ""))
         return homes, references
 
-    async def _write_call(self, drafts: list[Draft]) -> CallResult:
-        """References first, then the events on their home shards: each phase one round
-        trip per shard involved, concurrently (note 2). The home entry ids in order, and
-        the indexes of the drafts that failed: a request is answered with its ids if every
-        shard its events touch took its part, else 503, so a shard that fails fails only
-        the requests that touch it."""
+    async def _write_call(self, drafts: list[Draft], keys: list[CallKey]) -> CallResult:
+        """Keys bound first (note 6), then references, then the events on their home
+        shards: each phase one round trip per shard involved, concurrently (note 2). The
+        home entry ids in order, and the indexes of the drafts that failed, were replayed
+        or conflict: a request is answered with its ids if every shard its events touch
+        took its part, else 503, so a shard that fails fails only the requests that
+        touch it."""
         homes, references = self.shard_parts(drafts)
-        failed: set[int] = set()
+        result = CallResult([b""] * len(drafts))
+        keyed: dict[int, CallKey] = {}  # a keyed draft's index -> its request's key
+        if keys:
+            await self._bind_keys(keys, homes, result)
+            for call_key in keys:
+                request = range(call_key.first, call_key.first + call_key.count)
+                if result.conflicting.isdisjoint(request) and result.failed.isdisjoint(request):
+                    keyed.update(dict.fromkeys(request, call_key))
+            skipped = result.conflicting | result.failed
+            homes = _without(homes, skipped)
+            references = _without(references, skipped)
         started = time.monotonic()
         if references:
             placed: dict[int, list[bytes]] = {}
-            failed |= await self._all_shards(references, placed)
+            result.failed |= await self._all_shards(references, placed, {}, result)
             # Each event's home entry goes above its references (note 4).
             for k, entry_ids in placed.items():
                 self._floor = max(self._floor, self.position(k, entry_ids[-1]))
             if time.monotonic() - started > REFERENCE_WRITE_SECONDS:
                 # Replays look this far back for references (``replay``): too late to write.
-                return [b""] * len(drafts), set(range(len(drafts)))
-            # An event whose references did not all land is not written at home.
-            homes = {
-                k: [p for p in part if p.index not in failed]
-                for k, part in homes.items()
-                if any(p.index not in failed for p in part)
-            }
+                result.failed = set(range(len(drafts))) - result.conflicting
+                return result
+            # An event whose references did not all land is not written at home, nor is any
+            # event of a keyed request that has one: each shard's record of a keyed request
+            # holds all of its part there or nothing (note 6).
+            for call_key in keys:
+                request = range(call_key.first, call_key.first + call_key.count)
+                if not result.failed.isdisjoint(request):
+                    result.failed.update(request)
+            homes = _without(homes, result.failed)
         written: dict[int, list[bytes]] = {}
-        failed |= await self._all_shards(homes, written)
-        home_ids: list[bytes] = [b""] * len(drafts)
+        runs = {k: self._keyed_runs(k, part, keyed) for k, part in homes.items()}
+        result.failed |= await self._all_shards(homes, written, runs, result)
         for k, entry_ids in written.items():
             for part, entry_id in zip(homes[k], entry_ids, strict=True):
-                home_ids[part.index] = entry_id
-            # What this worker publishes next goes after this, on any shard (note 3).
-            self._floor = max(self._floor, self.position(k, entry_ids[-1]))
-        return home_ids, failed
+                result.entry_ids[part.index] = entry_id
+            # What this worker publishes next goes after this, on any shard (note 3). A
+            # replayed or refused publish's ids are older, or none.
+            positions = [self.position(k, entry_id) for entry_id in entry_ids if entry_id]
+            self._floor = max([self._floor, *positions])
+        return result
+
+    async def _bind_keys(
+        self, keys: list[CallKey], homes: dict[int, list[_Part]], result: CallResult
+    ) -> None:
+        """Bind each key to its request's fingerprint on the key's shard, unless every event
+        of the request lives there (note 6). Marks the drafts of a key bound to another
+        fingerprint ``conflicting`` and those whose binding failed ``failed``."""
+        home_of = {p.index: k for k, part in homes.items() for p in part}
+        binding: dict[int, list[CallKey]] = {}
+        for call_key in keys:
+            shard = self.shard_of(call_key.key.key)
+            request = range(call_key.first, call_key.first + call_key.count)
+            if any(home_of[i] != shard for i in request):
+                binding.setdefault(shard, []).append(call_key)
+        if not binding:
+            return
+        shards = list(binding)
+        outcomes = await asyncio.gather(
+            *(self._bind_on(k, binding[k]) for k in shards), return_exceptions=True
+        )
+        for k, outcome in zip(shards, outcomes, strict=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            for position, call_key in enumerate(binding[k]):
+                request = range(call_key.first, call_key.first + call_key.count)
+                if isinstance(outcome, BaseException):
+                    result.failed.update(request)
+                elif not int(outcome[position]):
+                    result.conflicting.update(request)
+            if isinstance(outcome, RedisError | OSError):
+                self.nodes.refresh_soon()
+            elif isinstance(outcome, BaseException) and not isinstance(
+                outcome, BrokerUnavailableError
+            ):
+                logger.error("cluster key binding on shard %d failed: %r", k, outcome)
+
+    async def _bind_on(self, shard: int, keys: list[CallKey]) -> list[Any]:
+        commands: list[tuple[Any, ...]] = [
+            (
+                "EVALSHA",
+                BIND_KEY_SHA,
+                1,
+                self.record_key(shard, call_key.key.key),
+                call_key.key.fingerprint.hex(),
+                self.idempotency_ms,
+            )
+            for call_key in keys
+        ]
+        return await self.nodes.on_master(
+            self.shards[shard].slot, commands, (BIND_KEY_SHA, BIND_KEY_SCRIPT)
+        )
+
+    def _keyed_runs(
+        self, shard: int, part: list[_Part], keyed: dict[int, CallKey]
+    ) -> list[KeyedRun]:
+        """The keyed requests' runs in ``shard``'s part (a request's drafts are contiguous in
+        the call, so its drafts homed here are contiguous in the part)."""
+        runs: list[KeyedRun] = []
+        owner: CallKey | None = None
+        for position, p in enumerate(part):
+            call_key = keyed.get(p.index)
+            if call_key is None:
+                owner = None
+                continue
+            if call_key is owner:
+                last = runs[-1]
+                runs[-1] = KeyedRun(last.first, last.count + 1, last.record_key, last.fingerprint)
+            else:
+                owner = call_key
+                key = call_key.key
+                runs.append(
+                    KeyedRun(position, 1, self.record_key(shard, key.key), key.fingerprint.hex())
+                )
+        return runs
 
     async def _all_shards(
-        self, parts: dict[int, list[_Part]], written: dict[int, list[bytes]]
+        self,
+        parts: dict[int, list[_Part]],
+        written: dict[int, list[bytes]],
+        runs: dict[int, list[KeyedRun]],
+        result: CallResult,
     ) -> set[int]:
-        """Every shard's part at once; fills ``written`` with what succeeded and returns the
-        indexes of the drafts of the shards that failed."""
+        """Every shard's part at once, the keyed ``runs`` among them; fills ``written`` with
+        what succeeded, marks in ``result`` the drafts a key's record answered or refused,
+        and returns the indexes of the drafts of the shards that failed."""
         shards = list(parts)
         results = await asyncio.gather(
-            *(self._write_shard(self.shards[k], parts[k]) for k in shards),
+            *(self._write_shard(self.shards[k], parts[k], runs.get(k, [])) for k in shards),
             return_exceptions=True,
         )
         failed: set[int] = set()
@@ -176,10 +312,19 @@ class ClusterPublishing(ShardedBroker):
                     logger.error("cluster publish on shard %d failed: %r", k, outcome)
                 failed.update(p.index for p in parts[k])
             else:
-                written[k] = outcome
+                entry_ids, statuses = outcome
+                written[k] = entry_ids
+                for status, run in zip(statuses, runs.get(k, []), strict=True):
+                    indexes = (p.index for p in parts[k][run.first : run.first + run.count])
+                    if status == REPLAYED:
+                        result.replayed.update(indexes)
+                    elif status == CONFLICTING:
+                        result.conflicting.update(indexes)
         return failed
 
-    async def _write_shard(self, shard: Shard, part: list[_Part]) -> list[bytes]:
+    async def _write_shard(
+        self, shard: Shard, part: list[_Part], runs: list[KeyedRun]
+    ) -> tuple[list[bytes], bytes]:
         sizes = (self.log_size, self.history_size, self.channel_ttl_ms)
         keys, args = publish_arguments(
             shard.log_key,
@@ -187,6 +332,8 @@ class ClusterPublishing(ShardedBroker):
             sizes,
             ((p.draft, p.channel_keys, p.aliases, p.reference) for p in part),
             (self.shard_count, shard.index, *self._floor),
+            runs,
+            self.idempotency_ms,
         )
         commands: list[tuple[Any, ...]] = [("EVALSHA", PUBLISH_SHA, len(keys), *keys, *args)]
         if self.wait_replicas:
@@ -195,4 +342,12 @@ class ClusterPublishing(ShardedBroker):
         if self.wait_replicas and int(results[1]) < self.wait_replicas:
             # Written on the master only: a failover could lose it, so not acknowledged.
             raise BrokerUnavailableError(UNAVAILABLE)
-        return cast(list[bytes], results[0])
+        return split_reply(cast(list[bytes], results[0]), len(runs))
+
+
+def _without(parts: dict[int, list[_Part]], indexes: set[int]) -> dict[int, list[_Part]]:
+    """``parts`` without the drafts at ``indexes`` (and without the shards left empty)."""
+    if not indexes:
+        return parts
+    kept = {k: [p for p in part if p.index not in indexes] for k, part in parts.items()}
+    return {k: part for k, part in kept.items() if part}
