@@ -8,14 +8,14 @@ Usage (from the repository root)::
 
 Kinds: ``floor`` (``load_tests/floor_hub.py``: one ``asyncio.Protocol`` per connection and a
 set of transports), ``one`` (``GET /events/<channel>``), ``three`` (``GET /events?channel=…``
-× 3), ``mercure`` (an anonymous Mercure subscription to one topic), each served by ``python -m
+x 3), ``mercure`` (an anonymous Mercure subscription to one topic), each served by ``python -m
 app`` (``--server gunicorn``: the Herald gunicorn worker, one worker) with the memory broker.
 
 For each kind, one server process (``load_tests/density_server.py``): a warm-up of
 ``--warmup`` streams opened and closed, then the RSS of the server and its children once it has
 settled, then ``--streams`` streams opened from ``--client-processes`` processes of their own,
 and once every stream has had a heartbeat (``SSE_PING_SECONDS`` is short for the run; the floor
-hub sends none, so its streams only need their head), the RSS again: (after − before) ÷ streams.
+hub sends none, so its streams only need their head), the RSS again: (after - before) / streams.
 
 Kernel memory: ``/proc/slabinfo`` (socket, inode, file, dentry and epoll objects) and the
 TCP buffer pages of ``/proc/net/sockstat`` are read at the same two moments (root only; other
@@ -154,7 +154,16 @@ class Clients:
     def __init__(self, port: int, processes: int) -> None:
         self.procs = [
             subprocess.Popen(
-                ["nice", "-n", "5", sys.executable, "-m", "load_tests.density", "--client", str(port)],
+                [
+                    "nice",
+                    "-n",
+                    "5",
+                    sys.executable,
+                    "-m",
+                    "load_tests.density",
+                    "--client",
+                    str(port),
+                ],
                 cwd=REPO_ROOT,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -216,7 +225,7 @@ class Clients:
 
 
 def slab_bytes() -> dict[str, int]:
-    """Bytes of the slabs that hold a socket's kernel objects (active objects × size)."""
+    """Bytes of the slabs that hold a socket's kernel objects (active objects x size)."""
     found: dict[str, int] = {}
     try:
         lines = Path("/proc/slabinfo").read_text().splitlines()[2:]
@@ -353,7 +362,9 @@ def render(results: list[dict[str, Any]]) -> str:
         f" {'kernel/end':>12}"
     ]
     for r in results:
-        kernel = sum(r["kernel_slab_per_end_bytes"].values()) + r["kernel_tcp_buffers_per_end_bytes"]
+        kernel = (
+            sum(r["kernel_slab_per_end_bytes"].values()) + r["kernel_tcp_buffers_per_end_bytes"]
+        )
         lines.append(
             f"{r['kind']:8} {r['code']:7} {r['server']:8} {r['streams']:>8,} {r['pinged']:>8,}"
             f" {_kib(r['per_stream_bytes']):>12} {_kib(kernel):>12}"
@@ -364,23 +375,34 @@ def render(results: list[dict[str, Any]]) -> str:
 # Who holds what an allocation made: the first rule matching a frame, most recent first.
 OWNERS = (
     (r"uvicorn/_compat\.py", "transport and socket objects (made by the loop)"),
-    (r"flow_control\.py|httptools_impl\.py:(6\d|9\d|10\d)\b|uvicorn/server\.py:125"
-     r"|app/serving/protocols\.py:(6\d|14\d)\b",
-     "HTTP protocol object (parser, FlowControl, addresses)"),
+    (
+        r"flow_control\.py|httptools_impl\.py:(6\d|9\d|10\d)\b|uvicorn/server\.py:125"
+        r"|app/serving/protocols\.py:(6\d|14\d)\b",
+        "HTTP protocol object (parser, FlowControl, addresses)",
+    ),
     (r"httptools_impl\.py:(2[89]\d)\b", "RequestResponseCycle (and its asyncio.Event)"),
-    (r"httptools_impl\.py:(17\d|2[0-7]\d)\b|app/serving/protocols\.py:16\d",
-     "scope, headers, URL"),
-    (r"stream_response\.py:(273|47\d)\b|httptools_impl\.py:5[6-8]\d",
-     "disconnect watcher (task, frame, receive's wait)"),
+    (r"httptools_impl\.py:(17\d|2[0-7]\d)\b|app/serving/protocols\.py:16\d", "scope, headers, URL"),
+    (
+        r"stream_response\.py:(273|47\d)\b|httptools_impl\.py:5[6-8]\d",
+        "disconnect watcher (task, frame, receive's wait)",
+    ),
     (r"httptools_impl\.py:(30\d|42\d)\b", "ASGI task and the outer coroutine frames"),
-    (r"fastapi/|starlette/(routing|middleware|_exception|applications)",
-     "FastAPI routing and middleware frames"),
-    (r"app/asgi\.py|app/api/|starlette/(requests|datastructures)|app/auth/",
-     "fast path: its frame, Request, query, grants"),
-    (r"starlette/responses|sse_starlette|app/mercure/stream\.py:(6\d|7\d)\b",
-     "response object (HeraldStreamResponse, headers)"),
-    (r"app/sse/connection\.py|app/sse/hub\.py:4\d\d|contextlib\.py",
-     "Connection, hub.open context"),
+    (
+        r"fastapi/|starlette/(routing|middleware|_exception|applications)",
+        "FastAPI routing and middleware frames",
+    ),
+    (
+        r"app/asgi\.py|app/api/|starlette/(requests|datastructures)|app/auth/",
+        "fast path: its frame, Request, query, grants",
+    ),
+    (
+        r"starlette/responses|sse_starlette|app/mercure/stream\.py:(6\d|7\d)\b",
+        "response object (HeraldStreamResponse, headers)",
+    ),
+    (
+        r"app/sse/connection\.py|app/sse/hub\.py:4\d\d|contextlib\.py",
+        "Connection, hub.open context",
+    ),
     (r"app/sse/hub\.py", "hub registries (sets)"),
     (r"stream_response\.py", "stream coroutine frames"),
     (r"app/mercure", "Mercure subscriptions and registry"),
@@ -408,16 +430,24 @@ def owner_table(result: dict[str, Any]) -> dict[str, float]:
 def render_trace(result: dict[str, Any]) -> str:
     trace = result["trace"]
     total = result["streams"]
-    lines = [f"{result['kind']} ({result['code']}): {_kib(trace['total'] / total)} per stream traced"]
+    lines = [
+        f"{result['kind']} ({result['code']}): {_kib(trace['total'] / total)} per stream traced"
+    ]
     for owner, size in owner_table(result).items():
         lines.append(f"  {size:8.1f} B  {owner}")
     lines.append("  by allocating stack:")
     for row in trace["rows"]:
         if abs(row["size_diff"]) / total < 16:
             continue
-        frames = [f for f in row["frames"] if "/asyncio/" not in f and "<frozen" not in f][:3] or row["frames"][:1]
-        where = " <- ".join(f.replace(str(REPO_ROOT) + "/", "").split("site-packages/")[-1] for f in frames)
-        lines.append(f"  {row['size_diff'] / total:8.1f} B  {row['count_diff'] / total:5.2f}x  {where}")
+        frames = [f for f in row["frames"] if "/asyncio/" not in f and "<frozen" not in f][
+            :3
+        ] or row["frames"][:1]
+        where = " <- ".join(
+            f.replace(str(REPO_ROOT) + "/", "").split("site-packages/")[-1] for f in frames
+        )
+        lines.append(
+            f"  {row['size_diff'] / total:8.1f} B  {row['count_diff'] / total:5.2f}x  {where}"
+        )
     return "\n".join(lines)
 
 

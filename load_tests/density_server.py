@@ -5,10 +5,10 @@ Run as a script (``python load_tests/density_server.py app|gunicorn|floor``), no
 so that ``PYTHONPATH`` decides which checkout's ``app`` it serves: the density tool serves an
 earlier commit's code the same way, for before/after figures in one run.
 
-With ``DENSITY_TRACE_FRAMES`` set, tracemalloc traces that many frames per allocation, and each
-``SIGUSR1`` takes a snapshot after a full collection (tracing starts at the first); the second one is compared with the first
-and written, by allocating stack (most recent frame first), to ``DENSITY_TRACE_OUT`` (JSON): what the streams opened between
-the two signals hold, by the line that allocated it.
+With ``DENSITY_TRACE_FRAMES`` set, each ``SIGUSR1`` takes a tracemalloc snapshot (that many
+frames per allocation) after a full collection; tracing starts at the first. The second is
+compared with the first and written, by allocating stack (most recent frame first), to
+``DENSITY_TRACE_OUT`` (JSON): what the streams opened between the two signals hold.
 """
 
 from __future__ import annotations
