@@ -448,8 +448,8 @@ class Connection:
         was aborted, then an abort if the client is behind (design note 6)."""
         body, self.body = self.body, None
         transport = self.transport
-        if body is None or transport is None:
-            return
+        if body is None or transport is None or transport.is_closing():
+            return  # aborted by close(), or the client left: nothing more to write
         self.discard_queue()
         body.end(last_chunks(farewell(self, retry_ms)))
         if transport.get_write_buffer_size():

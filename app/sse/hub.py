@@ -549,9 +549,11 @@ class Hub:
             return  # ended already
         connection.on_end = None
         watching = connection in self._patterns_of
-        connection.end_body(self.settings.sse_retry_ms)
-        self._unregister(connection)
-        self._log_end(connection)
+        try:
+            connection.end_body(self.settings.sse_retry_ms)
+        finally:
+            self._unregister(connection)
+            self._log_end(connection)
         lease, connection.lease = connection.lease, None
         ending, connection.ending = connection.ending, None
         task = asyncio.create_task(
