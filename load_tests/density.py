@@ -98,8 +98,8 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
+        self.transport = transport  # type: ignore[assignment, unused-ignore]
+        transport.write(self.request)  # type: ignore[attr-defined, unused-ignore]
 
     def data_received(self, data: bytes) -> None:
         if not self.got_head.done():

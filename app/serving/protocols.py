@@ -248,14 +248,14 @@ else:
             transport.set_protocol(detached)
             connections = self.connections
             connections.discard(self)
-            connections.add(detached)  # type: ignore[arg-type]
+            connections.add(detached)  # type: ignore[arg-type, unused-ignore]
             # Nothing of this protocol is used again; its parser and extensions refer back
             # to it, so the cycles are broken here rather than left to the collector.
             self._herald_extensions.clear()
-            self.parser = None  # type: ignore[assignment]
-            self.cycle = None  # type: ignore[assignment]
-            self.scope = None  # type: ignore[assignment]
-            self.headers = None  # type: ignore[assignment]
+            self.parser = None  # type: ignore[assignment, unused-ignore]
+            self.cycle = None  # type: ignore[assignment, unused-ignore]
+            self.scope = None  # type: ignore[assignment, unused-ignore]
+            self.headers = None  # type: ignore[assignment, unused-ignore]
             return detached
 
         def _chunked_body_flow(self) -> WriteFlow | None:
