@@ -76,7 +76,12 @@ class Grants:
 
     def private_channels(self, channels: Iterable[str]) -> frozenset[str]:
         """The channels among ``channels`` on which this client may see private events."""
-        return frozenset(channel for channel in channels if self.can_subscribe(channel))
+        granted = frozenset(channel for channel in channels if self.can_subscribe(channel))
+        # Kept by the stream for its whole life: most streams share the one empty set.
+        return granted or _NO_CHANNELS
+
+
+_NO_CHANNELS: frozenset[str] = frozenset()
 
 
 ANONYMOUS = Grants(authenticated=False)

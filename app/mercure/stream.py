@@ -10,6 +10,11 @@ connection and ends when it is over:
   token's ``exp``, as the spec requires for long-lived connections;
 * subscription events (``active: true`` then ``false``) are published through
   the hub, private, SSE type ``mercure``, so they reach every worker.
+
+A stream the server detached (``app.sse.stream_response`` design note 9) goes on
+after ``_stream`` returns: its ending (the timer cancelled, the subscriptions
+removed and announced inactive) is left to the hub, which runs it once the stream
+has ended (``Connection.ending``), and only what that ending needs is kept.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ class MercureStreamResponse(HeraldStreamResponse):
 
     async def _stream(
         self, connection: Connection, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    ) -> bool:
         timer = None
         if self._expires_at is not None:
             delay = max(0.0, self._expires_at - self._wall_clock())
@@ -82,23 +87,50 @@ class MercureStreamResponse(HeraldStreamResponse):
         # Added before the active event and removed before the inactive one: the
         # subscription API's list is then never behind its cursor (app.mercure.gather, 2.).
         self._registry.add(self._subscriptions)
+        ending = _Ending(self._hub, self._registry, self._subscriptions, timer)
+        detached = False
         try:
-            await self._announce(self._subscriptions, active=True)
-            await super()._stream(connection, scope, receive, send)
+            await _announce(self._hub, self._subscriptions, active=True)
+            detached = await super()._stream(connection, scope, receive, send)
+            return detached
         finally:
-            if timer is not None:
-                timer.cancel()
-            self._registry.remove(self._subscriptions)
-            await self._announce(self._subscriptions, active=False)
+            if detached:
+                connection.ending = ending.run
+            else:
+                await ending.run()
 
-    async def _announce(self, subscriptions: Iterable[Subscription], *, active: bool) -> None:
-        hub = self._hub
-        for subscription in subscriptions:
-            try:
-                await hub.publish_frame(
-                    subscription.topic,
-                    subscription_event_body(subscription, active),
-                    private=True,
-                )
-            except Exception:  # the broker is down: the stream itself goes on (or is over)
-                logger.warning("subscription event for %s not published", subscription.topic)
+
+class _Ending:
+    """What ends a Mercure stream, kept alone once the stream is detached."""
+
+    __slots__ = ("hub", "registry", "subscriptions", "timer")
+
+    def __init__(
+        self,
+        hub: Hub,
+        registry: SubscriptionRegistry,
+        subscriptions: list[Subscription],
+        timer: asyncio.TimerHandle | None,
+    ) -> None:
+        self.hub = hub
+        self.registry = registry
+        self.subscriptions = subscriptions
+        self.timer = timer
+
+    async def run(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.registry.remove(self.subscriptions)
+        await _announce(self.hub, self.subscriptions, active=False)
+
+
+async def _announce(hub: Hub, subscriptions: Iterable[Subscription], *, active: bool) -> None:
+    for subscription in subscriptions:
+        try:
+            await hub.publish_frame(
+                subscription.topic,
+                subscription_event_body(subscription, active),
+                private=True,
+            )
+        except Exception:  # the broker is down: the stream itself goes on (or is over)
+            logger.warning("subscription event for %s not published", subscription.topic)

@@ -40,6 +40,26 @@ Design decisions (read before changing):
    timer; an end-of-iteration callback per response was tried and cost more
    loop time than the saved system call. Direct chunk writes (note 4) only
    follow chunked heads, which are never held.
+6. Detaching a stream's body (httptools only, ``scope["extensions"]["herald.detach_body"]``,
+   :mod:`app.sse.chunked_write` design note 5). Offered exactly when note 4's
+   direct path is, and only while nothing else is pending on the connection:
+   not paused for writing or reading, no pipelined request, not closing. The
+   protocol then puts a :class:`_DetachedStream` in its own place on the
+   transport (``set_protocol``, as uvicorn does for a WebSocket upgrade) and in
+   ``server_state.connections``, marks the cycle complete so that uvicorn's
+   ``run_asgi`` returns without closing the transport or arming the keep-alive
+   timer, and drops its parser, cycle, scope and headers: the uvicorn protocol
+   object, its cycle and the whole ASGI task are freed when the app returns.
+   The detached stream is a few slots: the owner, the transport, the server
+   state and ``write_paused``. ``connection_lost`` and ``eof_received`` tell the
+   owner the client left; ``resume_writing`` that a paused write may go on;
+   uvicorn's graceful ``shutdown()`` (called on every connection in
+   ``server_state.connections``, which it then waits to empty) asks the owner
+   to end the body. Bytes a client sends on a detached connection are
+   discarded: an event stream takes no request body, and a pipelined request
+   behind a stream would never be answered on the ASGI path either. The
+   response counts in ``total_requests`` (max-requests) when its last chunk is
+   written, as uvicorn counts a completed response.
 """
 
 from __future__ import annotations
@@ -48,9 +68,16 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from app.memory.pressure import WRITE_PAUSES
-from app.sse.chunked_write import CHUNKED_BODY_EXTENSION, WriteFlow
+from app.sse.chunked_write import (
+    CHUNKED_BODY_EXTENSION,
+    DETACH_BODY_EXTENSION,
+    BodyOwner,
+    DetachedBody,
+    WriteFlow,
+)
 from app.sse.stream_socket import TRANSPORT_EXTENSION
 
 # HeraldHttpToolsProtocol exists where httptools is installed (uvicorn[standard] brings it).
@@ -121,6 +148,63 @@ class _HeadHoldingTransport:
         self.transport.close()
 
 
+class _DetachedStream(asyncio.Protocol):
+    """A stream's connection once its body left the ASGI path (design note 6): all the
+    protocol an idle stream keeps."""
+
+    __slots__ = ("owner", "server_state", "transport", "write_paused")
+
+    def __init__(
+        self, owner: BodyOwner, transport: asyncio.Transport, server_state: ServerState
+    ) -> None:
+        self.owner: BodyOwner | None = owner
+        self.transport = transport
+        self.server_state = server_state
+        self.write_paused = False
+
+    def data_received(self, data: bytes) -> None:
+        pass  # an event stream takes no request body (design note 6)
+
+    def eof_received(self) -> bool | None:
+        self._lost()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)  # type: ignore[arg-type, unused-ignore]
+        self._lost()
+
+    def _lost(self) -> None:
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.body_lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        # The client stopped reading: the memory guard weighs the box now (app.memory.pressure).
+        WRITE_PAUSES.paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.owner is not None:
+            self.owner.body_writable()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: the owner ends the body (its last ``retry:``)."""
+        if self.owner is not None:
+            self.owner.body_shutdown()
+        elif not self.transport.is_closing():
+            self.transport.close()
+
+    def end(self, last: bytes) -> None:
+        self.owner = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        self.server_state.total_requests += 1
+        transport.write(last)
+        transport.close()
+
+
 class HeraldH11Protocol(_TransportHandOver, H11Protocol):
     def handle_events(self) -> None:
         super().handle_events()
@@ -143,6 +227,36 @@ else:
         ) -> None:
             super().connection_made(transport)
             self._herald_extensions[CHUNKED_BODY_EXTENSION] = self._chunked_body_flow
+            self._herald_extensions[DETACH_BODY_EXTENSION] = self._detach_body
+
+        def _detach_body(self, owner: BodyOwner) -> DetachedBody | None:
+            # Design note 6: only when nothing but the stream's own chunks can follow.
+            flow = self.flow
+            transport = self.transport
+            if (
+                self._chunked_body_flow() is None
+                or flow.write_paused
+                or flow.read_paused
+                or self.pipeline
+                or transport.is_closing()
+            ):
+                return None
+            detached = _DetachedStream(owner, transport, self.server_state)
+            # run_asgi returns without closing the transport, on_response is never called
+            # (no keep-alive timer), and any late send raises instead of writing.
+            self.cycle.response_complete = True
+            transport.set_protocol(detached)
+            connections = self.connections
+            connections.discard(self)
+            connections.add(detached)  # type: ignore[arg-type, unused-ignore]
+            # Nothing of this protocol is used again; its parser and extensions refer back
+            # to it, so the cycles are broken here rather than left to the collector.
+            self._herald_extensions.clear()
+            self.parser = None  # type: ignore[assignment, unused-ignore]
+            self.cycle = None  # type: ignore[assignment, unused-ignore]
+            self.scope = None  # type: ignore[assignment, unused-ignore]
+            self.headers = None  # type: ignore[assignment, unused-ignore]
+            return detached
 
         def _chunked_body_flow(self) -> WriteFlow | None:
             # Exactly the case in which uvicorn's cycle.send writes b"%x\r\n" + body + b"\r\n".

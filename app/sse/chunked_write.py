@@ -33,6 +33,17 @@ Design decisions (read before changing):
    event in a pass get the same ``bytes`` object (the pass's ``chunks`` map,
    dropped when the pass ends), so most streams cost one dict lookup and one
    ``transport.write`` — what a bare hub does.
+5. Detaching (:data:`DETACH_BODY_EXTENSION`): an idle stream's ASGI request —
+   its task, the chain of coroutine frames, the response object, uvicorn's
+   cycle, scope and parser — is most of what the stream costs, and once the
+   body is only direct chunk writes none of it is used. So where the server
+   offers it, a live stream hands its body to the server's protocol: the ASGI
+   app returns without finishing the response, the protocol keeps only a small
+   :class:`DetachedBody` and reports to the stream's :class:`BodyOwner` what the
+   ASGI machinery used to tell it (the client left, the socket drained, the
+   server shuts down). The owner then writes every chunk directly and ends the
+   body with :meth:`DetachedBody.end`. A server without the extension (plain
+   uvicorn, h11) keeps the ASGI path for the stream's whole life.
 """
 
 from __future__ import annotations
@@ -40,17 +51,65 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-__all__ = ["CHUNKED_BODY_EXTENSION", "WriteFlow", "chunked_body_flow", "frame_chunk"]
+__all__ = [
+    "CHUNKED_BODY_EXTENSION",
+    "DETACH_BODY_EXTENSION",
+    "BodyOwner",
+    "DetachedBody",
+    "WriteFlow",
+    "body_detacher",
+    "chunked_body_flow",
+    "frame_chunk",
+    "last_chunks",
+]
 
 CHUNKED_BODY_EXTENSION = "herald.chunked_body"
 """Key of ``scope["extensions"]``: a callable returning the connection's
 :class:`WriteFlow` when the response being sent is a chunked HTTP/1.1 body, else ``None``."""
 
 
+DETACH_BODY_EXTENSION = "herald.detach_body"
+"""Key of ``scope["extensions"]``: a callable taking the stream's :class:`BodyOwner` and
+returning the :class:`DetachedBody` the body now belongs to, or ``None`` when the response
+cannot leave the ASGI path now (design note 5)."""
+
+
 class WriteFlow(Protocol):
     """What the direct path reads of uvicorn's ``FlowControl``."""
 
     write_paused: bool
+
+
+class DetachedBody(Protocol):
+    """A chunked body the server's protocol handed to its owner: its flow control, and its end."""
+
+    write_paused: bool
+
+    def end(self, last: bytes) -> None:
+        """Write ``last`` (the body's last chunks, :func:`last_chunks`) unless the
+        connection is closing, count the response as complete, and close the connection
+        (a detached connection serves no further request)."""
+
+
+class BodyOwner(Protocol):
+    """What the server's protocol tells a detached body's owner."""
+
+    def body_lost(self) -> None:
+        """The client closed the connection, or half-closed it (EOF)."""
+
+    def body_writable(self) -> None:
+        """The transport's buffer drained below its low-water mark after a pause."""
+
+    def body_shutdown(self) -> None:
+        """The server is shutting down gracefully: end the body now."""
+
+
+def body_detacher(
+    scope: Mapping[str, Any],
+) -> Callable[[BodyOwner], DetachedBody | None] | None:
+    """The server's offer to take a stream's body off the ASGI path, or ``None``."""
+    extensions = scope.get("extensions")
+    return extensions.get(DETACH_BODY_EXTENSION) if extensions else None
 
 
 def chunked_body_flow(scope: Mapping[str, Any]) -> WriteFlow | None:
@@ -67,3 +126,8 @@ def frame_chunk(payload: bytes) -> bytes:
     """``payload`` as one chunk of a chunked HTTP/1.1 body (never empty: the last chunk
     is the ASGI response's)."""
     return b"%x\r\n%b\r\n" % (len(payload), payload)
+
+
+def last_chunks(payload: bytes) -> bytes:
+    """A chunked body's end: ``payload`` as a chunk (when not empty), then the last chunk."""
+    return (frame_chunk(payload) if payload else b"") + b"0\r\n\r\n"

@@ -41,22 +41,40 @@ Design decisions (read before changing):
    leaves the kernel an orphaned socket holding its send queue, charged to the
    box, until the client reads or the kernel gives up. Such a close aborts too;
    the client resumes with its last id.
+7. Detached (:meth:`Connection.detach`, :mod:`app.sse.chunked_write` design
+   note 5): once a live stream's body belongs to the server's protocol, the
+   connection is the stream. No writer task, no ``send``: events, gaps and
+   heartbeats go as direct chunk writes from the hub's pass (or the fan-out)
+   whenever the transport is not paused; while it is they queue, under the
+   same bounds, and the protocol's ``resume_writing`` (``body_writable``)
+   schedules a pass that writes them in order. The protocol reports the
+   client gone (``body_lost``) and the server shutting down
+   (``body_shutdown``) as closes. A close ends the stream on the next loop
+   iteration (``on_end``, the hub's): the closer may be iterating a set the end
+   removes the stream from. The end writes the farewell (:func:`farewell`) and
+   the body's last chunk through the detached body, which closes the
+   connection, then aborts instead if the client is behind, as note 6 rules
+   for any graceful close.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.sse.chunked_write import WriteFlow, frame_chunk
+from app.sse.chunked_write import DetachedBody, WriteFlow, frame_chunk, last_chunks
 from app.sse.direct_write import HeldWrite, step
 from app.sse.stream_socket import abort_transport, kernel_unsent_bytes
-from app.wire.encoding import PING_FRAME
+from app.wire.encoding import PING_FRAME, encode_retry
 from app.wire.event import Event
 from app.wire.event_id import EventKey
+
+if TYPE_CHECKING:
+    from app.limits import StreamLease
 
 __all__ = [
     "ABORTED_CLOSES",
@@ -68,10 +86,12 @@ __all__ = [
     "OVERFLOWED",
     "PING_CHUNK",
     "QUEUED",
+    "SHUTDOWN_RETRY_JITTER",
     "WRITTEN",
     "CloseReason",
     "Connection",
     "QueueBudget",
+    "farewell",
 ]
 
 # Outcomes of Connection.push; plain ints because push runs once per subscriber per event.
@@ -116,6 +136,21 @@ def _behind(transport: asyncio.Transport, reason: CloseReason) -> bool:
     )
 
 
+SHUTDOWN_RETRY_JITTER = 1.0
+"""On shutdown clients are told to wait ``SSE_RETRY_MS`` plus up to this factor more, so a
+crowd does not come back in one instant."""
+
+
+def farewell(connection: Connection, retry_ms: int) -> bytes:
+    """The last frame of a stream the server closes gracefully: an operator's ``retry:``,
+    or on shutdown ``retry_ms`` jittered; nothing otherwise."""
+    if connection.farewell_retry_ms is not None:  # closed by an operator (app.admin)
+        return encode_retry(connection.farewell_retry_ms)
+    if connection.close_reason is CloseReason.SHUTDOWN:
+        return encode_retry(retry_ms + int(random.random() * SHUTDOWN_RETRY_JITTER * retry_ms))
+    return b""
+
+
 PING_CHUNK = frame_chunk(PING_FRAME)
 """A heartbeat as the body chunk a direct write sends (app.sse.chunked_write)."""
 
@@ -156,17 +191,21 @@ class Connection:
         "_maxsize",
         "_queue",
         "_waiter",
+        "body",
         "channels",
         "client",
         "close_reason",
         "cursor",
         "delivered",
         "dropped",
+        "ending",
         "farewell_retry_ms",
         "flow",
         "flush_pending",
         "held_write",
         "last_delivery",
+        "lease",
+        "on_end",
         "on_ready",
         "opened_at",
         "ping_due",
@@ -219,6 +258,13 @@ class Connection:
         self.flow: WriteFlow | None = None
         # The stream's transport where the server provides it (app.serving.protocols).
         self.transport: asyncio.Transport | None = None
+        # Detached (design note 7): the body the server's protocol handed over, what ends
+        # the stream once closed (the hub's), and the hub's per-client lease to release then.
+        self.body: DetachedBody | None = None
+        self.on_end: Callable[[Connection], None] | None = None
+        self.lease: StreamLease | None = None
+        # What the front runs once a detached stream has ended (Mercure's inactive events).
+        self.ending: Callable[[], Awaitable[None]] | None = None
         # Created by the first push: an idle stream should not carry an empty deque
         # (its first block alone is ~0.6 KB).
         self._queue: deque[Event] | None = None
@@ -336,7 +382,8 @@ class Connection:
 
     def _writable_transport(self) -> asyncio.Transport | None:
         """The transport when the hub may write to it at once, else None: live, nothing
-        queued, the writer parked, a direct transport that is not paused or closing."""
+        queued, the writer parked (or detached), a direct transport neither paused nor
+        closing."""
         waiter = self._waiter
         flow = self.flow
         transport = self.transport
@@ -347,8 +394,7 @@ class Connection:
             or flow is None
             or transport is None
             or flow.write_paused
-            or waiter is None
-            or waiter.done()  # the writer is awake and owns the stream
+            or (self.body is None and (waiter is None or waiter.done()))  # the writer owns it
             or self.close_reason is not None
             or transport.is_closing()
         ):
@@ -384,6 +430,70 @@ class Connection:
         self._wake()
         if self.sending and self.writer is not None:
             self.writer.cancel()
+        if self.body is not None and self.on_end is not None:
+            # On the next iteration: the closer may be iterating a set the end changes.
+            asyncio.get_running_loop().call_soon(self.on_end, self)
+
+    # --- detached (design note 7) -------------------------------------------
+
+    def detach(self, body: DetachedBody, on_end: Callable[[Connection], None]) -> None:
+        """The server's protocol owns the body from now on; no writer task remains."""
+        self.body = body
+        self.flow = body
+        self.send = None
+        self.on_end = on_end
+
+    def end_body(self, retry_ms: int) -> None:
+        """Finish a detached stream that was closed: its farewell and last chunk unless it
+        was aborted, then an abort if the client is behind (design note 6)."""
+        body, self.body = self.body, None
+        transport = self.transport
+        if body is None or transport is None or transport.is_closing():
+            return  # aborted by close(), or the client left: nothing more to write
+        self.discard_queue()
+        body.end(last_chunks(farewell(self, retry_ms)))
+        if transport.get_write_buffer_size():
+            abort_transport(transport)
+
+    def body_lost(self) -> None:
+        self.close(CloseReason.CLIENT_GONE)
+
+    def body_shutdown(self) -> None:
+        self.close(CloseReason.SHUTDOWN)
+
+    def body_writable(self) -> None:
+        """The paused transport drained: write what queued meanwhile, in a pass."""
+        pending = self._queue or self._gap or self.ping_due
+        if pending and not self.flush_pending and self.on_ready is not None:
+            self.flush_pending = True
+            self.on_ready(self)
+
+    def _flush_detached(self, now: float, chunks: dict[bytes, bytes]) -> None:
+        """Write everything queued, batch by batch, until the transport pauses; what is
+        left waits for ``body_writable``."""
+        body = self.body
+        transport = self.transport
+        assert body is not None and transport is not None
+        while not body.write_paused and self.close_reason is None:
+            if transport.is_closing():
+                return  # the client is leaving: connection_lost follows
+            item = self.take()
+            if item is None:
+                return
+            payload, count = item
+            chunk = chunks.get(payload)
+            if chunk is None:
+                chunk = frame_chunk(payload)
+                if count == 1:  # one event's frame: the other streams share its chunk
+                    chunks[payload] = chunk
+            try:
+                transport.write(chunk)
+            except Exception:  # the transport refused the write: treat the client as gone
+                self.close(CloseReason.CLIENT_GONE)
+                return
+            if count:
+                self.delivered += count
+                self.last_delivery = now
 
     def go_live(self, head: EventKey) -> None:
         """The replay covered everything up to ``head``: keep only what came after it."""
@@ -411,6 +521,12 @@ class Connection:
 
     def _ready(self) -> None:
         """Something was queued: have it written, directly if the writer is parked."""
+        if self.body is not None:
+            # Detached: a pass writes it; while paused, body_writable schedules that pass.
+            if not self.flush_pending and not self.body.write_paused and self.on_ready:
+                self.flush_pending = True
+                self.on_ready(self)
+            return
         waiter = self._waiter
         if waiter is None or waiter.done():
             return  # the writer is busy and takes the queue itself when it comes back
@@ -425,6 +541,9 @@ class Connection:
         task asleep; a write that must wait for the socket is handed to the writer.
         ``chunks`` is the pass's map from a shared frame to its framed chunk."""
         self.flush_pending = False
+        if self.body is not None:
+            self._flush_detached(now, chunks)
+            return
         waiter = self._waiter
         send = self.send
         if send is None or waiter is None or waiter.done():

@@ -103,6 +103,16 @@ Design decisions (read before changing):
     the usual queue bounds (overflow applies as to a slow client, and the client
     resumes exactly from the last event written). Each page is narrowed to what
     the stream may see the way a whole replay is.
+14. A detached stream (:mod:`app.sse.chunked_write` design note 5) outlives its
+    ``open``: the context manager sees ``connection.body`` set when the stream
+    response returns and hands the stream over instead of releasing it (the
+    per-client lease goes onto the connection). The hub then ends it when it is
+    closed (``Connection.on_end``): the farewell and last chunk, unregistering
+    and the log line at once, the broker's unsubscribes, the lease and the
+    front's own ending (``Connection.ending``, e.g. Mercure's inactive
+    subscription events) in one task per ending stream, which ``stop`` awaits.
+    The bound methods every connection calls back are made once per hub and
+    shared, not one per stream.
 """
 
 from __future__ import annotations
@@ -113,7 +123,15 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Container, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Container,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import overload
 
@@ -232,6 +250,11 @@ class Hub:
         # that ask who is coming (the guard's back-off for the clients it just shed).
         self.admission_checks: list[Callable[[], StreamRefusedError | None]] = []
         self.client_checks: list[Callable[[str], StreamRefusedError | None]] = []
+        # Made once and shared by every connection (design note 14).
+        self._on_ready = self._schedule_flush
+        self.on_detached_end: Callable[[Connection], None] = self._end_detached
+        # Tasks finishing detached streams (broker, lease, the front's ending).
+        self._endings: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -------------------------------------------------------
 
@@ -249,6 +272,9 @@ class Hub:
     async def stop(self) -> None:
         self._draining = True
         self.close_all(CloseReason.SHUTDOWN)
+        await asyncio.sleep(0)  # detached streams end on the next iteration
+        if self._endings:
+            await asyncio.gather(*self._endings, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -527,7 +553,7 @@ class Hub:
                 now=self.clock(),
                 client=client,
                 private_channels=private_channels,  # type: ignore[arg-type, unused-ignore]
-                on_ready=self._schedule_flush,
+                on_ready=self._on_ready,
             )
             self._register(connection, stream_patterns)
             if self._draining:
@@ -543,17 +569,63 @@ class Hub:
                     subscribed.append(name)
                 yield connection
             finally:
-                self._unregister(connection)
-                for name in subscribed:
-                    with contextlib.suppress(Exception):
-                        await self.broker.unsubscribe(name)
-                if watching:
-                    with contextlib.suppress(Exception):
-                        await self.broker.unwatch_every_channel()
-                self._log_end(connection)
+                if connection.body is not None:
+                    # Detached: the stream goes on without this context (design note 14);
+                    # everything above succeeded, so it holds every channel and its lease.
+                    connection.lease, lease = lease, None
+                else:
+                    self._unregister(connection)
+                    await self._release(subscribed, watching, None)
+                    self._log_end(connection)
         finally:
             if lease is not None:
                 await self.limits.release_stream(lease)
+
+    async def _release(
+        self, subscribed: Iterable[str], watching: bool, lease: StreamLease | None
+    ) -> None:
+        """What a stream held outside this process: the broker's interest, its lease."""
+        for name in subscribed:
+            with contextlib.suppress(Exception):
+                await self.broker.unsubscribe(name)
+        if watching:
+            with contextlib.suppress(Exception):
+                await self.broker.unwatch_every_channel()
+        if lease is not None:
+            await self.limits.release_stream(lease)
+
+    def _end_detached(self, connection: Connection) -> None:
+        """A detached stream was closed: finish its body and release it (design note 14)."""
+        if connection.on_end is None:
+            return  # ended already
+        connection.on_end = None
+        watching = connection in self._patterns_of
+        try:
+            connection.end_body(self.settings.sse_retry_ms)
+        finally:
+            self._unregister(connection)
+            self._log_end(connection)
+        lease, connection.lease = connection.lease, None
+        ending, connection.ending = connection.ending, None
+        task = asyncio.create_task(
+            self._finish_detached(connection.channels, watching, lease, ending)
+        )
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
+
+    async def _finish_detached(
+        self,
+        channels: tuple[str, ...],
+        watching: bool,
+        lease: StreamLease | None,
+        ending: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        try:
+            if ending is not None:
+                await ending()
+        except Exception:  # the front's ending must not keep the broker's interest
+            logger.exception("ending a detached stream failed")
+        await self._release(channels, watching, lease)
 
     async def catch_up(
         self, connection: Connection, last_event_id: str | None, *, page: PageLimit | None = None

@@ -58,6 +58,18 @@ Design decisions (read before changing):
    connection closes with it, so a refused crowd holds no sockets. Other
    clients get the 503 JSON with ``Retry-After``; a 429 (this client has too
    many streams) stays a 429 for everyone: coming back would not help it.
+9. Detaching (:mod:`app.sse.chunked_write` design note 5). Where the server
+   offers it, the writer hands the stream over the first time it would park:
+   live, the opening frames and replay written, nothing queued or held, the
+   direct path allowed. The server's protocol takes the body
+   (``herald.detach_body``), the connection becomes the stream
+   (:meth:`Connection.detach`), the disconnect watcher is cancelled and
+   ``__call__`` returns: the ASGI task, its frames and this response object are
+   freed, and the hub ends the stream when it is closed (``app.sse.hub``,
+   design note 14). Refused (paused, pipelined, no such server), the writer
+   keeps the stream and parks as before, and tries again the next time.
+   ``_stream`` answers whether it detached, so a front that wraps it (Mercure)
+   leaves its own ending to the stream's end.
 """
 
 from __future__ import annotations
@@ -82,8 +94,14 @@ from starlette.types import Receive, Scope, Send
 
 from app.broker.base import BrokerUnavailableError, Replay
 from app.core.config import Settings
-from app.sse.chunked_write import WriteFlow, chunked_body_flow
-from app.sse.connection import MAX_BATCH_BYTES, CloseReason, Connection
+from app.sse.chunked_write import (
+    BodyOwner,
+    DetachedBody,
+    WriteFlow,
+    body_detacher,
+    chunked_body_flow,
+)
+from app.sse.connection import MAX_BATCH_BYTES, CloseReason, Connection, farewell
 from app.sse.direct_write import resume
 from app.sse.hub import Hub, StreamRefusedError
 from app.sse.patterns import TopicPattern
@@ -109,8 +127,7 @@ DEFERRED_HEADER = "X-Herald-Deferred"
 # Catch-up retries while the broker is unreachable: backoff from the first to the last.
 CATCH_UP_RETRY_SECONDS = (0.05, 1.0)
 _Read = TypeVar("_Read")
-# On shutdown clients are told to wait retry_ms plus up to this factor more.
-SHUTDOWN_RETRY_JITTER = 1.0
+_Detach = Callable[[BodyOwner], DetachedBody | None]
 
 
 class _NoContent:
@@ -266,16 +283,21 @@ class HeraldStreamResponse(EventSourceResponse):
 
     async def _stream(
         self, connection: Connection, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    ) -> bool:
+        """Serve the stream; True when it was detached (design note 9) and goes on."""
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         # Asked once the headers are out, when the server knows how it frames the body.
         flow = chunked_body_flow(scope) if connection.transport is not None else None
+        detach = body_detacher(scope) if flow is not None else None
         watcher = asyncio.create_task(self._watch_disconnect(connection, receive))
         connection.writer = asyncio.current_task()
         try:
-            if await self._catch_up(connection, send):
-                await self._pump(connection, send, flow)
+            if await self._catch_up(connection, send) and await self._pump(
+                connection, send, flow, detach
+            ):
+                return True
             await self._finish(connection, send)
+            return False
         finally:
             connection.writer = None
             watcher.cancel()
@@ -408,7 +430,10 @@ class HeraldStreamResponse(EventSourceResponse):
             connection.last_delivery = self._hub.clock()
         return True
 
-    async def _pump(self, connection: Connection, send: Send, flow: WriteFlow | None) -> None:
+    async def _pump(
+        self, connection: Connection, send: Send, flow: WriteFlow | None, detach: _Detach | None
+    ) -> bool:
+        """Write until the stream is closed (False) or detached (True)."""
         clock = self._hub.clock
         # From here on the hub may write directly: to the transport where the server
         # allows it (chunked_write), else by stepping send (direct_write).
@@ -421,23 +446,38 @@ class HeraldStreamResponse(EventSourceResponse):
                     # A direct write found the socket full: finish it here, as if awaited.
                     connection.held_write = None
                     if not await self._write(connection, resume(held)):
-                        return
+                        return False
                     continue
                 item = connection.take()
                 if item is None:
+                    if detach is not None and self._detach(connection, detach):
+                        return True
                     await connection.wait()
                     continue
                 payload, count = item
                 chunk = send({"type": "http.response.body", "body": payload, "more_body": True})
                 if not await self._write(connection, chunk):
-                    return
+                    return False
                 if count:
                     connection.delivered += count
                     connection.last_delivery = clock()
+            return False
         finally:
-            connection.send = None
-            connection.flow = None
+            if connection.body is None:
+                connection.send = None
+                connection.flow = None
             connection.drop_held_write()
+
+    def _detach(self, connection: Connection, detach: _Detach) -> bool:
+        """Hand the stream to the server's protocol and the hub, if the server takes it now
+        (design note 9); nothing is queued or held when this is asked."""
+        if connection.closed:
+            return False
+        body = detach(connection)
+        if body is None:
+            return False
+        connection.detach(body, self._hub.on_detached_end)
+        return True
 
     @staticmethod
     async def _write(connection: Connection, write: Awaitable[None]) -> bool:
@@ -456,12 +496,7 @@ class HeraldStreamResponse(EventSourceResponse):
         return True
 
     async def _finish(self, connection: Connection, send: Send) -> None:
-        body = b""
-        if connection.farewell_retry_ms is not None:  # closed by an operator (app.admin)
-            body = encode_retry(connection.farewell_retry_ms)
-        elif connection.close_reason is CloseReason.SHUTDOWN:
-            retry_ms = self._hub.settings.sse_retry_ms
-            body = encode_retry(retry_ms + int(random.random() * SHUTDOWN_RETRY_JITTER * retry_ms))
+        body = farewell(connection, self._hub.settings.sse_retry_ms)
         final = send({"type": "http.response.body", "body": body, "more_body": False})
         # If the client stopped reading this times out; uvicorn closes the socket when we return.
         with contextlib.suppress(TimeoutError):

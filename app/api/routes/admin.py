@@ -51,7 +51,8 @@ async def admin_metrics(
         "sse": hub.stats(),
         "responses": responses.stats(),
         # Tasks alive in this worker's event loop: a fixed few for housekeeping, plus the
-        # request and disconnect-watcher tasks of each open stream; idle again after traffic.
+        # request and disconnect-watcher tasks of each stream still on the ASGI path (a stream
+        # catching up, or served without Herald's protocol; a detached stream holds none).
         "process": {**process_stats(), "tasks": len(asyncio.all_tasks())},
         # The count bounds the sections above are measured against (byte bounds
         # are in the sections): what `memory_report --analyze` compares with.
