@@ -21,7 +21,6 @@ from herald_client import (
     RetryPolicy,
 )
 
-from tests.client.server_dedupe import needs_server_dedupe
 from tests.client.transports import (
     AsyncRecordingTransport,
     RecordingTransport,
@@ -114,7 +113,6 @@ async def test_a_lost_answer_is_retried_with_the_same_key_and_body(lossy: Lossy)
     assert publish.keys == [result.idempotency_key] * 2
 
 
-@needs_server_dedupe
 async def test_a_lost_answer_publishes_once(
     lossy: Lossy, subscribe: Callable[[str], Awaitable[EventStream]]
 ) -> None:
@@ -126,7 +124,6 @@ async def test_a_lost_answer_publishes_once(
     assert result.replayed and result.attempts == 2
 
 
-@needs_server_dedupe
 async def test_a_lost_batch_answer_publishes_the_batch_once(
     lossy: Lossy, subscribe: Callable[[str], Awaitable[EventStream]]
 ) -> None:
@@ -138,7 +135,6 @@ async def test_a_lost_batch_answer_publishes_the_batch_once(
     assert result.replayed and result.attempts == 2 and len(result.ids) == 3
 
 
-@needs_server_dedupe
 async def test_a_callers_key_makes_a_second_call_a_replay(
     lossy: Lossy, subscribe: Callable[[str], Awaitable[EventStream]]
 ) -> None:
@@ -152,7 +148,6 @@ async def test_a_callers_key_makes_a_second_call_a_replay(
     assert await everything_before(stream, "marker", publish, channel) == ['{"status":"shipped"}']
 
 
-@needs_server_dedupe
 async def test_a_key_reused_for_another_body_is_refused(lossy: Lossy) -> None:
     publish = lossy(never)
     channel = f"client/key-reuse/{publish.kind}"

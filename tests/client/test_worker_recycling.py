@@ -30,7 +30,6 @@ import redis.asyncio as aioredis
 from herald_client import AsyncHeraldPublisher, HeraldPublisher, RetryPolicy
 
 from tests.client.reply_valve import ReplyValve
-from tests.client.server_dedupe import needs_server_dedupe
 from tests.client.subscriber import ResumingSubscriber
 from tests.client.transports import AsyncRecordingTransport, RecordingTransport
 from tests.serving.test_gunicorn import gunicorn
@@ -109,7 +108,7 @@ def redis() -> Iterator[RedisServer]:
     "stop",
     [
         pytest.param(signal.SIGTERM, id="recycled"),
-        pytest.param(signal.SIGKILL, id="killed", marks=needs_server_dedupe),
+        pytest.param(signal.SIGKILL, id="killed"),
     ],
 )
 async def test_workers_stopped_mid_request_lose_and_repeat_nothing(
