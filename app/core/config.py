@@ -183,7 +183,7 @@ class Settings(BaseSettings):
     memory_leak_slope_bytes_per_s: float = Field(default=1024, ge=0)
     # A gunicorn worker still this far above its RSS at start once its crowd has left (what
     # a heap trim could not give back) is replaced by a fresh process; 0 never replaces.
-    memory_recycle_mb: float = Field(default=64, ge=0)
+    memory_recycle_mb: float = Field(default=32, ge=0)
     admin_token: SecretStr | None = None
     metrics_public: bool = False
     memory_headers: bool = False
