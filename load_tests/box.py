@@ -245,7 +245,7 @@ class Sampler:
         figures.membership_checks += 1
         figures.workers_seen.update(worker.pid for worker in workers)
         for process in [self.master, *workers]:
-            if process.pid not in inside and process.is_running():
+            if process.pid not in inside and _alive(process):
                 figures.escaped.add(process.pid)
             with contextlib.suppress(psutil.Error):
                 rss = process.memory_info().rss
@@ -266,6 +266,14 @@ class Sampler:
         with contextlib.suppress(psutil.NoSuchProcess):
             return [child.pid for child in self.master.children()]
         return []
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Running and not a zombie: a worker that has exited leaves its group's ``cgroup.procs``
+    at once, before its master reaps it."""
+    with contextlib.suppress(psutil.Error):
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    return False
 
 
 @dataclass(slots=True)

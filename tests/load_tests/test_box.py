@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,24 @@ def test_the_box_survives_hostile_crowds_at_once(scale: Scale, tmp_path: Path) -
     assert steady["refused"] == 0, steady["refusals"]
     health = figures["health"]
     assert health["answered_in_time"] == health["probes"] > 0, health
+
+
+def test_a_worker_that_exited_and_awaits_its_reaping_has_not_escaped_the_group() -> None:
+    """An exited process leaves ``cgroup.procs`` at once but stays a zombie until its parent
+    reaps it; counting it as running outside the group would fail a box that kept its
+    workers in."""
+    import psutil  # type: ignore[import-untyped, unused-ignore]
+
+    from load_tests.box import _alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    process = psutil.Process(child.pid)
+    try:
+        deadline = time.monotonic() + 10
+        while process.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.01)  # polls the child's state; nothing here can wake us
+        assert process.status() == psutil.STATUS_ZOMBIE
+        assert not _alive(process)
+        assert _alive(psutil.Process())
+    finally:
+        child.wait()
