@@ -165,6 +165,38 @@ async def test_events_trimmed_from_a_shard_log_before_the_reader_got_them_cause_
     assert "left the log unread" in worker.resyncs[0]
 
 
+async def test_a_listener_that_raises_is_a_resync_and_every_reader_reads_on(
+    redis_cluster: RedisCluster,
+) -> None:
+    """The hub's fan-out runs in a reader's task (as it failed when uvloop refused to abort
+    a stream whose client had reset first). Had the exception ended that task, the merge
+    would wait for its shard for ever: nothing after it would be delivered, and the event
+    would have reached only some streams."""
+    failures = ["a fan-out that fails"]
+    worker = Worker(new_broker(redis_cluster))
+
+    def listener(event: Event) -> None:
+        if failures:
+            raise RuntimeError(failures.pop())
+        worker.received.append(event)
+
+    await worker.broker.connect(listener, worker.resyncs.append)
+    try:
+        for channel in CHANNELS:
+            await worker.broker.subscribe(channel)
+        failed = await publish_one(worker.broker, "ch0", b"data: failed\n")
+        await wait_until(lambda: bool(worker.resyncs), what="a resync for the failed fan-out")
+        assert failed.id in worker.resyncs[0]
+        # Every shard's reader reads on, the failed one's included, and the merge moves.
+        after = [await publish_one(worker.broker, c, b"data: after\n") for c in CHANNELS]
+        await wait_until(
+            lambda: ids(worker.received) == ids(after), what="every later event delivered"
+        )
+        assert len(worker.resyncs) == 1
+    finally:
+        await worker.broker.disconnect()
+
+
 async def test_held_events_are_bounded(redis_cluster: RedisCluster) -> None:
     """A shard whose frontier cannot move holds every delivery back; past the bound the
     reader lets the held events go, resyncs, and replays wait until the merge is past."""
