@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from app.broker.base import BrokerUnavailableError, Draft, PublishKey
+from app.broker.base import BrokerUnavailableError, Draft, PageLimit, PublishKey
 from app.broker.idempotency import fingerprint
 from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
 from app.broker.redis_cluster import RedisClusterBroker
@@ -195,6 +195,31 @@ async def test_a_listener_that_raises_is_a_resync_and_every_reader_reads_on(
         assert len(worker.resyncs) == 1
     finally:
         await worker.broker.disconnect()
+
+
+async def test_a_later_page_on_an_unreachable_node_is_unavailable_and_read_again(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page after the first meets a node that does not answer (CLUSTERDOWN in a failover):
+    ``BrokerUnavailableError``, which the stream waits out, not the node's RedisError, which
+    ended the stream; the same call then reads the page."""
+    broker = worker.broker
+    events = [await publish_one(broker, "ch1", f"data: {i}\n".encode()) for i in range(6)]
+    replay = await broker.replay(["ch1"], events[0].id, page=PageLimit(2, 1 << 20))
+    got = list(replay.events)
+    assert replay.rest is not None and len(got) <= 2
+    client = broker.nodes.client
+
+    def unreachable(*args: Any) -> Any:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(broker.nodes, "client", unreachable)
+    with pytest.raises(BrokerUnavailableError):
+        await replay.rest.next()
+    monkeypatch.setattr(broker.nodes, "client", client)
+    while page := await replay.rest.next():
+        got += page
+    assert ids(got) == ids(events[1:])
 
 
 async def test_held_events_are_bounded(redis_cluster: RedisCluster) -> None:
