@@ -37,7 +37,7 @@ Design decisions (read before changing):
    nothing left to abort).
 6. Socket options are best effort: the client may have gone between accept and
    here (``OSError``), and an odd transport may have no socket. A cap that
-   cannot be set is no reason to refuse the stream. An abort comes from the
+   cannot be set is no reason to refuse the stream. An abort may come from the
    hub's fan-out (an overflow found while pushing an event), where the client
    may have reset the connection first: uvloop then hands out a socket whose
    descriptor is -1, which raises ``ValueError``. Nothing is left to abort, and
