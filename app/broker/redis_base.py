@@ -143,19 +143,33 @@ class RedisBrokerBase(Broker, BrokerHealth):
         position: EventKey | None = None,
     ) -> None:
         """Pass a log entry to ``listener`` as an Event if a local subscriber wants it (an
-        Event is built only then: most entries are for channels nobody here watches)."""
+        Event is built only then: most entries are for channels nobody here watches).
+
+        The listener (the hub's fan-out) runs in a reader's task, between reads. An
+        exception escaping it would end that task for good: this worker's live feed would
+        stop (on ``redis+cluster://`` the merge then waits for that shard for ever), and
+        the streams the fan-out had not reached would never get the event. So it is logged
+        and reported as a skip: every stream resumes from history (contract item 5 of
+        ``app.broker.base``), and the reader reads on."""
         body = fields.get(BODY_FIELD)
         if body is not None:
             self.recent_largest.saw(len(body) + FRAME_OVERHEAD_BYTES)
         raw = fields[CHANNEL_FIELD]
         if b"\n" not in raw:
             channel = raw.decode()
-            if channel in self._interest or self._every_channel:
-                listener(entry_event(entry_id, (channel,), fields, position))
-            return
-        channels = channels_of(raw)
-        if self._every_channel or any(name in self._interest for name in channels):
-            listener(entry_event(entry_id, channels, fields, position))
+            if not (channel in self._interest or self._every_channel):
+                return
+            channels: tuple[str, ...] = (channel,)
+        else:
+            channels = channels_of(raw)
+            if not (self._every_channel or any(name in self._interest for name in channels)):
+                return
+        event = entry_event(entry_id, channels, fields, position)
+        try:
+            listener(event)
+        except Exception:
+            logger.exception("%s listener failed on event %s", self.kind, event.id)
+            self._skipped(f"the listener failed on event {event.id}")
 
     # --- reading ---------------------------------------------------------------
 

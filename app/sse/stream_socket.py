@@ -37,7 +37,12 @@ Design decisions (read before changing):
    nothing left to abort).
 6. Socket options are best effort: the client may have gone between accept and
    here (``OSError``), and an odd transport may have no socket. A cap that
-   cannot be set is no reason to refuse the stream.
+   cannot be set is no reason to refuse the stream. An abort may come from the
+   hub's fan-out (an overflow found while pushing an event), where the client
+   may have reset the connection first: uvloop then hands out a socket whose
+   descriptor is -1, which raises ``ValueError``. Nothing is left to abort, and
+   an exception escaping there would end the broker's reader that called the
+   fan-out.
 """
 
 from __future__ import annotations
@@ -146,5 +151,5 @@ def _setsockopt(transport: asyncio.Transport, option: int, value: int | bytes) -
         return
     try:
         sock.setsockopt(socket.SOL_SOCKET, option, value)
-    except OSError as exc:  # the client left in between: nothing to cap
+    except (OSError, ValueError) as exc:  # the client left in between (design note 6)
         logger.debug("setsockopt(%d) on a stream socket failed: %s", option, exc)

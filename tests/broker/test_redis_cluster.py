@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from app.broker.base import BrokerUnavailableError, Draft, PublishKey
+from app.broker.base import BrokerUnavailableError, Draft, PageLimit, PublishKey
 from app.broker.idempotency import fingerprint
 from app.broker.publish_script import PUBLISH_SCRIPT, publish_arguments
 from app.broker.redis_cluster import RedisClusterBroker
@@ -163,6 +163,63 @@ async def test_events_trimmed_from_a_shard_log_before_the_reader_got_them_cause_
         pipe.execute()
     await wait_until(lambda: bool(worker.resyncs))
     assert "left the log unread" in worker.resyncs[0]
+
+
+async def test_a_listener_that_raises_is_a_resync_and_every_reader_reads_on(
+    redis_cluster: RedisCluster,
+) -> None:
+    """The hub's fan-out runs in a reader's task (as it failed when uvloop refused to abort
+    a stream whose client had reset first). Had the exception ended that task, the merge
+    would wait for its shard for ever: nothing after it would be delivered, and the event
+    would have reached only some streams."""
+    failures = ["a fan-out that fails"]
+    worker = Worker(new_broker(redis_cluster))
+
+    def listener(event: Event) -> None:
+        if failures:
+            raise RuntimeError(failures.pop())
+        worker.received.append(event)
+
+    await worker.broker.connect(listener, worker.resyncs.append)
+    try:
+        for channel in CHANNELS:
+            await worker.broker.subscribe(channel)
+        failed = await publish_one(worker.broker, "ch0", b"data: failed\n")
+        await wait_until(lambda: bool(worker.resyncs), what="a resync for the failed fan-out")
+        assert failed.id in worker.resyncs[0]
+        # Every shard's reader reads on, the failed one's included, and the merge moves.
+        after = [await publish_one(worker.broker, c, b"data: after\n") for c in CHANNELS]
+        await wait_until(
+            lambda: ids(worker.received) == ids(after), what="every later event delivered"
+        )
+        assert len(worker.resyncs) == 1
+    finally:
+        await worker.broker.disconnect()
+
+
+async def test_a_later_page_on_an_unreachable_node_is_unavailable_and_read_again(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page after the first meets a node that does not answer (CLUSTERDOWN in a failover):
+    ``BrokerUnavailableError``, which the stream waits out, not the node's RedisError, which
+    ended the stream; the same call then reads the page."""
+    broker = worker.broker
+    events = [await publish_one(broker, "ch1", f"data: {i}\n".encode()) for i in range(6)]
+    replay = await broker.replay(["ch1"], events[0].id, page=PageLimit(2, 1 << 20))
+    got = list(replay.events)
+    assert replay.rest is not None and len(got) <= 2
+    client = broker.nodes.client
+
+    def unreachable(*args: Any) -> Any:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(broker.nodes, "client", unreachable)
+    with pytest.raises(BrokerUnavailableError):
+        await replay.rest.next()
+    monkeypatch.setattr(broker.nodes, "client", client)
+    while page := await replay.rest.next():
+        got += page
+    assert ids(got) == ids(events[1:])
 
 
 async def test_held_events_are_bounded(redis_cluster: RedisCluster) -> None:

@@ -18,13 +18,14 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import uvloop
 
 from app.sse.connection import BEHIND_UNSENT_BYTES, CloseReason, Connection, QueueBudget
 from app.sse.stream_socket import (
+    LINGER_ABORT,
     TRANSPORT_EXTENSION,
     abort_transport,
     kernel_unsent_bytes,
@@ -37,6 +38,7 @@ from tests.serving.test_gunicorn import gunicorn
 from tests.support.logs import capture_logs
 from tests.support.server import ServerProcess
 from tests.support.tcp_memory import SS, port_tcp_memory, sockstat_tcp_memory
+from tests.support.waiting import wait_until
 
 HOST = "127.0.0.1"
 KB = 1024
@@ -274,6 +276,37 @@ def test_a_client_gone_before_the_stream_opens_is_no_error() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(opened_then_closed())
+
+
+def test_aborting_a_stream_whose_client_reset_first_is_no_error() -> None:
+    # An overflow found during the hub's fan-out aborts the stream there, and its client
+    # may have reset the connection first: uvloop then hands out a socket whose descriptor
+    # is -1. An exception here would escape into the broker's reader running the fan-out.
+    async def reset_then_aborted() -> None:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[asyncio.Transport] = loop.create_future()
+
+        class Accept(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted.set_result(cast(asyncio.Transport, transport))
+
+        server = await loop.create_server(Accept, HOST, 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            client = socket.create_connection((HOST, port))
+            transport = await accepted
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+            client.close()  # RST
+            await wait_until(
+                lambda: transport.get_extra_info("socket").fileno() == -1,
+                what="uvloop to close the transport after the reset",
+            )
+            abort_transport(transport)
+        finally:
+            server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(reset_then_aborted())
 
 
 @pytest.mark.integration

@@ -25,6 +25,10 @@ Design decisions (read before changing):
    Gaps are detected per shard as on ``redis://``: events carry their number, ticks
    the number of the last event before them; a jump (trimmed unread) or a number
    that went back (a failover lost entries the reader had, data lost) → resync.
+   A reader's task also releases what the merge passes, so it runs the listener (the
+   hub's fan-out): a listener that raises is a resync too (``redis_base``), never the
+   end of the task, since the merge would wait for that shard's frontier for ever and
+   the event being delivered would reach only some streams.
 4. **Readers read replicas.** Readers (and replays, ``replay``) read each shard from
    its replica (``READONLY``; the master only when the shard has no replica in sync):
    an entry delivered from a master and lost in a failover would let the new master

@@ -291,7 +291,18 @@ class _ClusterPages(ReplayPages):
                 return page
             # Nothing can go yet: read the sources holding the bound back.
             behind = unread or [s for s in active if s.last == bound]
-            reads = await asyncio.gather(*(self._read(source) for source in behind))
+            # Every read ends before the call does, and an unreachable node is
+            # BrokerUnavailableError (contract item 6: the stream waits and calls again); a
+            # read left running would move its source on under that next call.
+            reads = await asyncio.gather(
+                *(self._read(source) for source in behind), return_exceptions=True
+            )
+            for outcome in reads:
+                if isinstance(outcome, RedisError | OSError):
+                    self._broker.nodes.refresh_soon()
+                    raise BrokerUnavailableError(UNAVAILABLE) from outcome
+                if isinstance(outcome, BaseException):
+                    raise outcome
             if any(lost for lost in reads):
                 return None
 
