@@ -429,6 +429,12 @@ def render(results: list[dict[str, Any]]) -> str:
 # Who holds what an allocation made: the first rule matching a frame, most recent first.
 OWNERS = (
     (r"uvicorn/_compat\.py", "transport and socket objects (made by the loop)"),
+    (r"uvicorn/protocols/utils\.py", "addresses (peer and local name tuples, client host)"),
+    (
+        r"app/serving/protocols\.py:2[3-6]\d\b",
+        "detached stream's protocol and its place in server_state.connections",
+    ),
+    (r"app/wire/event_id\.py:50\b", "the stream's cursor (a parsed event id)"),
     (
         r"flow_control\.py|httptools_impl\.py:(6\d|9\d|10\d)\b|uvicorn/server\.py:125"
         r"|app/serving/protocols\.py:(6\d|14\d)\b",

@@ -115,6 +115,9 @@ def test_every_kind_has_a_path_and_mercure_subscribes_with_a_match() -> None:
         (["/w/app/mercure/subscriptions.py:57", "/w/app/mercure/stream.py:93"], "Mercure subscr"),
         (["/w/app/sse/hub.py:548", "lib/python3.11/contextlib.py:210"], "Connection"),
         (["/w/app/sse/hub.py:704"], "hub registries"),
+        (["uvicorn/protocols/utils.py:16", "httptools_impl.py:108"], "addresses"),
+        (["/w/app/serving/protocols.py:244", "/w/app/sse/stream_response.py:476"], "detached"),
+        (["/w/app/wire/event_id.py:50", "/w/app/sse/hub.py:641"], "cursor"),
         (["/w/somewhere/else.py:1"], "other"),
     ],
 )
