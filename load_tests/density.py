@@ -9,7 +9,8 @@ Usage (from the repository root)::
 Kinds: ``floor`` (``load_tests/floor_hub.py``: one ``asyncio.Protocol`` per connection and a
 set of transports), ``one`` (``GET /events/<channel>``), ``three`` (``GET /events?channel=…``
 x 3), ``mercure`` (an anonymous Mercure subscription to one topic), each served by ``python -m
-app`` (``--server gunicorn``: the Herald gunicorn worker, one worker) with the memory broker.
+app`` (``--server gunicorn``: the Herald gunicorn worker, one worker; ``--server uvicorn``:
+plain ``uvicorn app.main:app``, whose streams stay on the ASGI path) with the memory broker.
 
 For each kind, one server process (``load_tests/density_server.py``): a warm-up of
 ``--warmup`` streams opened and closed, then the RSS of the server and its children once it has
@@ -51,7 +52,15 @@ from load_tests.benchmark import server_processes, settled_rss
 from load_tests.generator import raise_open_file_limit
 from tests.support.server import REPO_ROOT, ServerProcess
 
-__all__ = ["main"]
+__all__ = [
+    "kernel_per_end",
+    "main",
+    "owner_of",
+    "parse_slabinfo",
+    "parse_sockstat_tcp_pages",
+    "per_stream",
+    "render",
+]
 
 KIB = 1024
 LAUNCHER = Path(__file__).with_name("density_server.py")
@@ -63,6 +72,18 @@ PATHS = {
 }
 KINDS = tuple(PATHS)
 PING_SECONDS = 3
+# Plain uvicorn as an operator would run it: its own protocol, so every stream stays on
+# the ASGI path.
+UVICORN_ARGS = (
+    "--host",
+    "127.0.0.1",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--log-level",
+    "warning",
+)
 OPEN_CONCURRENCY = 256
 SLABS = (
     "TCP",
@@ -224,26 +245,66 @@ class Clients:
 # --- kernel figures ---
 
 
-def slab_bytes() -> dict[str, int]:
-    """Bytes of the slabs that hold a socket's kernel objects (active objects x size)."""
+def parse_slabinfo(text: str) -> dict[str, int]:
+    """Bytes of the slabs in :data:`SLABS` (active objects x object size), from the text of
+    ``/proc/slabinfo`` (two header lines, then one slab a line)."""
     found: dict[str, int] = {}
-    try:
-        lines = Path("/proc/slabinfo").read_text().splitlines()[2:]
-    except OSError:
-        return found
-    for line in lines:
+    for line in text.splitlines()[2:]:
         fields = line.split()
-        if fields[0] in SLABS:
+        if fields and fields[0] in SLABS:
             found[fields[0]] = int(fields[1]) * int(fields[3])
     return found
 
 
-def tcp_buffer_bytes() -> int:
-    for line in Path("/proc/net/sockstat").read_text().splitlines():
+def parse_sockstat_tcp_pages(text: str) -> int:
+    """The TCP buffer pages (``mem``) of ``/proc/net/sockstat``'s text."""
+    for line in text.splitlines():
         if line.startswith("TCP:"):
             fields = line.split()
-            return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
+            return int(fields[fields.index("mem") + 1])
     return 0
+
+
+def slab_bytes() -> dict[str, int]:
+    """The socket's kernel slabs now; empty when ``/proc/slabinfo`` is not readable (not root)."""
+    try:
+        return parse_slabinfo(Path("/proc/slabinfo").read_text())
+    except OSError:
+        return {}
+
+
+def tcp_buffer_bytes() -> int:
+    pages = parse_sockstat_tcp_pages(Path("/proc/net/sockstat").read_text())
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def per_stream(
+    streams: int,
+    rss: tuple[int, int],
+    slabs: tuple[dict[str, int], dict[str, int]],
+    tcp: tuple[int, int],
+) -> dict[str, Any]:
+    """The figures of one kind from the readings before and after its streams opened: RSS
+    per stream, and the kernel's per server end (the clients' ends are on this machine
+    too, and cost the same: half of each kernel difference is the server's)."""
+    (rss_before, rss_after), (slabs_before, slabs_after), (tcp_before, tcp_after) = rss, slabs, tcp
+    return {
+        "rss_idle_bytes": rss_before,
+        "rss_bytes": rss_after,
+        "per_stream_bytes": round((rss_after - rss_before) / streams, 1),
+        "kernel_slab_per_end_bytes": {
+            name: round((slabs_after.get(name, 0) - slabs_before.get(name, 0)) / streams / 2, 1)
+            for name in slabs_after
+        },
+        "kernel_tcp_buffers_per_end_bytes": round((tcp_after - tcp_before) / streams / 2, 1),
+    }
+
+
+def kernel_per_end(result: dict[str, Any]) -> float:
+    return float(
+        sum(result["kernel_slab_per_end_bytes"].values())
+        + result["kernel_tcp_buffers_per_end_bytes"]
+    )
 
 
 # --- the measurement ---
@@ -301,6 +362,8 @@ def measure(
     server = ServerProcess(env, argv, cwd=cwd)
     if server_kind == "gunicorn":
         server.argv = [*argv, "--bind", f"127.0.0.1:{server.port}"]
+    elif server_kind == "uvicorn":
+        server.argv = [*argv, *UVICORN_ARGS, "--port", str(server.port)]
     server.start()
     clients = Clients(server.port, options.client_processes)
     try:
@@ -330,14 +393,7 @@ def measure(
             "streams": total,
             "pinged": pinged,
             "open_seconds": round(opened, 1),
-            "rss_idle_bytes": idle,
-            "rss_bytes": rss,
-            "per_stream_bytes": round((rss - idle) / total, 1),
-            "kernel_slab_per_end_bytes": {
-                name: round((slabs_after.get(name, 0) - slabs_before.get(name, 0)) / total / 2, 1)
-                for name in slabs_after
-            },
-            "kernel_tcp_buffers_per_end_bytes": round((tcp_after - tcp_before) / total / 2, 1),
+            **per_stream(total, (idle, rss), (slabs_before, slabs_after), (tcp_before, tcp_after)),
         }
         if trace:
             server.signal(signal.SIGUSR1)
@@ -362,9 +418,7 @@ def render(results: list[dict[str, Any]]) -> str:
         f" {'kernel/end':>12}"
     ]
     for r in results:
-        kernel = (
-            sum(r["kernel_slab_per_end_bytes"].values()) + r["kernel_tcp_buffers_per_end_bytes"]
-        )
+        kernel = kernel_per_end(r)
         lines.append(
             f"{r['kind']:8} {r['code']:7} {r['server']:8} {r['streams']:>8,} {r['pinged']:>8,}"
             f" {_kib(r['per_stream_bytes']):>12} {_kib(kernel):>12}"
@@ -375,6 +429,12 @@ def render(results: list[dict[str, Any]]) -> str:
 # Who holds what an allocation made: the first rule matching a frame, most recent first.
 OWNERS = (
     (r"uvicorn/_compat\.py", "transport and socket objects (made by the loop)"),
+    (r"uvicorn/protocols/utils\.py", "addresses (peer and local name tuples, client host)"),
+    (
+        r"app/serving/protocols\.py:2[3-6]\d\b",
+        "detached stream's protocol and its place in server_state.connections",
+    ),
+    (r"app/wire/event_id\.py:50\b", "the stream's cursor (a parsed event id)"),
     (
         r"flow_control\.py|httptools_impl\.py:(6\d|9\d|10\d)\b|uvicorn/server\.py:125"
         r"|app/serving/protocols\.py:(6\d|14\d)\b",
@@ -400,7 +460,7 @@ OWNERS = (
         "response object (HeraldStreamResponse, headers)",
     ),
     (
-        r"app/sse/connection\.py|app/sse/hub\.py:4\d\d|contextlib\.py",
+        r"app/sse/connection\.py|app/sse/hub\.py:5[2-5]\d\b|contextlib\.py",
         "Connection, hub.open context",
     ),
     (r"app/sse/hub\.py", "hub registries (sets)"),
@@ -455,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load_tests.density", description=__doc__)
     parser.add_argument("--client", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--kinds", default=",".join(KINDS))
-    parser.add_argument("--server", choices=("app", "gunicorn"), default="app")
+    parser.add_argument("--server", choices=("app", "gunicorn", "uvicorn"), default="app")
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--warmup", type=int, default=1_000)
     parser.add_argument("--client-processes", type=int, default=2)

@@ -1,9 +1,9 @@
-"""A server for ``load_tests/density.py``: Herald (``python -m app``), gunicorn or the raw floor
-hub, optionally under tracemalloc.
+"""A server for ``load_tests/density.py``: Herald (``python -m app``), gunicorn, plain uvicorn
+or the raw floor hub, optionally under tracemalloc.
 
-Run as a script (``python load_tests/density_server.py app|gunicorn|floor``), not as a module,
-so that ``PYTHONPATH`` decides which checkout's ``app`` it serves: the density tool serves an
-earlier commit's code the same way, for before/after figures in one run.
+Run as a script (``python load_tests/density_server.py app|gunicorn|uvicorn|floor``), not as
+a module, so that ``PYTHONPATH`` decides which checkout's ``app`` it serves: the density tool
+serves an earlier commit's code the same way, for before/after figures in one run.
 
 With ``DENSITY_TRACE_FRAMES`` set, each ``SIGUSR1`` takes a tracemalloc snapshot (that many
 frames per allocation) after a full collection; tracing starts at the first. The second is
@@ -71,6 +71,9 @@ def main() -> None:
     elif kind == "gunicorn":
         sys.argv = ["gunicorn", "app.main:app", *sys.argv[2:]]
         runpy.run_module("gunicorn", run_name="__main__")
+    elif kind == "uvicorn":
+        sys.argv = ["uvicorn", "app.main:app", *sys.argv[2:]]
+        runpy.run_module("uvicorn", run_name="__main__")
     else:
         sys.argv = ["app"]
         runpy.run_module("app", run_name="__main__")

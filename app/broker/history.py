@@ -47,6 +47,8 @@ __all__ = ["EVENT_OVERHEAD_BYTES", "EXTRA_CHANNEL_OVERHEAD_BYTES", "HistoryStore
 # Event object, its id string, key tuple and the two container slots, measured
 # with tracemalloc on CPython 3.11 (see tests/broker/test_history.py).
 EVENT_OVERHEAD_BYTES = 400
+# A channel log is a list up to this many events (see _ChannelLog).
+SMALL_LOG_EVENTS = 16
 # Each further channel of one event: its slot in that log's deque, its share of the
 # holders entry and the longer channels tuple (estimated as for the above).
 EXTRA_CHANNEL_OVERHEAD_BYTES = 120
@@ -59,7 +61,7 @@ def event_cost(event: Event) -> int:
 
 
 def _run(
-    events: deque[Event], after: EventKey, head: EventKey, count: int
+    events: Sequence[Event], after: EventKey, head: EventKey, count: int
 ) -> tuple[list[Event], bool]:
     """At most ``count`` events of one log after ``after`` up to ``head``, and whether
     more follow: found by walking back from the newest (what is newer than the cursor)."""
@@ -79,13 +81,34 @@ def _run(
 
 
 class _ChannelLog:
+    """One channel's retained events, oldest first.
+
+    A list while it holds at most ``SMALL_LOG_EVENTS``, a deque past that: a deque's
+    first block is ~600 B however few events it holds, and many logs hold one or two (a
+    Mercure subscription's topic holds its subscription's events), while taking the
+    oldest off a list moves every other reference: cheap for a short list only.
+    """
+
     __slots__ = ("events", "floor", "interest", "last_activity")
 
     def __init__(self, floor: EventKey, now: float) -> None:
-        self.events: deque[Event] = deque()
+        self.events: list[Event] | deque[Event] = []
         self.floor = floor
         self.interest = 0
         self.last_activity = now
+
+    def add(self, event: Event) -> int:
+        """Append ``event``; returns how many the log then holds."""
+        events = self.events
+        events.append(event)
+        held = len(events)
+        if held > SMALL_LOG_EVENTS and isinstance(events, list):
+            self.events = deque(events)
+        return held
+
+    def pop_oldest(self) -> Event:
+        events = self.events
+        return events.popleft() if isinstance(events, deque) else events.pop(0)
 
 
 class HistoryStore:
@@ -144,8 +167,7 @@ class HistoryStore:
             self._holders[key] = len(channels)
         for channel in channels:
             log = self._log(channel, now)
-            log.events.append(event)
-            if len(log.events) > self.max_events:
+            if log.add(event) > self.max_events:
                 self._drop_oldest(log)
         if self.bytes > self.max_bytes:
             self._keep_within_bytes()
@@ -172,9 +194,7 @@ class HistoryStore:
                         # Making room dropped a log: it may be one looked up for this batch.
                         dropped = self.channels_dropped
                         logs = {channel: log}
-                retained = log.events
-                retained.append(event)
-                if len(retained) > max_events:
+                if log.add(event) > max_events:
                     self._drop_oldest(log)
             if self.bytes > self.max_bytes:
                 self._keep_within_bytes()
@@ -182,7 +202,7 @@ class HistoryStore:
     def _drop_oldest(self, log: _ChannelLog) -> None:
         """A full log lets go of its oldest event. That happens once per event appended,
         so the usual event (one channel, no supplied ids) skips ``_evict`` and ``_release``."""
-        oldest = log.events.popleft()
+        oldest = log.pop_oldest()
         if len(oldest.channels) == 1 and not self._supplied_ids:
             log.floor = max(log.floor, oldest.key)
             self.evicted += 1
@@ -199,7 +219,7 @@ class HistoryStore:
                 # The oldest retained event is at the front of every log still holding it.
                 holder = self._logs.get(channel)
                 if holder is not None and holder.events and holder.events[0] is oldest:
-                    self._evict(holder, holder.events.popleft())
+                    self._evict(holder, holder.pop_oldest())
 
     def resolve(self, supplied_id: str) -> EventKey | None:
         """The position of the earliest retained event whose publisher gave it this id."""
@@ -337,7 +357,7 @@ class HistoryStore:
         before = self.bytes
         for log in self._logs.values():
             while len(log.events) > keep:
-                self._evict(log, log.events.popleft())
+                self._evict(log, log.pop_oldest())
         return before - self.bytes
 
     def _drop_least_recent_unwatched(self) -> None:
@@ -353,7 +373,7 @@ class HistoryStore:
         newest = log.events[-1].key if log.events else log.floor
         self._dropped_floor = max(self._dropped_floor, newest, log.floor)
         while log.events:
-            self._release(log.events.popleft())
+            self._release(log.pop_oldest())
         self.channels_dropped += 1
 
     def stats(self) -> dict[str, int]:

@@ -19,7 +19,7 @@ Design decisions:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from app.auth.tokens import InvalidTokenError, TokenVerifier
@@ -29,6 +29,7 @@ __all__ = [
     "AUTHORIZATION_DETAIL_TYPE",
     "MercureGrants",
     "ReadGrant",
+    "read_grant",
     "verify_access_token",
 ]
 
@@ -92,6 +93,15 @@ class ReadGrant:
                 self._answers.clear()
             answer = self._answers[topic] = self._grants.can_subscribe(topic)
         return answer
+
+
+_NO_PRIVATE_TOPICS: frozenset[str] = frozenset()
+
+
+def read_grant(grants: MercureGrants) -> Container[str]:
+    """What a stream asks ``topic in ...`` of. Kept for the stream's whole life, so
+    grants that read nothing private (every anonymous stream) share one empty set."""
+    return ReadGrant(grants) if grants.subscribe else _NO_PRIVATE_TOPICS
 
 
 def verify_access_token(

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.auth.client_address import client_address
 from app.mercure.gather import GatherBusy, SubscriptionGather, SubscriptionQuery
-from app.mercure.grants import AUTHORIZATION_DETAIL_TYPE, ReadGrant
+from app.mercure.grants import AUTHORIZATION_DETAIL_TYPE, read_grant
 from app.mercure.matchers import (
     EXACT,
     MATCHER_TYPES,
@@ -161,7 +161,7 @@ async def subscribe(request: Request) -> Response:
         last_event_id = await _resume_point(request, last_event_id)
         headers[LAST_EVENT_ID_RESPONSE_HEADER] = last_event_id
     subscriber = new_subscriber_id()
-    subscriptions = list(
+    subscriptions = tuple(
         {
             (kind, m.source): Subscription(
                 kind, m.source, subscriber, presented.grants.payload_for(m.source)
@@ -186,7 +186,7 @@ async def subscribe(request: Request) -> Response:
         patterns=patterns,
         last_event_id=last_event_id,
         client=client_address(request),
-        read_grant=ReadGrant(presented.grants),
+        read_grant=read_grant(presented.grants),
         expires_at=presented.expires_at,
         subscriptions=subscriptions,
         registry=registry,

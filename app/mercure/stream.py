@@ -54,7 +54,7 @@ class MercureStreamResponse(HeraldStreamResponse):
         client: str,
         read_grant: Container[str],
         expires_at: float | None,
-        subscriptions: list[Subscription],
+        subscriptions: tuple[Subscription, ...],
         registry: SubscriptionRegistry,
         headers: dict[str, str],
         wall_clock: Callable[[], float] = time.time,
@@ -95,9 +95,9 @@ class MercureStreamResponse(HeraldStreamResponse):
             return detached
         finally:
             if detached:
-                connection.ending = ending.run
+                connection.ending = ending
             else:
-                await ending.run()
+                await ending()
 
 
 class _Ending:
@@ -109,7 +109,7 @@ class _Ending:
         self,
         hub: Hub,
         registry: SubscriptionRegistry,
-        subscriptions: list[Subscription],
+        subscriptions: tuple[Subscription, ...],
         timer: asyncio.TimerHandle | None,
     ) -> None:
         self.hub = hub
@@ -117,7 +117,7 @@ class _Ending:
         self.subscriptions = subscriptions
         self.timer = timer
 
-    async def run(self) -> None:
+    async def __call__(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
         self.registry.remove(self.subscriptions)

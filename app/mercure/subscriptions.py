@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -50,13 +51,16 @@ class Subscription:
     match: str
     subscriber: str
     payload: dict[str, object] | None = field(default=None, compare=False)
+    # Made once: the registry's key and the channel of the subscription's events are
+    # then one string for the subscription's whole life, not one copy each.
+    topic: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def topic(self) -> str:
-        return (
+    def __post_init__(self) -> None:
+        topic = (
             f"{SUBSCRIPTIONS_PATH}/{self.match_type}/{quote(self.match, safe='')}"
             f"/{quote(self.subscriber, safe='')}"
         )
+        object.__setattr__(self, "topic", topic)
 
     def document(self, active: bool = True) -> dict[str, object]:
         doc: dict[str, object] = {
@@ -87,12 +91,12 @@ class SubscriptionRegistry:
         if len(self._active) + count > self.limit:
             raise SubscriptionsFull(f"too many active subscriptions (limit {self.limit})")
 
-    def add(self, subscriptions: list[Subscription]) -> None:
+    def add(self, subscriptions: Sequence[Subscription]) -> None:
         self.check_room(len(subscriptions))
         for subscription in subscriptions:
             self._active[subscription.topic] = subscription
 
-    def remove(self, subscriptions: list[Subscription]) -> None:
+    def remove(self, subscriptions: Iterable[Subscription]) -> None:
         for subscription in subscriptions:
             self._active.pop(subscription.topic, None)
 

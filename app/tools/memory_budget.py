@@ -11,17 +11,18 @@ The rows fall in three parts:
    response cache and runs, replay pages in flight, in-process history,
    conversations, Mercure subscription lists being gathered, Redis
    connections), at its worst, once per worker.
-2. **Open streams at their idle cost**: admitted until the box reaches the
-   critical line (the guard refuses past it), so however many
-   ``SSE_MAX_CONNECTIONS`` allows, they take at most the room between the
-   reserve and that line.
+2. **Open streams at their idle cost**: a detached stream's objects in its
+   worker and its socket's in the kernel, two rows that add up to the streams'
+   room. Admitted until the box reaches the critical line (the guard refuses
+   past it), so however many ``SSE_MAX_CONNECTIONS`` allows, they take at most
+   the room between the reserve and that line.
 3. **What streams hold beyond their idle cost** (queues, transport and kernel
    send buffers of readers that stalled): shed from the warning line on
    (:mod:`app.memory.shedding`); the room above the critical line is theirs.
 
 The budget adds up when the reserve leaves room for streams under the warning
 line; the per-stream and per-process figures are measured (docs/performance.md,
-"Box") and are constants here, not guesses made at run time.
+"Box" and "Density") and are constants here, not guesses made at run time.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from app.publishing.idempotency import MAX_KEY_LENGTH
 __all__ = [
     "MASTER_IDLE_BYTES",
     "STREAM_IDLE_BYTES",
+    "STREAM_KERNEL_BYTES",
+    "STREAM_RSS_BYTES",
     "WORKER_IDLE_BYTES",
     "Budget",
     "BudgetRow",
@@ -49,9 +52,16 @@ MASTER_IDLE_BYTES = 40 * MB
 """The gunicorn master's working set (its pages shared with the workers counted once)."""
 WORKER_IDLE_BYTES = 40 * MB
 """One worker at idle, beyond the pages it shares with the master."""
-STREAM_IDLE_BYTES = 29 * KB
-"""One idle stream in the box: the worker's objects and the kernel's socket, file and
-buffers (measured in a cgroup, so the kernel's part is in it)."""
+STREAM_RSS_BYTES = 4 * KB
+"""One idle stream in its worker once detached (the Herald worker, ``python -m app``): the
+heaviest kind that stays idle for long, a Mercure subscription, rounded up to a whole KiB
+(``python -m load_tests.density``)."""
+STREAM_KERNEL_BYTES = 4 * KB
+"""The kernel's part of one idle stream: its socket, inode, file, dentry and epoll entry
+(``/proc/slabinfo``), rounded up to a whole KiB; a reader that keeps up leaves no TCP
+buffer pages behind."""
+STREAM_IDLE_BYTES = STREAM_RSS_BYTES + STREAM_KERNEL_BYTES
+"""One idle stream in the box, worker and kernel."""
 REDIS_CONNECTION_BYTES = 64 * KB
 """A pooled Redis connection: its socket buffers and the reply parser's."""
 CONVERSATION_MESSAGE_BYTES = 100
@@ -82,6 +92,16 @@ class Budget:
     stalled_room_bytes: int
     warning_bytes: int
     critical_bytes: int
+
+    @property
+    def stream_rss_bytes(self) -> int:
+        """The worker's part of the admitted streams' room."""
+        return self.streams_admitted * STREAM_RSS_BYTES
+
+    @property
+    def stream_kernel_bytes(self) -> int:
+        """The kernel's part of the admitted streams' room."""
+        return self.streams_admitted * STREAM_KERNEL_BYTES
 
     @property
     def total_bytes(self) -> int:
@@ -212,6 +232,10 @@ def render_budget(budget: Budget) -> str:
         f"{'open streams at idle cost (admitted to the critical line)':<{width}}"
         f" {f'{STREAM_IDLE_BYTES // KB} KiB each, up to {budget.streams_admitted:,}':<46}"
         f" {_mib(budget.stream_room_bytes)}",
+        f"  {'in the workers (objects, measured RSS)':<{width - 2}}"
+        f" {f'{STREAM_RSS_BYTES // KB} KiB each':<46} {_mib(budget.stream_rss_bytes)}",
+        f"  {'in the kernel (socket, inode, file, dentry, epoll)':<{width - 2}}"
+        f" {f'{STREAM_KERNEL_BYTES // KB} KiB each':<46} {_mib(budget.stream_kernel_bytes)}",
         f"{'held beyond idle by readers that stall (shed)':<{width}}"
         f" {'from the warning line':<46} {_mib(budget.stalled_room_bytes)}",
         f"{'= total':<{width}} {'':<46} {_mib(budget.total_bytes)}"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
-from app.broker.history import EVENT_OVERHEAD_BYTES, HistoryStore, event_cost
+import pytest
+
+from app.broker.history import (
+    EVENT_OVERHEAD_BYTES,
+    SMALL_LOG_EVENTS,
+    HistoryStore,
+    event_cost,
+)
 from app.wire.encoding import encode_body, encode_frame
 from app.wire.event import Event
 from app.wire.event_id import EventIdGenerator, EventKey, format_event_id
@@ -71,6 +78,30 @@ def test_per_channel_cap_evicts_oldest_of_that_channel_only() -> None:
     assert store.evicted == 2
     assert store.since(["a"], a[1].key) == a[2:]
     assert store.since(["b"], START) == b
+
+
+@pytest.mark.parametrize("count", [SMALL_LOG_EVENTS, SMALL_LOG_EVENTS + 1, 3 * SMALL_LOG_EVENTS])
+def test_a_log_past_its_small_size_keeps_its_order_cap_and_floor(count: int) -> None:
+    cap = 2 * SMALL_LOG_EVENTS
+    store = make_store(max_events=cap)
+    publish = Publisher(store)
+    a = []
+    for _ in range(count):
+        a.append(publish("a"))
+        publish("b")
+    kept = a[-cap:]
+    assert store.since(["a"], START, exact=False) == kept
+    assert store.since(["a"], kept[0].key) == kept[1:]
+    if count > cap:
+        assert store.since(["a"], START) is None  # the oldest went: a reset, not a gap
+        assert store.since(["a"], a[count - cap - 1].key) == kept
+    assert store.trim(3) > 0
+    assert store.since(["a"], START, exact=False) == a[-3:]
+    store.max_bytes = 0
+    store.trim(3)  # the byte budget now evicts everything, oldest first, from any log
+    publish("c")
+    assert len(store) == 0
+    assert store.since(["a"], START, exact=False) == []
 
 
 def test_since_returns_none_below_a_floor() -> None:
@@ -342,6 +373,33 @@ def test_event_overhead_constant_covers_measured_bookkeeping() -> None:
     assert len(store) == count
     per_event = (traced - frame_bytes) / count
     assert 100 < per_event <= EVENT_OVERHEAD_BYTES, per_event
+
+
+def test_a_log_holding_one_event_costs_less_than_a_deque_block() -> None:
+    # One log per Mercure subscription topic, each holding that subscription's event:
+    # what the log itself costs is paid once per idle subscriber.
+    count = 2000
+    channels = [f"/.well-known/mercure/subscriptions/exact/t/{n}" for n in range(count)]
+    events = []
+    for n, channel in enumerate(channels):
+        key = (5000, n)
+        event_id = format_event_id(key)
+        events.append(Event(key, event_id, (channel,), encode_frame(event_id, encode_body("x"))))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        store = make_store(max_channels=count, max_bytes=1 << 40)
+        for event in events:
+            store.append(event, 0.0)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert store.channel_count == count
+    per_log = traced / count
+    # The map entry, the log's slots and a one-event list; an empty deque alone is ~600 B.
+    assert per_log < 400, per_log
 
 
 def _batch_events(count: int) -> list[Event]:

@@ -23,7 +23,7 @@ from app.serving.protocols import (
     _HeadHoldingTransport,
 )
 from app.serving.worker import HeraldWorker
-from app.sse.chunked_write import chunked_body_flow, frame_chunk
+from app.sse.chunked_write import DetachedBody, body_detacher, chunked_body_flow, frame_chunk
 from app.sse.stream_socket import TRANSPORT_EXTENSION
 from tests.leak.raw_http import KeepAliveClient
 from tests.support.server import free_port
@@ -281,3 +281,159 @@ async def test_a_client_that_stops_reading_is_told_to_the_memory_guard(
             app.stop.set()
             sock.close()
             WRITE_PAUSES.listener = listener
+
+
+# --- detached bodies (design note 6) -------------------------------------------------------
+
+
+class RecordingOwner:
+    """A detached body's owner that records what the protocol tells it; asked to shut
+    down, it ends the body as a stream does."""
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+        self.body: DetachedBody | None = None
+
+    def body_lost(self) -> None:
+        self.told.append("lost")
+
+    def body_writable(self) -> None:
+        self.told.append("writable")
+
+    def body_shutdown(self) -> None:
+        self.told.append("shutdown")
+        assert self.body is not None
+        self.body.end(b"0\r\n\r\n")
+
+
+class Detaching:
+    """Sends a stream's head and first chunk, takes the body off the ASGI path if offered,
+    and returns."""
+
+    def __init__(self) -> None:
+        self.owner = RecordingOwner()
+        self.offered: list[bool] = []
+        self.transport: Any = None
+        self.returned = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.transport = scope["extensions"][TRANSPORT_EXTENSION]
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        detacher = body_detacher(scope)
+        self.owner.body = None if detacher is None else detacher(self.owner)
+        self.offered.append(self.owner.body is not None)
+        self.returned = True
+
+
+@contextlib.asynccontextmanager
+async def server_of(app: Any, http: type[asyncio.Protocol]) -> AsyncIterator[uvicorn.Server]:
+    config = uvicorn.Config(
+        app, host=HOST, port=free_port(), http=http, lifespan="off", log_level="error"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+            await asyncio.sleep(0.01)
+        yield server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polling what the server does by itself
+            await asyncio.sleep(0.01)
+
+
+async def open_stream(
+    server: uvicorn.Server, version: str = "1.1"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(HOST, server.config.port)
+    writer.write(f"GET / HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        await reader.readuntil(b"\r\n\r\n")
+        assert await reader.readexactly(8) == b"3\r\none\r\n"
+    return reader, writer
+
+
+async def test_a_detached_body_outlives_its_asgi_call_and_ends_with_its_last_chunk() -> None:
+    app = Detaching()
+    async with server_of(app, HeraldHttpToolsProtocol) as server:
+        reader, writer = await open_stream(server)
+        await until(lambda: app.returned)
+        assert app.offered == [True]
+        # The protocol's place is the detached stream's.
+        held: set[object] = set(server.server_state.connections)
+        assert held == {app.owner.body}
+        assert server.server_state.total_requests == 0  # not complete yet
+        app.transport.write(frame_chunk(b"two"))  # the owner writes on after the app returned
+        assert app.owner.body is not None
+        app.owner.body.end(b"0\r\n\r\n")
+        async with asyncio.timeout(5):
+            assert await reader.read() == b"3\r\ntwo\r\n0\r\n\r\n"  # then the server closes
+        assert server.server_state.total_requests == 1
+        await until(lambda: not server.server_state.connections)
+        assert app.owner.told == []
+        writer.close()
+
+
+async def test_a_client_leaving_a_detached_body_tells_its_owner_once() -> None:
+    app = Detaching()
+    async with server_of(app, HeraldHttpToolsProtocol) as server:
+        _, writer = await open_stream(server)
+        await until(lambda: app.returned)
+        writer.close()
+        await until(lambda: not server.server_state.connections)
+        await asyncio.sleep(0.05)  # a second notice, if any, would come right after the first
+        assert app.owner.told == ["lost"]
+
+
+async def test_bytes_sent_on_a_detached_connection_are_discarded() -> None:
+    app = Detaching()
+    async with server_of(app, HeraldHttpToolsProtocol) as server:
+        reader, writer = await open_stream(server)
+        await until(lambda: app.returned)
+        writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")  # never answered
+        await writer.drain()
+        app.transport.write(frame_chunk(b"two"))
+        async with asyncio.timeout(5):
+            assert await reader.readexactly(8) == b"3\r\ntwo\r\n"
+        assert app.offered == [True] and app.owner.told == []
+        writer.close()
+        await until(lambda: app.owner.told == ["lost"])
+
+
+async def test_graceful_shutdown_asks_the_owner_to_end_its_body() -> None:
+    app = Detaching()
+    async with server_of(app, HeraldHttpToolsProtocol) as server:
+        reader, writer = await open_stream(server)
+        await until(lambda: app.returned)
+    # The server exited: it asked the owner, which ended the body, and it waited for that.
+    assert app.owner.told == ["shutdown"]
+    async with asyncio.timeout(5):
+        assert await reader.read() == b"0\r\n\r\n"
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("http", "version"),
+    [
+        (HeraldHttpToolsProtocol, "1.0"),  # not a direct chunked body: the ASGI path
+        (HeraldH11Protocol, "1.1"),  # h11 frames the body itself
+    ],
+)
+async def test_a_body_is_not_detached_where_its_chunks_are_not_uvicorns(
+    http: type[asyncio.Protocol], version: str
+) -> None:
+    app = Detaching()
+    async with server_of(app, http) as server:
+        _, writer = await open_stream(server, version)
+        await until(lambda: app.returned)
+        assert app.offered == [False]
+        writer.close()

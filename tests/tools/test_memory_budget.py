@@ -16,6 +16,8 @@ from app.publishing.idempotency import MAX_KEY_LENGTH
 from app.tools.memory_budget import (
     MASTER_IDLE_BYTES,
     STREAM_IDLE_BYTES,
+    STREAM_KERNEL_BYTES,
+    STREAM_RSS_BYTES,
     WORKER_IDLE_BYTES,
     memory_budget,
     render_budget,
@@ -49,6 +51,17 @@ def test_the_blueprints_settings_fit_its_box() -> None:
     assert budget.streams_admitted > 7000
 
 
+def test_streams_past_the_setting_are_not_counted() -> None:
+    env = blueprint_env() | {"SSE_MAX_CONNECTIONS": "1000"}
+    settings = load_settings(**{key.lower(): value for key, value in env.items()})
+    budget = memory_budget(settings, 512 * MB, 2)
+    assert budget.streams_allowed == 2000
+    assert budget.streams_admitted == 2000
+    assert budget.stream_room_bytes == 2000 * STREAM_IDLE_BYTES
+    assert budget.total_bytes == budget.limit_bytes
+    assert "refuses past" not in render_budget(budget)
+
+
 def test_rows_follow_the_settings_once_per_worker() -> None:
     settings = load_settings(
         broker_url="redis://127.0.0.1:6379/0",
@@ -56,6 +69,7 @@ def test_rows_follow_the_settings_once_per_worker() -> None:
         cache_max_mb=2,
         response_max_runs=10,
         response_max_kb=64,
+        sse_max_connections=100_000,  # the critical line bounds the streams, not the setting
     )
     one = memory_budget(settings, 512 * MB, 1)
     two = memory_budget(settings, 512 * MB, 2)
@@ -69,6 +83,35 @@ def test_rows_follow_the_settings_once_per_worker() -> None:
     assert two.reserved_bytes + two.stream_room_bytes <= two.critical_bytes
     assert two.critical_bytes - (two.reserved_bytes + two.stream_room_bytes) < STREAM_IDLE_BYTES
     assert two.total_bytes == two.limit_bytes
+
+
+def test_a_streams_idle_cost_is_its_workers_part_and_its_kernels() -> None:
+    env = blueprint_env()
+    settings = load_settings(**{key.lower(): value for key, value in env.items()})
+    budget = memory_budget(settings, 512 * MB, 2)
+    assert STREAM_IDLE_BYTES == STREAM_RSS_BYTES + STREAM_KERNEL_BYTES
+    assert budget.streams_admitted > 0
+    assert budget.stream_rss_bytes == budget.streams_admitted * STREAM_RSS_BYTES
+    assert budget.stream_kernel_bytes == budget.streams_admitted * STREAM_KERNEL_BYTES
+    assert budget.stream_rss_bytes + budget.stream_kernel_bytes == budget.stream_room_bytes
+    assert (
+        budget.reserved_bytes
+        + budget.stream_rss_bytes
+        + budget.stream_kernel_bytes
+        + budget.stalled_room_bytes
+        == budget.limit_bytes
+    )
+    lines = render_budget(budget).splitlines()
+    rows = {
+        label: line
+        for line in lines
+        for label in ("in the workers", "in the kernel", "open streams at idle cost")
+        if line.strip().startswith(label)
+    }
+    assert f"{STREAM_RSS_BYTES // 1024} KiB each" in rows["in the workers"]
+    assert f"{budget.stream_rss_bytes / MB:.1f} MiB" in rows["in the workers"]
+    assert f"{budget.stream_kernel_bytes / MB:.1f} MiB" in rows["in the kernel"]
+    assert f"{budget.stream_room_bytes / MB:.1f} MiB" in rows["open streams at idle cost"]
 
 
 def test_in_process_idempotency_keys_have_a_row_of_their_own() -> None:
