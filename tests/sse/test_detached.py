@@ -8,7 +8,6 @@ tells a detached stream from one on the ASGI path, which holds two."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +19,8 @@ import pytest
 from tests.conftest import FAST_TIMERS
 from tests.leak.raw_http import KeepAliveClient, SseSocket, open_sse
 from tests.mercure.tokens import MERCURE_ENV, detail, token
+from tests.serving.test_gunicorn import gunicorn
+from tests.sse.test_stream_socket import ends_with_reset
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_until
 
@@ -197,10 +198,10 @@ async def test_closes_of_detached_streams_end_as_before(
         for n in range(200):
             await admin.publish("overflow", f"{n}" + "x" * 1000)
         await wait_until(lambda: "reason=overflow" in server.logs(), what="the overflow close")
-        assert await _ends_with_reset(overflowing)
+        assert await ends_with_reset(overflowing)
         # Idle: no event for SSE_IDLE_TIMEOUT_SECONDS, the reaper resets it.
         await wait_until(lambda: "reason=idle" in server.logs(), what="the idle close")
-        assert await _ends_with_reset(idle)
+        assert await ends_with_reset(idle)
         await wait_until(lambda: _equals(admin.streams, 0), what="every stream unregistered")
     finally:
         for stream in (operator, overflowing, idle):
@@ -216,7 +217,7 @@ async def test_shutdown_ends_detached_streams_with_a_jittered_retry_and_exits(
     if serve == "python -m app":
         server = server_factory(**ENV)
     else:
-        server = _gunicorn(ENV | {"WEB_CONCURRENCY": "1"})
+        server = gunicorn(ENV | {"WEB_CONCURRENCY": "1"})
     streams: list[SseSocket] = []
     try:
         admin = admin_of(server)
@@ -242,7 +243,7 @@ async def test_shutdown_ends_detached_streams_with_a_jittered_retry_and_exits(
 async def test_max_requests_recycles_a_worker_holding_detached_streams(
     admin_of: Callable[[ServerProcess], Admin],
 ) -> None:
-    server = _gunicorn(
+    server = gunicorn(
         ENV | {"WEB_CONCURRENCY": "1"}, "--max-requests", "8", "--max-requests-jitter", "0"
     )
     streams: list[SseSocket] = []
@@ -339,27 +340,3 @@ async def test_mercure_subscriptions_detach_and_end_with_their_inactive_state(
 
 async def _equals(read: Callable[[], Any], expected: int) -> bool:
     return bool(await read() == expected)
-
-
-async def _ends_with_reset(stream: SseSocket) -> bool:
-    try:
-        async with asyncio.timeout(10):
-            while await stream.reader.read(64 * KB):
-                pass
-    except ConnectionResetError:
-        return True
-    return False
-
-
-def _gunicorn(env: dict[str, str], *flags: str) -> ServerProcess:
-    server = ServerProcess({**FAST_TIMERS, **env})
-    server.argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "app.main:app",
-        "--bind",
-        f"{HOST}:{server.port}",
-        *flags,
-    ]
-    return server.start()
